@@ -1,1 +1,19 @@
-fn main(){}
+//! The `herald` command: parse the command line, bind, serve.
+
+use clap::Parser;
+
+fn main() {
+    let config = herald::Config::parse();
+    herald::init_logging(config.log_format);
+    let listener = match herald::sockopt::bind(config.listen, &config.socket) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("herald: cannot listen on {}: {e}", config.listen);
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = herald::run(listener, config, herald::Shutdown::on_signals()) {
+        eprintln!("herald: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,279 @@
+//! Configuration: the command line and the values the server runs with.
+//!
+//! Every limit and socket option is a flag; [`Config::default`] is the
+//! embedded default configuration that `herald` runs with when given none.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// What herald does with a message a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Send it to every open client, the sender included (the seed's chat).
+    Broadcast,
+    /// Send it back to its sender only, verbatim and with the same opcode
+    /// (for conformance suites such as Autobahn).
+    Echo,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` text, one event a line.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// herald's configuration. `Config::default()` is what `herald` runs with
+/// when no flag is given.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "A low-latency WebSocket broadcast server: every message any client sends \
+             goes to every open client.",
+    after_help = "Sizes take a byte count with an optional KiB, MiB or GiB suffix \
+                  (16777216 or 16MiB). Durations take seconds with an optional ms or s \
+                  suffix (10, 10s, 250ms). Log levels come from RUST_LOG (default info)."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// What to do with client messages.
+    #[arg(long, value_enum, default_value_t = Mode::Broadcast)]
+    pub mode: Mode,
+
+    /// Text put before every relayed text message; empty relays verbatim.
+    /// Binary messages are never prefixed.
+    #[arg(long, default_value = "Message from server: ")]
+    pub prefix: String,
+
+    /// Open connections (HTTP and WebSocket) at most; the next one gets 503.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_connections: usize,
+
+    /// Largest message (after reassembly) a client may send; larger gets close 1009.
+    #[arg(long, value_parser = parse_size, default_value = "64KiB")]
+    pub max_message_size: usize,
+
+    /// Bytes queued for one client at most; a client past it is closed with 1008.
+    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+    pub max_queued_bytes: usize,
+
+    /// Time a client has to send a complete HTTP request head.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub handshake_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for clients to answer close 1001.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub shutdown_timeout: Duration,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    /// Socket options for the listener and every accepted socket.
+    pub socket: SocketOptions,
+}
+
+/// Socket options, applied with socket2 to the listener and to every accepted socket.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketOptions {
+    /// listen(2) backlog: connections the kernel holds before herald accepts them.
+    #[arg(long, default_value_t = 1024)]
+    pub backlog: i32,
+
+    /// TCP_NODELAY: send small frames at once instead of waiting to coalesce (true|false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub nodelay: bool,
+
+    /// SO_SNDBUF for accepted sockets (the kernel doubles it); unset keeps the kernel's autotuning.
+    #[arg(long, value_parser = parse_size)]
+    pub send_buffer: Option<usize>,
+
+    /// SO_RCVBUF for the listener and accepted sockets; unset keeps autotuning.
+    #[arg(long, value_parser = parse_size)]
+    pub recv_buffer: Option<usize>,
+
+    /// SO_REUSEPORT on the listener, so several herald processes can share a port.
+    #[arg(long)]
+    pub reuse_port: bool,
+
+    /// TCP keepalive: idle time before the first probe (SO_KEEPALIVE, TCP_KEEPIDLE).
+    #[arg(long, value_parser = parse_duration)]
+    pub keepalive: Option<Duration>,
+
+    /// TCP keepalive: time between probes (TCP_KEEPINTVL); needs --keepalive.
+    #[arg(long, value_parser = parse_duration, requires = "keepalive")]
+    pub keepalive_interval: Option<Duration>,
+
+    /// TCP keepalive: unanswered probes before the peer is dead (TCP_KEEPCNT); needs --keepalive.
+    #[arg(long, requires = "keepalive")]
+    pub keepalive_retries: Option<u32>,
+
+    /// TCP_USER_TIMEOUT: drop a connection whose sent data stays unacknowledged this long.
+    #[arg(long, value_parser = parse_duration)]
+    pub user_timeout: Option<Duration>,
+
+    /// TCP_NOTSENT_LOWAT: unsent bytes the kernel holds before reporting writable.
+    #[arg(long, value_parser = parse_size)]
+    pub notsent_lowat: Option<usize>,
+
+    /// TCP_QUICKACK on accepted sockets (the kernel may clear it again).
+    #[arg(long)]
+    pub quickack: bool,
+
+    /// SO_BUSY_POLL in microseconds on accepted sockets (needs CAP_NET_ADMIN).
+    #[arg(long)]
+    pub busy_poll: Option<u32>,
+
+    /// IP_TOS byte for accepted IPv4 sockets (e.g. 0x10 or 16 for low delay).
+    #[arg(long, value_parser = parse_u32)]
+    pub tos: Option<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["herald"])
+    }
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Config::default().socket
+    }
+}
+
+/// Parses a byte count with an optional `KiB`, `MiB` or `GiB` suffix.
+///
+/// # Errors
+/// A one-line message naming the accepted forms.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let (num, mult) = [
+        ("gib", 1usize << 30),
+        ("mib", 1 << 20),
+        ("kib", 1 << 10),
+        ("b", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| lower.strip_suffix(suf).map(|n| (n.trim(), *m)))
+    .unwrap_or((lower.as_str(), 1));
+    num.parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("invalid size {s:?}: expected bytes, e.g. 65536, 64KiB or 16MiB"))
+}
+
+/// Parses seconds with an optional `s` or `ms` suffix.
+///
+/// # Errors
+/// A one-line message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let bad = || format!("invalid duration {s:?}: expected seconds, e.g. 10, 10s or 250ms");
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| bad());
+    }
+    let secs = t.strip_suffix('s').unwrap_or(&t).trim();
+    secs.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(bad)
+}
+
+/// Parses a decimal or `0x` hexadecimal number.
+///
+/// # Errors
+/// A one-line message.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| format!("invalid number {s:?}"))
+}
+
+impl Config {
+    /// A one-line summary of the effective configuration for the start-up log.
+    pub fn summary(&self) -> String {
+        let s = &self.socket;
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        format!(
+            "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
+             handshake_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
+             recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
+             user_timeout={} notsent_lowat={} quickack={} busy_poll={} tos={}",
+            self.mode,
+            self.prefix,
+            self.max_connections,
+            self.max_message_size,
+            self.max_queued_bytes,
+            self.handshake_timeout,
+            self.shutdown_timeout,
+            s.backlog,
+            s.nodelay,
+            opt(s.send_buffer.map(|v| v.to_string())),
+            opt(s.recv_buffer.map(|v| v.to_string())),
+            s.reuse_port,
+            opt(s.keepalive.map(|v| format!("{v:?}"))),
+            opt(s.keepalive_interval.map(|v| format!("{v:?}"))),
+            opt(s.keepalive_retries.map(|v| v.to_string())),
+            opt(s.user_timeout.map(|v| format!("{v:?}"))),
+            opt(s.notsent_lowat.map(|v| v.to_string())),
+            s.quickack,
+            opt(s.busy_poll.map(|v| v.to_string())),
+            opt(s.tos.map(|v| format!("{v:#x}"))),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16777216"), Ok(16 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("64kib"), Ok(64 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("12 potatoes").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.prefix, "Message from server: ");
+        assert_eq!(c.max_message_size, 64 << 10);
+        assert_eq!(c.max_queued_bytes, 4 << 20);
+        assert!(c.socket.nodelay);
+        assert_eq!(c.mode, Mode::Broadcast);
+    }
+}
