@@ -18,6 +18,16 @@ pub enum Mode {
     Echo,
 }
 
+/// What happens to a client whose queue would pass `--max-queued-bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlowConsumer {
+    /// Close it with 1008 (its unsent messages are dropped).
+    Close,
+    /// Drop whole messages for it until it catches up, then tell it how
+    /// many it lost in a text message `herald: N messages dropped`.
+    Drop,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -65,9 +75,48 @@ pub struct Config {
     #[arg(long, value_parser = parse_size, default_value = "4MiB")]
     pub max_queued_bytes: usize,
 
-    /// Time a client has to send a complete HTTP request head.
+    /// What to do with a client past --max-queued-bytes.
+    #[arg(long, value_enum, default_value_t = SlowConsumer::Close)]
+    pub slow_consumer: SlowConsumer,
+
+    /// Fragments one message may arrive in at most; more gets close 1009.
+    #[arg(long, default_value_t = 4096)]
+    pub max_fragments: usize,
+
+    /// Time a client has to send a complete HTTP request head (and, on a
+    /// kept-alive HTTP connection, the next one).
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
+
+    /// Send a ping to a WebSocket client silent this long; 0 disables.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub ping_interval: Duration,
+
+    /// Close (1001) a WebSocket client silent this long, pongs included; 0 disables.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub idle_timeout: Duration,
+
+    /// Browser origins allowed to open a WebSocket (repeatable): an exact
+    /// origin (https://chat.example.com), a host (chat.example.com) or a
+    /// suffix pattern (*.example.com). None given: every origin is allowed.
+    #[arg(long = "allow-origin", value_name = "PATTERN")]
+    pub allow_origins: Vec<String>,
+
+    /// Reject (403) upgrade requests that carry no Origin header.
+    #[arg(long)]
+    pub require_origin: bool,
+
+    /// Path of the Prometheus metrics endpoint; empty disables it.
+    #[arg(long, default_value = "/metrics")]
+    pub metrics_path: String,
+
+    /// Enables POST /publish for requests with `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "HERALD_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Broadcast every line of this file or named pipe (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub feed: Option<String>,
 
     /// On SIGINT/SIGTERM, how long to wait for clients to answer close 1001.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
@@ -214,6 +263,8 @@ impl Config {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         format!(
             "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
+             slow_consumer={:?} max_fragments={} ping_interval={:?} idle_timeout={:?} \
+             allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} \
              handshake_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} busy_poll={} tos={}",
@@ -222,6 +273,19 @@ impl Config {
             self.max_connections,
             self.max_message_size,
             self.max_queued_bytes,
+            self.slow_consumer,
+            self.max_fragments,
+            self.ping_interval,
+            self.idle_timeout,
+            self.allow_origins,
+            self.require_origin,
+            self.metrics_path,
+            if self.publish_token.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+            self.feed.as_deref().unwrap_or("-"),
             self.handshake_timeout,
             self.shutdown_timeout,
             s.backlog,

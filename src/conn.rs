@@ -12,8 +12,9 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Mode};
 use crate::frame::{self, Frame, OP_BINARY, OP_TEXT};
-use crate::http::{self, Route, Status};
+use crate::http::{self, Resource, Route, RouteConfig, Status};
 use crate::queue::{Flushed, WriteQueue};
+use crate::server::Stats;
 
 /// How long a connection may take to drain its last bytes and see the peer
 /// close, once herald has decided to close it.
@@ -22,17 +23,53 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Where a connection is in its life.
 pub(crate) enum State {
     /// Waiting for a complete HTTP request head; holds the bytes so far
-    /// (at most [`http::MAX_HEAD_LEN`] + 1).
+    /// (at most [`http::MAX_HEAD_LEN`] + 1, or what a pipelining client
+    /// sent after its previous request).
     Http(Vec<u8>),
+    /// Reading the body of `POST /publish` (at most `--max-message-size`).
+    Body(Box<Body>),
     /// Upgraded to WebSocket: tungstenite's protocol state. Its output
     /// (pongs, close frames) goes into this connection's write queue.
-    Open(Box<WebSocketContext>),
+    Open(Box<Ws>),
     /// herald's last bytes are queued (an HTTP response or a close frame);
     /// input is read and discarded. Once the queue drains the write side is
     /// shut, and the connection is removed at the peer's EOF or the deadline.
     Closing {
         /// Whether `shutdown(Write)` has been done.
         write_shut: bool,
+    },
+}
+
+/// A publish body being read.
+pub(crate) struct Body {
+    buf: Vec<u8>,
+    len: usize,
+    binary: bool,
+    keep_alive: bool,
+}
+
+/// An open WebSocket.
+pub(crate) struct Ws {
+    ctx: WebSocketContext,
+    fragments: FragmentGuard,
+}
+
+/// A request the server must finish, since it needs more than this
+/// connection: the metrics need every connection, a publish's answer needs
+/// the count of recipients, known once the broadcast is fanned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pending {
+    /// Render the metrics and queue them (`body` false for HEAD).
+    Metrics {
+        /// Whether to send the body.
+        body: bool,
+        /// Whether the connection stays open.
+        keep_alive: bool,
+    },
+    /// Answer 202 with the recipients of the publish in this iteration's outbox.
+    Published {
+        /// Whether the connection stays open.
+        keep_alive: bool,
     },
 }
 
@@ -49,12 +86,48 @@ pub enum CloseReason {
     IoError,
     /// The peer stopped reading and its queue passed the limit.
     SlowConsumer,
+    /// Silent past `--idle-timeout`.
+    Idle,
     /// A handshake or close deadline passed.
     Timeout,
-    /// Rejected at the front door (4xx, or 503 at the connection limit).
+    /// Rejected at the front door (4xx).
     Rejected,
+    /// Turned away at `--max-connections` (503).
+    Limit,
     /// The server is shutting down.
     Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics.
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Normal,
+        CloseReason::PeerGone,
+        CloseReason::ProtocolError,
+        CloseReason::IoError,
+        CloseReason::SlowConsumer,
+        CloseReason::Idle,
+        CloseReason::Timeout,
+        CloseReason::Rejected,
+        CloseReason::Limit,
+        CloseReason::Shutdown,
+    ];
+
+    /// A short lower-case name, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::PeerGone => "peer_gone",
+            CloseReason::ProtocolError => "error",
+            CloseReason::IoError => "io_error",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Idle => "idle",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Rejected => "rejected",
+            CloseReason::Limit => "limit",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// A client connection.
@@ -67,11 +140,22 @@ pub(crate) struct Conn {
     pub queue: WriteQueue,
     /// Protocol state.
     pub state: State,
-    /// When the current phase must end: the handshake deadline while in
-    /// `Http`, the removal deadline while `Closing`; `None` while `Open`.
+    /// When the current phase must end: the handshake (or keep-alive)
+    /// deadline in `Http` and `Body`, the close deadline once closing.
     pub deadline: Option<Instant>,
+    /// A request the server must finish before more input is handled.
+    pub pending: Option<Pending>,
+    /// Last second (since the server started) anything arrived.
+    pub last_seen: u32,
+    /// Messages dropped for this client (`--slow-consumer drop`) since it
+    /// was last told.
+    pub dropped: u32,
     /// Why the connection is closing, once it is.
     pub reason: CloseReason,
+    /// It became a WebSocket at some point (shutdown waits for these).
+    pub was_ws: bool,
+    /// A keepalive ping is out and nothing arrived since.
+    pub pinged: bool,
     /// The peer sent EOF.
     pub peer_eof: bool,
     /// Marked for removal at the end of the iteration (never mid-batch).
@@ -86,16 +170,16 @@ pub(crate) struct Conn {
 pub(crate) struct Ctx<'a> {
     /// The configuration.
     pub cfg: &'a Config,
+    /// The front door's view of it.
+    pub route: &'a RouteConfig,
     /// tungstenite's limits, derived from `cfg`.
     pub ws_config: &'a WebSocketConfig,
     /// Broadcasts encoded in this iteration, fanned out at its end.
     pub outbox: &'a mut Vec<Frame>,
-    /// The chat page response, encoded once.
-    pub page: &'a Frame,
     /// Cached clock for this iteration.
     pub now: Instant,
-    /// Messages received from clients.
-    pub messages_in: &'a mut u64,
+    /// Counters.
+    pub stats: &'a mut Stats,
 }
 
 /// The stream tungstenite sees: reads come from the loop-owned buffer
@@ -134,16 +218,86 @@ impl Write for Io<'_> {
     }
 }
 
+/// Counts the fragments of the message being received, by following the
+/// frame headers in the byte stream tungstenite is fed (tungstenite
+/// reassembles without a limit on their number, and a flood of empty
+/// fragments costs CPU without costing bytes).
+#[derive(Default)]
+struct FragmentGuard {
+    header: [u8; 14],
+    have: u8,
+    skip: u64,
+    fragments: u32,
+}
+
+impl FragmentGuard {
+    /// Follows `data`; false once a message has more than `max` fragments.
+    fn scan(&mut self, mut data: &[u8], max: usize) -> bool {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = (data.len() as u64).min(self.skip) as usize;
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let have = self.have as usize;
+            let need = if have < 2 {
+                2
+            } else {
+                let ext = match self.header[1] & 0x7F {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                };
+                2 + ext + if self.header[1] & 0x80 != 0 { 4 } else { 0 }
+            };
+            if have < need {
+                let n = (need - have).min(data.len());
+                self.header[have..have + n].copy_from_slice(&data[..n]);
+                self.have += n as u8;
+                data = &data[n..];
+                continue;
+            }
+            // A whole header: account for it, then skip its payload.
+            let h = &self.header;
+            let (fin, opcode) = (h[0] & 0x80 != 0, h[0] & 0x0F);
+            self.skip = match h[1] & 0x7F {
+                126 => u16::from_be_bytes([h[2], h[3]]) as u64,
+                127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                n => n as u64,
+            };
+            self.have = 0;
+            if opcode < 8 {
+                if opcode == 0 || !fin {
+                    self.fragments = self.fragments.saturating_add(1);
+                }
+                if self.fragments as usize > max {
+                    return false;
+                }
+                if fin {
+                    self.fragments = 0;
+                }
+            }
+        }
+        true
+    }
+}
+
 impl Conn {
     /// A freshly accepted connection, waiting for its request head.
-    pub fn new(stream: TcpStream, peer: SocketAddr, handshake_deadline: Instant) -> Self {
+    pub fn new(stream: TcpStream, peer: SocketAddr, deadline: Instant, tick: u32) -> Self {
         Conn {
             stream,
             peer,
             queue: WriteQueue::new(),
             state: State::Http(Vec::new()),
-            deadline: Some(handshake_deadline),
+            deadline: Some(deadline),
+            pending: None,
+            last_seen: tick,
+            dropped: 0,
             reason: CloseReason::Normal,
+            was_ws: false,
+            pinged: false,
             peer_eof: false,
             doomed: false,
             dirty: false,
@@ -154,12 +308,17 @@ impl Conn {
     /// Whether broadcasts should be queued for this connection.
     #[inline]
     pub fn is_open(&self) -> bool {
-        matches!(&self.state, State::Open(ws) if ws.can_write())
+        matches!(&self.state, State::Open(ws) if ws.ctx.can_write())
     }
 
-    /// Whether the socket should still be read.
+    /// Whether the socket should be read now.
     pub fn wants_input(&self) -> bool {
-        !self.doomed && !self.peer_eof
+        !self.doomed && !self.peer_eof && self.pending.is_none()
+    }
+
+    /// Whether this connection is closing or closed.
+    pub fn is_closing(&self) -> bool {
+        self.doomed || matches!(self.state, State::Closing { .. })
     }
 
     /// Queues `response` as this connection's last bytes.
@@ -174,55 +333,184 @@ impl Conn {
             self.state = State::Closing { write_shut: false };
             self.reason = reason;
             self.deadline = Some(now + CLOSE_TIMEOUT);
+            self.pending = None;
         }
     }
 
-    /// Handles bytes read from the socket.
+    /// Handles bytes read from the socket (or, with `data` empty, bytes
+    /// left over from a pipelined request).
     pub fn on_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
         match &mut self.state {
             State::Http(head) => {
-                let room = http::MAX_HEAD_LEN + 1 - head.len();
+                let room = (http::MAX_HEAD_LEN + 1).saturating_sub(head.len());
                 head.extend_from_slice(&data[..data.len().min(room)]);
-                match http::route(head) {
-                    Route::Incomplete => {}
-                    Route::Upgrade { response } => {
-                        tracing::debug!(peer = %self.peer, "upgrade");
-                        self.queue.push(Frame::from_vec(response));
-                        let ws = WebSocketContext::new(Role::Server, Some(*ctx.ws_config));
-                        self.state = State::Open(Box::new(ws));
-                        self.deadline = None;
-                    }
-                    Route::Page { body } => {
-                        let page = if body {
-                            ctx.page.clone()
-                        } else {
-                            http::page_response(false)
-                        };
-                        self.finish_with(page, CloseReason::Normal, ctx.now);
-                    }
-                    Route::Reject(status, why) => {
-                        tracing::debug!(peer = %self.peer, status = status.code(), why, "rejected");
-                        self.finish_with(
-                            http::error_response(status, why),
-                            CloseReason::Rejected,
-                            ctx.now,
-                        );
+                self.route_request(ctx);
+            }
+            State::Body(body) => {
+                let take = (body.len - body.buf.len()).min(data.len());
+                body.buf.extend_from_slice(&data[..take]);
+                if body.buf.len() == body.len {
+                    let rest = data[take..].to_vec();
+                    self.publish(rest, ctx);
+                }
+            }
+            State::Open(ws) => {
+                if !ws.fragments.scan(data, ctx.cfg.max_fragments) {
+                    let why = format!(
+                        "more than {} fragments in one message",
+                        ctx.cfg.max_fragments
+                    );
+                    self.close_with(1009, &why, CloseReason::ProtocolError, ctx.now);
+                } else {
+                    match read_messages(&mut ws.ctx, data, &mut self.queue, ctx) {
+                        Ok(()) => {}
+                        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                            self.begin_closing(self.reason, ctx.now)
+                        }
+                        Err(e) => self.fail(&e, ctx.now),
                     }
                 }
             }
-            State::Open(ws) => match read_messages(ws, data, &mut self.queue, ctx) {
-                Ok(()) => {}
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                    self.begin_closing(self.reason, ctx.now)
-                }
-                Err(e) => self.fail(&e, ctx.now),
-            },
             State::Closing { .. } => {}
         }
-        if self.queue.queued() > ctx.cfg.max_queued_bytes
-            && !matches!(self.state, State::Closing { .. })
-        {
+        if self.queue.queued() > ctx.cfg.max_queued_bytes && !self.is_closing() {
+            ctx.stats.slow_consumers += 1;
             self.close_slow(ctx.cfg.max_queued_bytes, ctx.now);
+        }
+    }
+
+    /// Routes the request head in the `Http` buffer, as often as complete
+    /// pipelined requests allow.
+    fn route_request(&mut self, ctx: &mut Ctx<'_>) {
+        while self.pending.is_none() {
+            let State::Http(head) = &mut self.state else {
+                return;
+            };
+            if head.is_empty() {
+                return;
+            }
+            let route = http::route(head, ctx.route);
+            match route {
+                Route::Incomplete => return,
+                Route::Upgrade { response } => {
+                    tracing::debug!(peer = %self.peer, "upgrade");
+                    self.queue.push(Frame::from_vec(response));
+                    let ws = WebSocketContext::new(Role::Server, Some(*ctx.ws_config));
+                    self.state = State::Open(Box::new(Ws {
+                        ctx: ws,
+                        fragments: FragmentGuard::default(),
+                    }));
+                    self.was_ws = true;
+                    self.deadline = None;
+                    ctx.stats.upgrades += 1;
+                    return;
+                }
+                Route::Get {
+                    what,
+                    head_len,
+                    body,
+                    keep_alive,
+                } => {
+                    head.drain(..head_len);
+                    match what {
+                        Resource::Page => self.queue.push(http::page_response(body, keep_alive)),
+                        Resource::Health => self.queue.push(http::text_response(
+                            !ctx.route.draining,
+                            if ctx.route.draining {
+                                "shutting down\n"
+                            } else {
+                                "ok\n"
+                            },
+                            body,
+                            keep_alive,
+                        )),
+                        Resource::Metrics => {
+                            self.pending = Some(Pending::Metrics { body, keep_alive });
+                        }
+                    }
+                    self.next_request(keep_alive, ctx.now, ctx.cfg);
+                }
+                Route::Publish {
+                    head_len,
+                    body_len,
+                    binary,
+                    keep_alive,
+                } => {
+                    let rest = head.split_off(head_len.min(head.len()));
+                    self.state = State::Body(Box::new(Body {
+                        buf: Vec::with_capacity(body_len),
+                        len: body_len,
+                        binary,
+                        keep_alive,
+                    }));
+                    // The bytes after the head belong to the body (and maybe
+                    // to the next request).
+                    self.on_body_bytes(rest, ctx);
+                }
+                Route::Reject(status, why) => {
+                    tracing::debug!(peer = %self.peer, status = status.code(), why, "rejected");
+                    *ctx.stats.rejected.entry(status.code()).or_default() += 1;
+                    self.finish_with(
+                        http::error_response(status, why),
+                        CloseReason::Rejected,
+                        ctx.now,
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Feeds bytes that followed a publish head into its body.
+    fn on_body_bytes(&mut self, rest: Vec<u8>, ctx: &mut Ctx<'_>) {
+        let State::Body(body) = &mut self.state else {
+            return;
+        };
+        let take = (body.len - body.buf.len()).min(rest.len());
+        body.buf.extend_from_slice(&rest[..take]);
+        if body.buf.len() == body.len {
+            self.publish(rest[take..].to_vec(), ctx);
+        } else {
+            debug_assert!(take == rest.len());
+        }
+    }
+
+    /// A publish body is complete: broadcast it; `rest` is what followed it.
+    fn publish(&mut self, rest: Vec<u8>, ctx: &mut Ctx<'_>) {
+        let State::Body(body) = std::mem::replace(&mut self.state, State::Http(rest)) else {
+            return;
+        };
+        let opcode = if body.binary { OP_BINARY } else { OP_TEXT };
+        if !body.binary && std::str::from_utf8(&body.buf).is_err() {
+            *ctx.stats.rejected.entry(400).or_default() += 1;
+            self.finish_with(
+                http::error_response(Status::BadRequest, "a text body must be valid UTF-8"),
+                CloseReason::Rejected,
+                ctx.now,
+            );
+            return;
+        }
+        ctx.outbox.push(frame::encode(opcode, b"", &body.buf));
+        ctx.stats.publishes += 1;
+        self.pending = Some(Pending::Published {
+            keep_alive: body.keep_alive,
+        });
+        self.next_request(body.keep_alive, ctx.now, ctx.cfg);
+    }
+
+    /// After a response: wait for the next request, or close.
+    fn next_request(&mut self, keep_alive: bool, now: Instant, cfg: &Config) {
+        if keep_alive {
+            self.deadline = Some(now + cfg.handshake_timeout);
+        } else {
+            self.begin_closing(CloseReason::Normal, now);
+        }
+    }
+
+    /// The server finished a pending request: continue with pipelined input.
+    pub fn resume(&mut self, ctx: &mut Ctx<'_>) {
+        if self.pending.is_none() && matches!(self.state, State::Http(_)) {
+            self.route_request(ctx);
         }
     }
 
@@ -245,12 +533,13 @@ impl Conn {
             }
             other => (1011, other.to_string()),
         };
+        self.close_with(code, &why, CloseReason::ProtocolError, now);
+    }
+
+    /// Sends a close frame as the last bytes, without waiting for the reply.
+    fn close_with(&mut self, code: u16, why: &str, reason: CloseReason, now: Instant) {
         tracing::debug!(peer = %self.peer, code, why, "closing on error");
-        self.finish_with(
-            frame::encode_close(code, &why),
-            CloseReason::ProtocolError,
-            now,
-        );
+        self.finish_with(frame::encode_close(code, why), reason, now);
     }
 
     /// Closes a client whose queue passed `limit`: what it has not started
@@ -259,15 +548,18 @@ impl Conn {
         tracing::warn!(peer = %self.peer, queued = self.queue.queued(), limit, "slow consumer closed");
         self.queue.discard_unsent();
         let why = format!("slow consumer: more than {limit} bytes queued");
-        self.finish_with(
-            frame::encode_close(1008, &why),
-            CloseReason::SlowConsumer,
-            now,
-        );
+        self.close_with(1008, &why, CloseReason::SlowConsumer, now);
     }
 
-    /// Starts the close handshake with `code` (graceful shutdown).
-    pub fn close_ws(&mut self, code: CloseCode, why: &'static str) {
+    /// Starts the close handshake (shutdown, idle timeout); the peer has
+    /// until `CLOSE_TIMEOUT` to answer.
+    pub fn close_ws(
+        &mut self,
+        code: CloseCode,
+        why: &'static str,
+        reason: CloseReason,
+        now: Instant,
+    ) {
         if let State::Open(ws) = &mut self.state {
             let mut io = Io {
                 input: &[],
@@ -279,8 +571,9 @@ impl Conn {
             };
             // Writing into the queue cannot block; any error means the
             // handshake was already under way, which is just as good.
-            let _ = ws.close(&mut io, Some(frame));
-            self.reason = CloseReason::Shutdown;
+            let _ = ws.ctx.close(&mut io, Some(frame));
+            self.reason = reason;
+            self.deadline = Some(now + CLOSE_TIMEOUT);
         }
     }
 
@@ -288,7 +581,7 @@ impl Conn {
     pub fn on_eof(&mut self, now: Instant) {
         self.peer_eof = true;
         let reason = match &self.state {
-            State::Open(ws) if ws.can_write() => CloseReason::PeerGone,
+            State::Open(ws) if ws.ctx.can_write() => CloseReason::PeerGone,
             _ => self.reason,
         };
         self.begin_closing(reason, now);
@@ -299,9 +592,14 @@ impl Conn {
 
     /// A deadline passed.
     pub fn on_deadline(&mut self, now: Instant) {
-        match self.state {
-            State::Http(_) => self.finish_with(
-                http::error_response(Status::RequestTimeout, "request head not received in time"),
+        match &self.state {
+            State::Http(head) if head.is_empty() => {
+                // An idle kept-alive connection: nothing to say.
+                self.reason = CloseReason::Timeout;
+                self.doomed = true;
+            }
+            State::Http(_) | State::Body(_) => self.finish_with(
+                http::error_response(Status::RequestTimeout, "request not received in time"),
                 CloseReason::Timeout,
                 now,
             ),
@@ -315,8 +613,10 @@ impl Conn {
     }
 
     /// Writes what the queue holds; when a closing connection has drained,
-    /// shuts its write side (or dooms it if the peer is gone too).
-    pub fn flush(&mut self) {
+    /// shuts its write side (or dooms it if the peer is gone too). Returns
+    /// the bytes written.
+    pub fn flush(&mut self) -> usize {
+        let before = self.queue.queued();
         match self.queue.flush(&mut self.stream) {
             Ok(Flushed::Empty) => {
                 self.blocked = false;
@@ -340,6 +640,7 @@ impl Conn {
                 }
             }
         }
+        before - self.queue.queued()
     }
 }
 
@@ -370,7 +671,7 @@ fn read_messages(
 /// Routes one message from a client according to the mode.
 #[inline]
 fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, opcode: u8, payload: &[u8]) {
-    *ctx.messages_in += 1;
+    ctx.stats.messages_in += 1;
     tracing::debug!(opcode, len = payload.len(), "message");
     match ctx.cfg.mode {
         Mode::Broadcast => {
@@ -382,5 +683,47 @@ fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, opcode: u8, payload: &[u8]) 
             ctx.outbox.push(frame::encode(opcode, prefix, payload));
         }
         Mode::Echo => own.push(frame::encode(opcode, b"", payload)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FragmentGuard;
+
+    fn frame(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        out.extend_from_slice(&[1, 2, 3, 4]);
+        out.extend(std::iter::repeat_n(b'a', len));
+        out
+    }
+
+    #[test]
+    fn fragment_guard_counts_across_any_split() {
+        let mut stream = frame(false, 1, 3);
+        for _ in 0..8 {
+            stream.extend(frame(false, 0, 200));
+            stream.extend(frame(true, 9, 2)); // a ping between fragments
+        }
+        stream.extend(frame(true, 0, 1));
+        stream.extend(frame(true, 1, 5));
+        // 10 fragments in the first message.
+        for split in [1usize, 2, 3, 7, 100, stream.len()] {
+            let mut ok = FragmentGuard::default();
+            assert!(
+                stream.chunks(split).all(|c| ok.scan(c, 10)),
+                "split {split}"
+            );
+            let mut strict = FragmentGuard::default();
+            assert!(
+                !stream.chunks(split).all(|c| strict.scan(c, 9)),
+                "split {split}"
+            );
+        }
     }
 }

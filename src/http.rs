@@ -15,24 +15,69 @@ pub const MAX_HEAD_LEN: usize = 8 * 1024;
 /// Headers beyond this count get 431.
 pub const MAX_HEADERS: usize = 64;
 
-/// What to do with the bytes received so far on a fresh connection.
+/// What the front door needs to know besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteConfig {
+    /// Allowed browser origins (`--allow-origin`); empty allows all.
+    pub allow_origins: Vec<String>,
+    /// Reject upgrades without `Origin`.
+    pub require_origin: bool,
+    /// Path of the metrics endpoint, if enabled.
+    pub metrics_path: Option<String>,
+    /// The bearer token `POST /publish` needs; `None` disables the endpoint.
+    pub publish_token: Option<String>,
+    /// Largest body `POST /publish` accepts.
+    pub max_body: usize,
+    /// The server is shutting down: no new WebSockets, health is 503.
+    pub draining: bool,
+}
+
+/// What to do with the bytes received so far on an HTTP connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// The head is not complete yet: read more.
     Incomplete,
     /// A valid WebSocket upgrade; answer with `response` (101) and switch
-    /// protocols. `head_len` bytes belong to the request.
+    /// protocols.
     Upgrade {
         /// The 101 response, `Sec-WebSocket-Accept` included.
         response: Vec<u8>,
     },
-    /// `GET /` (or `HEAD /`): the chat page, then close.
-    Page {
+    /// A request answered at once: the chat page, health or metrics.
+    Get {
+        /// Which resource.
+        what: Resource,
+        /// Bytes of the request head.
+        head_len: usize,
         /// Whether to send the body (false for HEAD).
         body: bool,
+        /// Whether the connection stays open for another request.
+        keep_alive: bool,
+    },
+    /// `POST /publish`, authorised; `body_len` bytes follow the head.
+    Publish {
+        /// Bytes of the request head.
+        head_len: usize,
+        /// Bytes of the body (`Content-Length`), within the limit.
+        body_len: usize,
+        /// Broadcast as a binary frame (else text).
+        binary: bool,
+        /// Whether the connection stays open for another request.
+        keep_alive: bool,
     },
     /// An error status with a one-line reason, then close.
     Reject(Status, &'static str),
+}
+
+/// Resources served by plain GET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// The chat page.
+    Page,
+    /// `/healthz`.
+    Health,
+    /// The Prometheus exposition.
+    Metrics,
 }
 
 /// The statuses the front door answers with.
@@ -40,14 +85,22 @@ pub enum Route {
 pub enum Status {
     /// 400: malformed request or bad upgrade headers.
     BadRequest,
+    /// 401: `POST /publish` without the right bearer token.
+    Unauthorized,
     /// 403: an `Origin` that is not allowed.
     Forbidden,
     /// 404: no such path.
     NotFound,
-    /// 405: the path exists, the method does not.
-    MethodNotAllowed,
+    /// 405: the path exists, the method does not; carries the `Allow` value.
+    MethodNotAllowed(&'static str),
     /// 408: the head did not arrive within the handshake timeout.
     RequestTimeout,
+    /// 411: a body without `Content-Length`.
+    LengthRequired,
+    /// 413: a body over the limit.
+    PayloadTooLarge,
+    /// 415: a publish body that is neither text nor octet-stream.
+    UnsupportedMediaType,
     /// 426: a WebSocket version other than 13.
     UpgradeRequired,
     /// 431: the head is too large or has too many headers.
@@ -61,10 +114,14 @@ impl Status {
     pub fn code(self) -> u16 {
         match self {
             Status::BadRequest => 400,
+            Status::Unauthorized => 401,
             Status::Forbidden => 403,
             Status::NotFound => 404,
-            Status::MethodNotAllowed => 405,
+            Status::MethodNotAllowed(_) => 405,
             Status::RequestTimeout => 408,
+            Status::LengthRequired => 411,
+            Status::PayloadTooLarge => 413,
+            Status::UnsupportedMediaType => 415,
             Status::UpgradeRequired => 426,
             Status::HeadersTooLarge => 431,
             Status::Unavailable => 503,
@@ -74,10 +131,14 @@ impl Status {
     fn text(self) -> &'static str {
         match self {
             Status::BadRequest => "Bad Request",
+            Status::Unauthorized => "Unauthorized",
             Status::Forbidden => "Forbidden",
             Status::NotFound => "Not Found",
-            Status::MethodNotAllowed => "Method Not Allowed",
+            Status::MethodNotAllowed(_) => "Method Not Allowed",
             Status::RequestTimeout => "Request Timeout",
+            Status::LengthRequired => "Length Required",
+            Status::PayloadTooLarge => "Payload Too Large",
+            Status::UnsupportedMediaType => "Unsupported Media Type",
             Status::UpgradeRequired => "Upgrade Required",
             Status::HeadersTooLarge => "Request Header Fields Too Large",
             Status::Unavailable => "Service Unavailable",
@@ -85,51 +146,91 @@ impl Status {
     }
 
     /// Headers this status must carry besides the common ones.
-    fn extra_headers(self) -> &'static str {
+    fn extra_headers(self) -> String {
         match self {
-            Status::MethodNotAllowed => "Allow: GET, HEAD\r\n",
-            Status::UpgradeRequired => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n",
-            _ => "",
+            Status::MethodNotAllowed(allow) => format!("Allow: {allow}\r\n"),
+            Status::Unauthorized => "WWW-Authenticate: Bearer\r\n".into(),
+            Status::UpgradeRequired => "Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n".into(),
+            _ => String::new(),
         }
     }
+}
+
+/// A complete response with a body.
+pub fn response(status: &str, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    response_with(status, "", content_type, body, true, keep_alive)
+}
+
+fn response_with(
+    status: &str,
+    extra: &str,
+    content_type: &str,
+    body: &[u8],
+    send_body: bool,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let conn = if keep_alive { "keep-alive" } else { "close" };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\n{extra}Content-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-cache\r\nConnection: {conn}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if send_body {
+        out.extend_from_slice(body);
+    }
+    out
 }
 
 /// The full response for an error status: a one-line plain-text reason,
 /// and `Connection: close`.
 pub fn error_response(status: Status, reason: &str) -> Frame {
+    let line = format!("{} {}", status.code(), status.text());
     let body = format!("{reason}\n");
-    Frame::from_vec(
-        format!(
-            "HTTP/1.1 {} {}\r\n{}Content-Type: text/plain; charset=utf-8\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            status.code(),
-            status.text(),
-            status.extra_headers(),
-            body.len()
-        )
-        .into_bytes(),
-    )
+    Frame::from_vec(response_with(
+        &line,
+        &status.extra_headers(),
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+        true,
+        false,
+    ))
 }
 
 /// The full response for the chat page.
-pub fn page_response(body: bool) -> Frame {
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
-         Content-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
-        CHAT_PAGE.len()
-    )
-    .into_bytes();
-    if body {
-        out.extend_from_slice(CHAT_PAGE.as_bytes());
-    }
-    Frame::from_vec(out)
+pub fn page_response(body: bool, keep_alive: bool) -> Frame {
+    Frame::from_vec(response_with(
+        "200 OK",
+        "",
+        "text/html; charset=utf-8",
+        CHAT_PAGE.as_bytes(),
+        body,
+        keep_alive,
+    ))
 }
 
-/// Decides what the request head in `buf` asks for.
+/// A `text/plain` 200 or 503 (health), honouring HEAD.
+pub fn text_response(ok: bool, text: &str, body: bool, keep_alive: bool) -> Frame {
+    let status = if ok {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    Frame::from_vec(response_with(
+        status,
+        "",
+        "text/plain; charset=utf-8",
+        text.as_bytes(),
+        body,
+        keep_alive,
+    ))
+}
+
+/// Decides what the request head at the start of `buf` asks for.
 ///
 /// Never panics, whatever the bytes; bounded by [`MAX_HEAD_LEN`] and
 /// [`MAX_HEADERS`].
-pub fn route(buf: &[u8]) -> Route {
+pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -158,34 +259,58 @@ pub fn route(buf: &[u8]) -> Route {
     if h.count("content-length") > 1 {
         return Route::Reject(Status::BadRequest, "repeated Content-Length");
     }
-    let has_body = match h.get("content-length") {
-        None => false,
+    let content_length = match h.get("content-length") {
+        None => None,
         Some(v) => match std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
         {
-            Some(n) => n > 0,
+            Some(n) => Some(n),
             None => return Route::Reject(Status::BadRequest, "invalid Content-Length"),
         },
-    } || h.get("transfer-encoding").is_some();
+    };
+    let chunked = h.get("transfer-encoding").is_some();
+    let keep_alive = if version == 1 {
+        !h.has_token("connection", "close")
+    } else {
+        h.has_token("connection", "keep-alive")
+    };
 
-    match path {
-        "/" => {}
-        _ => return Route::Reject(Status::NotFound, "no such path"),
+    if path == "/publish" && cfg.publish_token.is_some() {
+        return route_publish(
+            method,
+            &h,
+            content_length,
+            chunked,
+            head_len,
+            keep_alive,
+            cfg,
+        );
     }
+    let what = match path {
+        "/" => Resource::Page,
+        "/healthz" => Resource::Health,
+        p if cfg.metrics_path.as_deref() == Some(p) => Resource::Metrics,
+        _ => return Route::Reject(Status::NotFound, "no such path"),
+    };
     let is_get = method == "GET";
     if !is_get && method != "HEAD" {
         return Route::Reject(
-            Status::MethodNotAllowed,
+            Status::MethodNotAllowed("GET, HEAD"),
             "only GET and HEAD are allowed here",
         );
     }
-    if has_body {
+    if chunked || content_length.is_some_and(|n| n > 0) {
         return Route::Reject(Status::BadRequest, "a GET request has no body");
     }
     let wants_upgrade = h.get("upgrade").is_some() || h.get("sec-websocket-key").is_some();
-    if !wants_upgrade {
-        return Route::Page { body: is_get };
+    if !(wants_upgrade && what == Resource::Page) {
+        return Route::Get {
+            what,
+            head_len,
+            body: is_get,
+            keep_alive: keep_alive && !cfg.draining,
+        };
     }
     if !is_get {
         return Route::Reject(Status::BadRequest, "a WebSocket upgrade must use GET");
@@ -214,12 +339,24 @@ pub fn route(buf: &[u8]) -> Route {
         Some(_) => return Route::Reject(Status::BadRequest, "invalid Sec-WebSocket-Key"),
         None => return Route::Reject(Status::BadRequest, "missing Sec-WebSocket-Key"),
     };
+    match h.get("origin") {
+        Some(origin) if !origin_allowed(origin, &cfg.allow_origins) => {
+            return Route::Reject(Status::Forbidden, "origin not allowed")
+        }
+        None if cfg.require_origin => {
+            return Route::Reject(Status::Forbidden, "an Origin header is required")
+        }
+        _ => {}
+    }
     if buf.len() > head_len {
         // RFC 6455 §4.1: the client sends no frames before the 101.
         return Route::Reject(
             Status::BadRequest,
             "data sent before the handshake completed",
         );
+    }
+    if cfg.draining {
+        return Route::Reject(Status::Unavailable, "server shutting down");
     }
     let accept = tungstenite::handshake::derive_accept_key(key);
     Route::Upgrade {
@@ -229,6 +366,113 @@ pub fn route(buf: &[u8]) -> Route {
         )
         .into_bytes(),
     }
+}
+
+/// `POST /publish`: checks method, token, length and type, in that order,
+/// so that an unauthorised client learns nothing about the limits.
+fn route_publish(
+    method: &str,
+    h: &Headers<'_, '_>,
+    content_length: Option<u64>,
+    chunked: bool,
+    head_len: usize,
+    keep_alive: bool,
+    cfg: &RouteConfig,
+) -> Route {
+    if method != "POST" {
+        return Route::Reject(
+            Status::MethodNotAllowed("POST"),
+            "only POST is allowed here",
+        );
+    }
+    let token = cfg.publish_token.as_deref().unwrap_or_default();
+    let authorised = h
+        .get("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim_ascii(), token.as_bytes()));
+    if !authorised {
+        return Route::Reject(Status::Unauthorized, "a valid bearer token is required");
+    }
+    if chunked {
+        return Route::Reject(
+            Status::LengthRequired,
+            "chunked bodies are not accepted; send Content-Length",
+        );
+    }
+    let Some(len) = content_length else {
+        return Route::Reject(Status::LengthRequired, "Content-Length is required");
+    };
+    if len > cfg.max_body as u64 {
+        return Route::Reject(
+            Status::PayloadTooLarge,
+            "body larger than --max-message-size",
+        );
+    }
+    let binary = match h.get("content-type").map(media_type) {
+        None => false,
+        Some(t) if t.eq_ignore_ascii_case(b"text/plain") => false,
+        Some(t) if t.eq_ignore_ascii_case(b"application/octet-stream") => true,
+        Some(_) => {
+            return Route::Reject(
+                Status::UnsupportedMediaType,
+                "use text/plain or application/octet-stream",
+            )
+        }
+    };
+    Route::Publish {
+        head_len,
+        body_len: len as usize,
+        binary,
+        keep_alive,
+    }
+}
+
+/// The media type of a `Content-Type` value, parameters stripped.
+fn media_type(v: &[u8]) -> &[u8] {
+    v.split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+}
+
+/// Compares without an early exit, so timing does not reveal how much of
+/// a guessed token is right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Whether `origin` matches one of the `--allow-origin` patterns: an exact
+/// origin (`https://a.example`), a host (`a.example`), or a suffix pattern
+/// (`*.example`, which does not match `example` itself). No patterns: all.
+pub fn origin_allowed(origin: &[u8], patterns: &[String]) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let Ok(origin) = std::str::from_utf8(origin.trim_ascii()) else {
+        return false;
+    };
+    let host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    patterns.iter().any(|p| {
+        if let Some(suffix) = p.strip_prefix("*.") {
+            host.len() > suffix.len() + 1
+                && host
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+        } else if p.contains("://") {
+            origin.eq_ignore_ascii_case(p.trim_end_matches('/'))
+        } else {
+            host.eq_ignore_ascii_case(p)
+        }
+    })
 }
 
 /// A 16-byte nonce in base64: 22 alphabet characters and `==`.
@@ -274,6 +518,15 @@ mod tests {
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+    fn cfg() -> RouteConfig {
+        RouteConfig {
+            metrics_path: Some("/metrics".into()),
+            publish_token: Some("s3cret".into()),
+            max_body: 1024,
+            ..RouteConfig::default()
+        }
+    }
+
     fn upgrade(extra: &str) -> String {
         format!(
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -281,9 +534,19 @@ mod tests {
         )
     }
 
+    fn code(req: &str, cfg: &RouteConfig) -> u16 {
+        match route(req.as_bytes(), cfg) {
+            Route::Reject(s, _) => s.code(),
+            Route::Upgrade { .. } => 101,
+            Route::Get { .. } => 200,
+            Route::Publish { .. } => 202,
+            Route::Incomplete => 0,
+        }
+    }
+
     #[test]
     fn upgrade_gets_the_rfc_accept_key() {
-        match route(upgrade("").as_bytes()) {
+        match route(upgrade("").as_bytes(), &cfg()) {
             Route::Upgrade { response } => {
                 let r = String::from_utf8(response).unwrap();
                 // The worked example of RFC 6455 §1.3.
@@ -296,63 +559,133 @@ mod tests {
 
     #[test]
     fn statuses() {
-        let cases: &[(&str, Option<u16>)] = &[
-            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", None),
-            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", Some(404)),
-            ("POST / HTTP/1.1\r\nHost: x\r\n\r\n", Some(405)),
-            ("GET / HTTP/1.1\r\n\r\n", Some(400)),
-            ("G\0T / HTTP/1.1\r\n\r\n", Some(400)),
+        let c = cfg();
+        let cases: &[(&str, u16)] = &[
+            ("GET / HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+            ("POST / HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("G\0T / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n", 400),
+            ("GET /publish HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+            ("POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n", 401),
             (
-                "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
-                Some(400),
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\nContent-Length: 2\r\n\r\n",
+                401,
             ),
             (
-                "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n",
-                Some(400),
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n",
+                411,
+            ),
+            (
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 2000\r\n\r\n",
+                413,
+            ),
+            (
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 2\r\n\r\n",
+                202,
             ),
         ];
         for (req, want) in cases {
-            let got = match route(req.as_bytes()) {
-                Route::Reject(s, _) => Some(s.code()),
-                Route::Page { .. } => None,
-                other => panic!("{req:?}: {other:?}"),
-            };
-            assert_eq!(got, *want, "{req:?}");
+            assert_eq!(code(req, &c), *want, "{req:?}");
         }
+        let off = RouteConfig::default();
+        assert_eq!(code("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &off), 404);
+        assert_eq!(code("POST /publish HTTP/1.1\r\nHost: x\r\n\r\n", &off), 404);
+
         let v12 = upgrade("").replace("Version: 13", "Version: 12");
-        assert_eq!(
-            route(v12.as_bytes()),
-            Route::Reject(
-                Status::UpgradeRequired,
-                "only WebSocket version 13 is supported"
-            )
-        );
-        let nokey = upgrade("").replace(KEY, "short");
-        assert!(matches!(
-            route(nokey.as_bytes()),
-            Route::Reject(Status::BadRequest, _)
-        ));
+        assert_eq!(code(&v12, &c), 426);
+        assert_eq!(code(&upgrade("").replace(KEY, "short"), &c), 400);
         let mut junk = upgrade("").into_bytes();
         junk.extend_from_slice(b"\x81\x80abcd");
-        assert!(matches!(route(&junk), Route::Reject(Status::BadRequest, _)));
+        assert!(matches!(
+            route(&junk, &c),
+            Route::Reject(Status::BadRequest, _)
+        ));
+    }
+
+    #[test]
+    fn publish_content_types() {
+        let c = cfg();
+        let req = |ct: &str| {
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+                 Content-Length: 2\r\n{ct}\r\n"
+            )
+        };
+        let binary = |r: Route| match r {
+            Route::Publish { binary, .. } => Some(binary),
+            _ => None,
+        };
+        assert_eq!(binary(route(req("").as_bytes(), &c)), Some(false));
+        let text = req("Content-Type: text/plain; charset=utf-8\r\n");
+        assert_eq!(binary(route(text.as_bytes(), &c)), Some(false));
+        let bin = req("Content-Type: application/octet-stream\r\n");
+        assert_eq!(binary(route(bin.as_bytes(), &c)), Some(true));
+        assert_eq!(code(&req("Content-Type: image/png\r\n"), &c), 415);
+    }
+
+    #[test]
+    fn origins() {
+        let pats: Vec<String> = vec![
+            "https://chat.example.com".into(),
+            "*.good.org".into(),
+            "localhost".into(),
+        ];
+        assert!(origin_allowed(b"https://chat.example.com", &pats));
+        assert!(!origin_allowed(b"http://chat.example.com", &pats));
+        assert!(origin_allowed(b"https://a.good.org", &pats));
+        assert!(origin_allowed(b"https://a.b.good.org:8443", &pats));
+        assert!(!origin_allowed(b"https://good.org", &pats));
+        assert!(!origin_allowed(b"https://evilgood.org", &pats));
+        assert!(origin_allowed(b"http://localhost:8080", &pats));
+        assert!(!origin_allowed(b"null", &pats));
+        assert!(origin_allowed(b"https://anything", &[]));
+
+        let c = RouteConfig {
+            allow_origins: pats,
+            ..cfg()
+        };
+        assert_eq!(code(&upgrade("Origin: https://evil.com\r\n"), &c), 403);
+        assert_eq!(code(&upgrade("Origin: https://x.good.org\r\n"), &c), 101);
+        assert_eq!(code(&upgrade(""), &c), 101);
+        let strict = RouteConfig {
+            require_origin: true,
+            ..c
+        };
+        assert_eq!(code(&upgrade(""), &strict), 403);
     }
 
     #[test]
     fn head_limits() {
+        let c = cfg();
         let partial = "GET / HTTP/1.1\r\nHost: x\r\n";
-        assert_eq!(route(partial.as_bytes()), Route::Incomplete);
+        assert_eq!(route(partial.as_bytes(), &c), Route::Incomplete);
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_LEN));
-        assert!(matches!(
-            route(big.as_bytes()),
-            Route::Reject(Status::HeadersTooLarge, _)
-        ));
+        assert_eq!(code(&big, &c), 431);
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("X-{i}: y\r\n"))
             .collect();
         let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(
-            route(req.as_bytes()),
+            route(req.as_bytes(), &c),
             Route::Reject(Status::HeadersTooLarge, "too many headers")
         );
+    }
+
+    #[test]
+    fn draining_turns_new_clients_away() {
+        let c = RouteConfig {
+            draining: true,
+            ..cfg()
+        };
+        assert_eq!(code(&upgrade(""), &c), 503);
+        match route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", &c) {
+            Route::Get { keep_alive, .. } => assert!(!keep_alive),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -12,8 +12,10 @@
 
 pub mod config;
 mod conn;
+mod feed;
 pub mod frame;
 pub mod http;
+pub mod metrics;
 pub mod queue;
 mod server;
 pub mod sockopt;
@@ -23,7 +25,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use config::{Config, LogFormat, Mode};
+pub use config::{Config, LogFormat, Mode, SlowConsumer};
 pub use conn::CloseReason;
 pub use server::Stats;
 

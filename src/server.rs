@@ -7,24 +7,28 @@
 //! connections marked doomed. Slab keys are tokens and are reused, so a
 //! connection is never removed mid-batch.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpListener as StdListener;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use prometheus_client::metrics::histogram::Histogram;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::config::Config;
-use crate::conn::{CloseReason, Conn, Ctx, State};
-use crate::frame::Frame;
-use crate::http::{self, Status};
-use crate::{sockopt, Shutdown};
+use crate::config::{Config, SlowConsumer};
+use crate::conn::{CloseReason, Conn, Ctx, Pending, State};
+use crate::frame::{self, Frame, OP_TEXT};
+use crate::http::{self, RouteConfig, Status};
+use crate::{feed, metrics, sockopt, Shutdown};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -50,21 +54,40 @@ const REJECT_SLACK: usize = 64;
 /// idle connection well under 1 KiB.
 const WS_READ_BUFFER: usize = 128;
 
-/// Running totals, for logs (and metrics).
+/// Running totals, read by the metrics endpoint. Plain integers: the loop
+/// is the only writer.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Connections accepted.
     pub accepted: u64,
+    /// WebSocket handshakes completed.
+    pub upgrades: u64,
     /// Messages received from clients.
     pub messages_in: u64,
     /// Broadcasts fanned out.
     pub broadcasts: u64,
     /// Frames queued by fan-out (broadcasts × open recipients).
     pub deliveries: u64,
-    /// Clients closed for not reading.
+    /// Bytes written to sockets.
+    pub bytes_written: u64,
+    /// Clients past `--max-queued-bytes`.
     pub slow_consumers: u64,
-    /// Connections turned away at the connection limit.
+    /// Messages dropped for slow clients under `--slow-consumer drop`.
+    pub dropped_messages: u64,
+    /// Connections turned away at the connection or descriptor limit.
     pub over_limit: u64,
+    /// Messages published through `POST /publish`.
+    pub publishes: u64,
+    /// Lines broadcast from `--feed`.
+    pub feed_lines: u64,
+    /// Most bytes queued across all clients at the end of a fan-out.
+    pub queued_high_water: usize,
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Connections closed, indexed by `CloseReason as usize`.
+    pub closed: [u64; CloseReason::ALL.len()],
+    /// Requests answered with an error status, by status code.
+    pub rejected: BTreeMap<u16, u64>,
 }
 
 pub(crate) struct Server {
@@ -72,21 +95,27 @@ pub(crate) struct Server {
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
     cfg: Config,
+    route: RouteConfig,
     ws_config: WebSocketConfig,
     /// The loop-owned buffer every socket is read into.
     read_buf: Vec<u8>,
     /// Broadcasts encoded in this iteration.
     outbox: Vec<Frame>,
+    /// Connections whose publish is answered once the outbox is fanned out.
+    publish_acks: Vec<usize>,
     /// Connections with bytes to flush in the end phase.
     dirty: Vec<usize>,
     /// Connections to remove in the end phase.
     doomed: Vec<usize>,
-    /// Connections whose read budget ran out with input left.
+    /// Connections with input left to handle (read budget spent, or a
+    /// pipelined request waiting).
     unread: Vec<usize>,
-    page: Frame,
+    /// The keepalive ping, encoded once.
+    ping: Frame,
     shutdown: Shutdown,
-    _waker: std::sync::Arc<Waker>,
+    _waker: Arc<Waker>,
     signals: Option<Signals>,
+    feed: Option<Receiver<Vec<u8>>>,
     /// Set once shutdown began: when to give up on close replies.
     draining: Option<Instant>,
     /// A descriptor held in reserve so that at EMFILE a connection can
@@ -94,8 +123,11 @@ pub(crate) struct Server {
     spare_fd: Option<File>,
     /// Accepting is paused (descriptors exhausted) until this instant.
     accept_paused: Option<Instant>,
+    epoch: Instant,
     last_sweep: Instant,
+    last_keepalive: u32,
     stats: Stats,
+    iteration_time: Histogram,
 }
 
 impl Server {
@@ -105,7 +137,7 @@ impl Server {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         shutdown.set_waker(waker.clone());
         let signals = if shutdown.handles_signals() {
             let mut s = Signals::new([SIGINT, SIGTERM])?;
@@ -115,32 +147,56 @@ impl Server {
         } else {
             None
         };
+        let feed = match &cfg.feed {
+            Some(path) => Some(feed::spawn(path, waker.clone())?),
+            None => None,
+        };
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(WS_READ_BUFFER)
             .write_buffer_size(0)
             .max_message_size(Some(cfg.max_message_size))
             .max_frame_size(Some(cfg.max_message_size));
+        let route = RouteConfig {
+            allow_origins: cfg.allow_origins.clone(),
+            require_origin: cfg.require_origin,
+            metrics_path: Some(cfg.metrics_path.clone()).filter(|p| !p.is_empty()),
+            publish_token: cfg.publish_token.clone().filter(|t| !t.is_empty()),
+            max_body: cfg.max_message_size,
+            draining: false,
+        };
+        let now = Instant::now();
         Ok(Server {
             poll,
             listener: Some(listener),
             conns: Slab::new(),
+            route,
             ws_config,
             read_buf: vec![0; READ_BUF_LEN],
             outbox: Vec::new(),
+            publish_acks: Vec::new(),
             dirty: Vec::new(),
             doomed: Vec::new(),
             unread: Vec::new(),
-            page: http::page_response(true),
+            ping: frame::encode(0x9, b"", b""),
             shutdown,
             _waker: waker,
             signals,
+            feed,
             draining: None,
             spare_fd: File::open("/dev/null").ok(),
             accept_paused: None,
-            last_sweep: Instant::now(),
+            epoch: now,
+            last_sweep: now,
+            last_keepalive: 0,
             stats: Stats::default(),
+            iteration_time: metrics::iteration_histogram(),
             cfg,
         })
+    }
+
+    /// Seconds since the server started: the clock of `last_seen`.
+    fn tick(&self, now: Instant) -> u32 {
+        now.duration_since(self.epoch).as_secs() as u32
     }
 
     /// Runs until shutdown completes.
@@ -168,6 +224,7 @@ impl Server {
                         if self.shutdown.is_requested() {
                             self.begin_shutdown(now);
                         }
+                        self.drain_feed();
                     }
                     SIGNALS => {
                         if let Some(s) = &mut self.signals {
@@ -197,9 +254,12 @@ impl Server {
                 self.last_sweep = now;
                 self.sweep(now);
             }
-            self.end_of_iteration();
+            self.end_of_iteration(now);
+            self.stats.iterations += 1;
+            self.iteration_time.observe(now.elapsed().as_secs_f64());
             if let Some(deadline) = self.draining {
-                if self.conns.is_empty() || now >= deadline {
+                let clients_left = self.conns.iter().any(|(_, c)| c.was_ws);
+                if !clients_left || Instant::now() >= deadline {
                     tracing::info!(left = self.conns.len(), "shutdown complete");
                     return Ok(());
                 }
@@ -239,8 +299,9 @@ impl Server {
     fn shed_one(&mut self, now: Instant) {
         self.spare_fd = None;
         let accepted = self.listener.as_ref().map(|l| l.accept());
-        if let Some(Ok((mut stream, _))) = accepted {
+        if let Some(Ok((mut stream, peer))) = accepted {
             self.stats.over_limit += 1;
+            tracing::warn!(%peer, "out of file descriptors: connection refused with 503");
             let busy = http::error_response(Status::Unavailable, "server out of file descriptors");
             let _ = std::io::Write::write(&mut stream, &busy);
         }
@@ -256,6 +317,7 @@ impl Server {
         let over = self.conns.len() >= self.cfg.max_connections;
         if over && self.conns.len() >= self.cfg.max_connections + REJECT_SLACK {
             self.stats.over_limit += 1;
+            self.stats.closed[CloseReason::Limit as usize] += 1;
             return; // dropped: closed at once
         }
         if let Err(e) = sockopt::apply(&stream, &self.cfg.socket) {
@@ -271,13 +333,15 @@ impl Server {
             tracing::warn!(%peer, error = %e, "register failed");
             return;
         }
-        let mut conn = Conn::new(stream, peer, now + self.cfg.handshake_timeout);
+        let tick = now.duration_since(self.epoch).as_secs() as u32;
+        let mut conn = Conn::new(stream, peer, now + self.cfg.handshake_timeout, tick);
         if over {
             self.stats.over_limit += 1;
+            *self.stats.rejected.entry(503).or_default() += 1;
             tracing::warn!(%peer, limit = self.cfg.max_connections, "connection limit reached");
             conn.finish_with(
                 http::error_response(Status::Unavailable, "connection limit reached"),
-                CloseReason::Rejected,
+                CloseReason::Limit,
                 now,
             );
             conn.deadline = Some(now + Duration::from_secs(1));
@@ -288,14 +352,22 @@ impl Server {
         self.mark_dirty(key);
     }
 
-    /// Reads `k` until `WouldBlock`, EOF, or its budget for this iteration.
+    /// Handles `k`'s pipelined input, then reads it until `WouldBlock`,
+    /// EOF, a request the server must finish, or its budget.
     fn read_conn(&mut self, k: usize, now: Instant) {
+        let tick = self.tick(now);
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut total = 0;
-        loop {
-            let Some(conn) = self.conns.get_mut(k) else {
-                break;
+        while let Some(conn) = self.conns.get_mut(k) {
+            let mut ctx = Ctx {
+                cfg: &self.cfg,
+                route: &self.route,
+                ws_config: &self.ws_config,
+                outbox: &mut self.outbox,
+                now,
+                stats: &mut self.stats,
             };
+            conn.resume(&mut ctx);
             if !conn.wants_input() {
                 break;
             }
@@ -305,14 +377,8 @@ impl Server {
                     break;
                 }
                 Ok(n) => {
-                    let mut ctx = Ctx {
-                        cfg: &self.cfg,
-                        ws_config: &self.ws_config,
-                        outbox: &mut self.outbox,
-                        page: &self.page,
-                        now,
-                        messages_in: &mut self.stats.messages_in,
-                    };
+                    conn.last_seen = tick;
+                    conn.pinged = false;
                     conn.on_input(&buf[..n], &mut ctx);
                     total += n;
                     if total >= READ_BUDGET {
@@ -331,7 +397,64 @@ impl Server {
             }
         }
         self.read_buf = buf;
+        self.finish_pending(k);
         self.mark_dirty(k);
+    }
+
+    /// Completes what a connection asked of the server.
+    fn finish_pending(&mut self, k: usize) {
+        let Some(conn) = self.conns.get(k) else {
+            return;
+        };
+        match conn.pending {
+            Some(Pending::Metrics { body, keep_alive }) => {
+                let text = self.render_metrics();
+                let conn = &mut self.conns[k];
+                let mut response =
+                    http::response("200 OK", metrics::CONTENT_TYPE, text.as_bytes(), keep_alive);
+                if !body {
+                    response.truncate(response.len() - text.len());
+                }
+                conn.queue.push(Frame::from_vec(response));
+                conn.pending = None;
+                // Pipelined requests after it wait in the buffer.
+                self.unread.push(k);
+            }
+            Some(Pending::Published { .. }) if !self.publish_acks.contains(&k) => {
+                self.publish_acks.push(k);
+            }
+            _ => {}
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let mut gauges = metrics::Gauges {
+            connections: self.conns.len(),
+            ..Default::default()
+        };
+        for (_, c) in self.conns.iter() {
+            gauges.websockets += usize::from(c.is_open());
+            gauges.queued_bytes += c.queue.queued();
+        }
+        metrics::render(&self.stats, gauges, &self.iteration_time)
+    }
+
+    /// Moves lines from `--feed` into the outbox.
+    fn drain_feed(&mut self) {
+        let Some(rx) = &self.feed else { return };
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    self.stats.feed_lines += 1;
+                    self.outbox.push(frame::encode(OP_TEXT, b"", &line));
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.feed = None;
+                    return;
+                }
+            }
+        }
     }
 
     /// Lists `k` for the end phase: flush if it has bytes, remove if doomed.
@@ -345,15 +468,37 @@ impl Server {
         }
     }
 
-    /// Checks deadlines; resumes accepting if it was paused.
+    /// Checks deadlines (every sweep) and keepalive (every second);
+    /// resumes accepting if it was paused.
     fn sweep(&mut self, now: Instant) {
+        let tick = self.tick(now);
+        let keepalive = tick != self.last_keepalive;
+        self.last_keepalive = tick;
+        let ping_after = self.cfg.ping_interval.as_secs().max(1) as u32;
+        let idle_after = self.cfg.idle_timeout.as_secs().max(1) as u32;
+        let (ping_on, idle_on) = (
+            !self.cfg.ping_interval.is_zero(),
+            !self.cfg.idle_timeout.is_zero(),
+        );
         for (k, conn) in self.conns.iter_mut() {
+            let mut touched = false;
             if matches!(conn.deadline, Some(d) if now >= d) {
                 conn.on_deadline(now);
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(k);
+                touched = true;
+            } else if keepalive && conn.is_open() {
+                let silent = tick.saturating_sub(conn.last_seen);
+                if idle_on && silent >= idle_after {
+                    conn.close_ws(CloseCode::Away, "idle timeout", CloseReason::Idle, now);
+                    touched = true;
+                } else if ping_on && silent >= ping_after && !conn.pinged {
+                    conn.queue.push(self.ping.clone());
+                    conn.pinged = true;
+                    touched = true;
                 }
+            }
+            if touched && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(k);
             }
         }
         if matches!(self.accept_paused, Some(t) if now >= t) {
@@ -367,8 +512,7 @@ impl Server {
     }
 
     /// Fans out this iteration's broadcasts, flushes, then removes the doomed.
-    fn end_of_iteration(&mut self) {
-        let now = Instant::now();
+    fn end_of_iteration(&mut self, now: Instant) {
         if !self.outbox.is_empty() {
             self.fan_out(now);
         }
@@ -377,12 +521,9 @@ impl Server {
                 continue;
             };
             conn.dirty = false;
-            if !conn.doomed
-                && !conn.blocked
-                && (!conn.queue.is_empty()
-                    || matches!(conn.state, State::Closing { write_shut: false }))
-            {
-                conn.flush();
+            let must_shut = matches!(conn.state, State::Closing { write_shut: false });
+            if !conn.doomed && !conn.blocked && (!conn.queue.is_empty() || must_shut) {
+                self.stats.bytes_written += conn.flush() as u64;
             }
             if conn.doomed {
                 self.doomed.push(k);
@@ -394,59 +535,100 @@ impl Server {
             }
             let conn = self.conns.remove(k);
             self.unread.retain(|&u| u != k);
+            self.publish_acks.retain(|&u| u != k);
+            self.stats.closed[conn.reason as usize] += 1;
             let _ = self.poll.registry().deregister(&mut { conn.stream });
-            tracing::info!(peer = %conn.peer, reason = ?conn.reason, "disconnect");
+            tracing::info!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
         }
     }
 
     /// Queues every broadcast of this iteration for every open connection
     /// (handles only: no copy, no allocation per recipient) and flushes
-    /// each with one `writev`.
+    /// each with one `writev`; then answers this iteration's publishes.
     fn fan_out(&mut self, now: Instant) {
         let batch: usize = self.outbox.iter().map(|f| f.len()).sum();
+        let count = self.outbox.len();
         let limit = self.cfg.max_queued_bytes;
+        let drop_policy = self.cfg.slow_consumer == SlowConsumer::Drop;
         let mut recipients = 0u64;
+        let mut queued_total = 0usize;
         for (k, conn) in self.conns.iter_mut() {
             if !conn.is_open() {
                 continue;
             }
-            if conn.queue.queued() + batch > limit {
-                self.stats.slow_consumers += 1;
-                conn.close_slow(limit, now);
-            } else {
+            if conn.queue.queued() + batch <= limit {
+                if conn.dropped > 0 && conn.queue.is_empty() {
+                    let notice = format!("herald: {} messages dropped", conn.dropped);
+                    conn.queue
+                        .push(frame::encode(OP_TEXT, b"", notice.as_bytes()));
+                    conn.dropped = 0;
+                }
                 recipients += 1;
                 for frame in &self.outbox {
                     conn.queue.push(frame.clone());
                 }
+            } else if drop_policy {
+                conn.dropped = conn.dropped.saturating_add(count as u32);
+                self.stats.dropped_messages += count as u64;
+            } else {
+                self.stats.slow_consumers += 1;
+                conn.close_slow(limit, now);
             }
             if !conn.blocked {
-                conn.flush();
+                self.stats.bytes_written += conn.flush() as u64;
             }
+            queued_total += conn.queue.queued();
             if conn.doomed {
                 self.doomed.push(k);
             }
         }
-        self.stats.broadcasts += self.outbox.len() as u64;
-        self.stats.deliveries += recipients * self.outbox.len() as u64;
+        self.stats.queued_high_water = self.stats.queued_high_water.max(queued_total);
+        self.stats.broadcasts += count as u64;
+        self.stats.deliveries += recipients * count as u64;
         self.outbox.clear();
+
+        for k in std::mem::take(&mut self.publish_acks) {
+            let Some(conn) = self.conns.get_mut(k) else {
+                continue;
+            };
+            if let Some(Pending::Published { keep_alive }) = conn.pending.take() {
+                let body = format!("{{\"recipients\":{recipients}}}\n");
+                let response = http::response(
+                    "202 Accepted",
+                    "application/json",
+                    body.as_bytes(),
+                    keep_alive,
+                );
+                conn.queue.push(Frame::from_vec(response));
+                if !conn.blocked {
+                    self.stats.bytes_written += conn.flush() as u64;
+                }
+                // Pipelined requests after it wait in the buffer.
+                self.unread.push(k);
+            }
+        }
     }
 
-    /// Stops accepting and starts the close handshake with every client.
+    /// Starts the close handshake with every client and turns new ones
+    /// away with 503 (health checks see 503 too).
     fn begin_shutdown(&mut self, now: Instant) {
         if self.draining.is_some() {
             return;
         }
         tracing::info!(open = self.conns.len(), "shutting down");
         self.draining = Some(now + self.cfg.shutdown_timeout);
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
+        self.route.draining = true;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             let conn = &mut self.conns[k];
             match conn.state {
-                State::Open(_) => conn.close_ws(CloseCode::Away, "server shutting down"),
-                State::Http(_) => conn.finish_with(
+                State::Open(_) => conn.close_ws(
+                    CloseCode::Away,
+                    "server shutting down",
+                    CloseReason::Shutdown,
+                    now,
+                ),
+                State::Http(_) | State::Body(_) => conn.finish_with(
                     http::error_response(Status::Unavailable, "server shutting down"),
                     CloseReason::Shutdown,
                     now,
@@ -465,22 +647,19 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         io::ErrorKind::Interrupted
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
-    ) || matches!(
-        e.raw_os_error(),
-        Some(libc_errno::EPROTO | libc_errno::EPERM)
-    )
+    ) || matches!(e.raw_os_error(), Some(errno::EPROTO | errno::EPERM))
 }
 
-/// Out of descriptors, per process or system-wide.
+/// Out of descriptors or socket memory, per process or system-wide.
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOBUFS | libc_errno::ENOMEM)
+        Some(errno::EMFILE | errno::ENFILE | errno::ENOBUFS | errno::ENOMEM)
     )
 }
 
 /// The few errno values the accept loop tells apart (Linux numbering).
-mod libc_errno {
+mod errno {
     pub const EPERM: i32 = 1;
     pub const ENOMEM: i32 = 12;
     pub const ENFILE: i32 = 23;

@@ -1,0 +1,161 @@
+//! The Prometheus exposition of herald's counters, rendered by
+//! `prometheus-client` when `/metrics` is scraped.
+//!
+//! The loop counts in plain integers (`Stats`), per event or per broadcast,
+//! never per recipient; a scrape copies them into a fresh registry. Only the
+//! iteration-time histogram lives across scrapes.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::conn::CloseReason;
+use crate::server::Stats;
+
+/// Content type of the exposition (OpenMetrics text, which Prometheus reads).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A histogram of loop iteration times, 1 µs to about 4 s.
+pub fn iteration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 4.0, 12))
+}
+
+/// Gauges read off the connections at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// Open connections of any kind.
+    pub connections: usize,
+    /// Open WebSockets.
+    pub websockets: usize,
+    /// Bytes queued across all connections now.
+    pub queued_bytes: usize,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(values: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, v) in values {
+        family.get_or_create(&labels).inc_by(v);
+    }
+    family
+}
+
+/// Renders the exposition.
+pub fn render(stats: &Stats, gauges: Gauges, iterations: &Histogram) -> String {
+    let mut r = Registry::with_prefix("herald");
+    let c = |v: u64| ConstCounter::new(v);
+    let g = |v: usize| ConstGauge::new(v as i64);
+    r.register(
+        "connections_accepted",
+        "Connections accepted",
+        c(stats.accepted),
+    );
+    r.register(
+        "connections_open",
+        "Open connections (HTTP and WebSocket)",
+        g(gauges.connections),
+    );
+    r.register(
+        "websockets_open",
+        "Open WebSocket connections",
+        g(gauges.websockets),
+    );
+    r.register(
+        "upgrades",
+        "WebSocket handshakes completed",
+        c(stats.upgrades),
+    );
+    r.register(
+        "connections_closed",
+        "Connections closed, by reason",
+        counter_family(CloseReason::ALL.iter().map(|r| {
+            (
+                vec![("reason", r.name().to_string())],
+                stats.closed[*r as usize],
+            )
+        })),
+    );
+    r.register(
+        "handshakes_rejected",
+        "HTTP requests answered with an error status, by status",
+        counter_family(
+            stats
+                .rejected
+                .iter()
+                .map(|(s, n)| (vec![("status", s.to_string())], *n)),
+        ),
+    );
+    r.register(
+        "messages_received",
+        "Messages received from clients",
+        c(stats.messages_in),
+    );
+    r.register("broadcasts", "Broadcasts fanned out", c(stats.broadcasts));
+    r.register(
+        "deliveries",
+        "Frames queued for recipients by fan-out",
+        c(stats.deliveries),
+    );
+    r.register(
+        "publishes",
+        "Messages published through POST /publish",
+        c(stats.publishes),
+    );
+    r.register(
+        "feed_lines",
+        "Lines broadcast from --feed",
+        c(stats.feed_lines),
+    );
+    r.register_with_unit(
+        "written",
+        "Bytes written to sockets",
+        Unit::Bytes,
+        c(stats.bytes_written),
+    );
+    r.register_with_unit(
+        "queued",
+        "Bytes queued for clients now",
+        Unit::Bytes,
+        g(gauges.queued_bytes),
+    );
+    r.register_with_unit(
+        "queued_high_water",
+        "Most bytes queued across all clients at once",
+        Unit::Bytes,
+        g(stats.queued_high_water),
+    );
+    r.register(
+        "slow_consumers",
+        "Clients past --max-queued-bytes",
+        c(stats.slow_consumers),
+    );
+    r.register(
+        "messages_dropped",
+        "Messages dropped for slow clients (--slow-consumer drop)",
+        c(stats.dropped_messages),
+    );
+    r.register(
+        "over_limit",
+        "Connections turned away at the connection or descriptor limit",
+        c(stats.over_limit),
+    );
+    r.register(
+        "loop_iterations",
+        "Event loop iterations",
+        c(stats.iterations),
+    );
+    r.register_with_unit(
+        "loop_iteration",
+        "Time spent handling one loop iteration's events",
+        Unit::Seconds,
+        iterations.clone(),
+    );
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
