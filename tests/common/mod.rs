@@ -1,0 +1,528 @@
+//! Helpers shared by herald's integration tests: a server on a port-0
+//! listener (or the real binary on a free port), tungstenite clients with
+//! read timeouts, raw HTTP exchanges and hand-made WebSocket frames.
+//!
+//! Every wait is bounded by a socket or channel timeout: a test that would
+//! hang fails with a message instead.
+
+// Each test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use herald::{Config, Shutdown};
+use tungstenite::error::ProtocolError;
+use tungstenite::protocol::Role;
+use tungstenite::{Error as WsError, Message, WebSocket};
+
+/// How long any single wait (a read, a server stopping) may take before the
+/// test fails. Generous, because a loaded CI machine is slow; a passing run
+/// never waits this long.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The seed's prefix, herald's default.
+pub const PREFIX: &str = "Message from server: ";
+
+/// A WebSocket client over a blocking socket with [`TIMEOUT`] on reads and writes.
+pub type Client = WebSocket<TcpStream>;
+
+/// herald's configuration from command-line flags (`herald` is prepended).
+pub fn config(flags: &[&str]) -> Config {
+    Config::parse_from(std::iter::once("herald").chain(flags.iter().copied()))
+}
+
+/// `herald::run` on a thread, serving a listener bound to 127.0.0.1:0.
+///
+/// Dropping it triggers shutdown and waits (at most [`TIMEOUT`]) for the
+/// loop to return; declare clients after the server so they are dropped,
+/// and so disconnect, first.
+pub struct TestServer {
+    /// Where the server listens.
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    done: Receiver<io::Result<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server configured by `flags`.
+    pub fn start(flags: &[&str]) -> Self {
+        Self::with_config(config(flags))
+    }
+
+    /// Starts a server with `config` (its `listen` is ignored).
+    pub fn with_config(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local_addr");
+        let shutdown = Shutdown::new();
+        let (tx, done) = mpsc::channel();
+        let handle = shutdown.clone();
+        let thread = thread::Builder::new()
+            .name("herald".into())
+            .spawn(move || {
+                let _ = tx.send(herald::run(listener, config, handle));
+            })
+            .expect("spawn server thread");
+        TestServer {
+            addr,
+            shutdown,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// Asks the server to shut down (close 1001 to every client) and returns at once.
+    pub fn trigger_shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Waits for `run` to return, at most `within`; panics if it does not.
+    pub fn wait_stopped(mut self, within: Duration) -> io::Result<()> {
+        let result = self.done.recv_timeout(within).unwrap_or_else(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => {
+                panic!("herald::run did not return within {within:?}")
+            }
+            mpsc::RecvTimeoutError::Disconnected => {
+                panic!("the server thread panicked (see above)")
+            }
+        });
+        if let Some(t) = self.thread.take() {
+            t.join().expect("server thread panicked");
+        }
+        result
+    }
+}
+
+impl Drop for TestServer {
+    /// Stops the server and checks that it survived the test: a server
+    /// thread that panicked or a `run` that failed fails the test too.
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        let Some(t) = self.thread.take() else { return };
+        let outcome = self.done.recv_timeout(TIMEOUT);
+        if !matches!(outcome, Err(mpsc::RecvTimeoutError::Timeout)) {
+            let _ = t.join();
+        }
+        if thread::panicking() {
+            return; // the test already failed; do not abort it with a second panic
+        }
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("herald::run returned an error: {e}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("the server thread panicked during the test (see above)")
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("herald did not stop within {TIMEOUT:?} of shutdown")
+            }
+        }
+    }
+}
+
+/// Opens a TCP connection with [`TIMEOUT`] on reads and writes.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// A WebSocket client on `/`, handshake done.
+pub fn connect(addr: SocketAddr) -> Client {
+    handshake(addr, tcp(addr))
+}
+
+/// `n` WebSocket clients, all upgraded before this returns.
+pub fn connect_many(addr: SocketAddr, n: usize) -> Vec<Client> {
+    (0..n).map(|_| connect(addr)).collect()
+}
+
+/// Runs the client handshake over an already connected `stream`; the
+/// timeouts are (re)set to [`TIMEOUT`].
+pub fn handshake(addr: SocketAddr, stream: TcpStream) -> Client {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}/"), stream)
+        .unwrap_or_else(|e| panic!("WebSocket handshake with {addr} failed: {e}"));
+    assert_eq!(resp.status(), 101, "upgrade answered with {resp:?}");
+    ws
+}
+
+/// Splits a freshly connected client into a writer and a reader over the
+/// same socket, so one thread can publish while another reads. Call it
+/// before any message can have arrived (nothing buffered is carried over).
+pub fn split(ws: Client) -> (Client, Client) {
+    let reader = ws.get_ref().try_clone().expect("clone socket");
+    (ws, WebSocket::from_raw_socket(reader, Role::Client, None))
+}
+
+/// Sends a text message.
+pub fn send_text(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text))
+        .unwrap_or_else(|e| panic!("sending {text:?}: {e}"));
+}
+
+/// The next message, whatever its kind; panics on timeout or error.
+pub fn recv(ws: &mut Client) -> Message {
+    ws.read()
+        .unwrap_or_else(|e| panic!("expected a message, got error: {e}"))
+}
+
+/// The next message, which must be text.
+pub fn recv_text(ws: &mut Client) -> String {
+    match recv(ws) {
+        Message::Text(t) => t.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// How a connection ended, seen from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The server sent a close frame with this code, then closed TCP.
+    Close(u16),
+    /// The connection ended (EOF or reset) without a close frame.
+    Dropped(String),
+}
+
+/// Reads until the connection ends, answering a close frame as a client
+/// must and waiting for the server to close TCP afterwards. Returns the
+/// data messages read on the way and how it ended. Panics on a read
+/// timeout (the server neither sent nor closed anything) or a malformed
+/// stream.
+pub fn drain(ws: &mut Client) -> (Vec<Message>, Ending) {
+    let mut messages = Vec::new();
+    let mut code = None;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => {
+                let frame = frame.expect("a close frame without a status code");
+                code = Some(u16::from(frame.code));
+            }
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => messages.push(m),
+            Ok(_) => {}
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                let code = code.expect("connection closed without a close frame");
+                return (messages, Ending::Close(code));
+            }
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                return (messages, ended_abruptly(code, "EOF"));
+            }
+            Err(WsError::Io(e)) if is_timeout(&e) => match code {
+                Some(c) => panic!("got close {c}, but the server never closed TCP"),
+                None => panic!("timed out waiting for the connection to end"),
+            },
+            Err(WsError::Io(e)) => return (messages, ended_abruptly(code, &e.to_string())),
+            Err(e) => panic!("malformed stream from the server: {e}"),
+        }
+    }
+}
+
+fn ended_abruptly(code: Option<u16>, how: &str) -> Ending {
+    match code {
+        // The close frame arrived; the TCP end was not graceful, but the code counts.
+        Some(c) => Ending::Close(c),
+        None => Ending::Dropped(how.to_owned()),
+    }
+}
+
+/// Reads until the server's close frame (skipping data messages) and the
+/// end of the connection; returns the close code.
+pub fn read_until_close(ws: &mut Client) -> u16 {
+    match drain(ws).1 {
+        Ending::Close(code) => code,
+        Ending::Dropped(how) => panic!("connection ended without a close frame: {how}"),
+    }
+}
+
+/// Whether `e` is a socket read/write timeout.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// A client-to-server frame made by hand: `first` is the FIN/RSV/opcode
+/// byte, the payload is masked with a fixed key, and the length uses
+/// whichever of the three encodings fits.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = frame_header(first, 0x80, payload.len());
+    out.extend_from_slice(&KEY);
+    out.extend(payload.iter().zip(KEY.iter().cycle()).map(|(b, k)| b ^ k));
+    out
+}
+
+/// A frame made by hand without a mask, which a client must never send.
+pub fn unmasked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = frame_header(first, 0, payload.len());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn frame_header(first: u8, mask_bit: u8, len: usize) -> Vec<u8> {
+    let mut out = vec![first];
+    match len {
+        0..=125 => out.push(mask_bit | len as u8),
+        126..=0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out
+}
+
+/// Writes raw bytes on a client's socket, bypassing tungstenite.
+pub fn send_raw(ws: &mut Client, bytes: &[u8]) {
+    ws.get_mut()
+        .write_all(bytes)
+        .unwrap_or_else(|e| panic!("raw write: {e}"));
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The numeric status.
+    pub status: u16,
+    /// The whole status line, e.g. `HTTP/1.1 404 Not Found`.
+    pub status_line: String,
+    /// Header names and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes; none for a HEAD request).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("body is not UTF-8")
+    }
+}
+
+/// Sends `request` on a fresh connection and reads the response. If the
+/// response says `Connection: close`, also checks that the server then
+/// closes the connection (within [`TIMEOUT`]).
+pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
+    let mut s = tcp(addr);
+    s.write_all(request).expect("write request");
+    let resp = read_http_response(&mut s, request.starts_with(b"HEAD "));
+    if resp.header("Connection") == Some("close") {
+        expect_eof(&mut s);
+    }
+    resp
+}
+
+/// Reads one response from `s`: the head, then `Content-Length` bytes of
+/// body unless it answers a HEAD request. Reads nothing past it.
+pub fn read_http_response(s: &mut TcpStream, head_request: bool) -> HttpResponse {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    // Byte by byte: the head is small, and nothing after it is consumed.
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => raw.push(byte[0]),
+            Ok(_) => panic!(
+                "connection closed inside the response head: {:?}",
+                String::from_utf8_lossy(&raw)
+            ),
+            Err(e) => panic!(
+                "reading the response head: {e} (got so far: {:?})",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
+    let mut resp = parse_head(&raw[..raw.len() - 4]);
+    if !head_request {
+        let len: usize = resp
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no valid Content-Length in {resp:?}"));
+        resp.body = vec![0; len];
+        s.read_exact(&mut resp.body)
+            .unwrap_or_else(|e| panic!("reading a {len}-byte body: {e}"));
+    }
+    resp
+}
+
+/// Checks that the peer closes the connection with nothing more to say.
+pub fn expect_eof(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    match s.read_to_end(&mut rest) {
+        Ok(_) if rest.is_empty() => {}
+        Ok(_) => panic!(
+            "unexpected bytes after the response: {:?}",
+            String::from_utf8_lossy(&rest)
+        ),
+        // A reset also ends the connection; the response was already read.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server did not close the connection: {e}"),
+    }
+}
+
+/// Parses a response head (without its final blank line).
+fn parse_head(raw: &[u8]) -> HttpResponse {
+    let head = std::str::from_utf8(raw).expect("head is not UTF-8");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default().to_owned();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .map(|l| {
+            let (n, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad header line {l:?}"));
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    HttpResponse {
+        status,
+        status_line,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// A well-formed upgrade request for `/`, with `extra` header lines (each
+/// ending in `\r\n`) and the given `Sec-WebSocket-Version`.
+pub fn upgrade_request(version: &str, extra: &str) -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\
+         {extra}\r\n"
+    )
+}
+
+/// The `herald` binary, running on a free loopback port; killed (by its
+/// PID) when dropped, unless it already exited.
+pub struct HeraldProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl HeraldProcess {
+    /// Starts the binary with `flags` on a free port and waits for its
+    /// start-up log line. A port taken between choosing and binding it is
+    /// retried with another.
+    pub fn start(flags: &[&str]) -> Self {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("find a free port")
+                .port();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+                .arg("--listen")
+                .arg(addr.to_string())
+                .args(flags)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn herald");
+            let lines = forward_lines(child.stderr.take().expect("stderr"));
+            let mut log = Vec::new();
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match lines.recv_timeout(left) {
+                    Ok(line) if line.contains("herald listening") => {
+                        return HeraldProcess { addr, child };
+                    }
+                    Ok(line) => log.push(line),
+                    // stderr closed: it exited (most likely the port was taken).
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = child.kill();
+                        panic!("herald did not start within {TIMEOUT:?}; its log: {log:#?}");
+                    }
+                }
+            }
+            let status = wait_child(&mut child, TIMEOUT);
+            eprintln!("herald on {addr} exited at start ({status:?}): {log:#?}; retrying");
+        }
+        panic!("herald could not start on any free port");
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with our own child's PID; no memory is involved.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+    }
+
+    /// Waits for the process to exit, at most `within`; panics if it does not.
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        wait_child(&mut self.child, within)
+            .unwrap_or_else(|| panic!("herald did not exit within {within:?}"))
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Forwards every line of `r` to the returned channel, from a thread, so
+/// the child never blocks on a full pipe.
+fn forward_lines(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // Nobody listens any more: keep draining so the child never blocks.
+                continue;
+            }
+        }
+    });
+    rx
+}
+
+/// Polls `child` until it exits or `within` passes.
+fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
