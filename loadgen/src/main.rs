@@ -1,1 +1,269 @@
-fn main() { eprintln!("loadgen: not yet implemented"); std::process::exit(2); }
+//! `loadgen`: the command line. Everything else is in the library.
+
+use clap::{Args, Parser, Subcommand};
+use loadgen::config::{parse_local_addrs, Broadcast, Config, Scenario};
+use loadgen::handshake::WsUrl;
+use loadgen::run::{run, Timing};
+use loadgen::{plot, report};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Load generator for WebSocket broadcast servers (herald, or any server with the seed's
+/// semantics). Exit status: 0 when everything arrived once and in order, 1 when anything
+/// was lost, duplicated, reordered or malformed or fewer clients connected than asked,
+/// 2 on a usage or I/O error.
+#[derive(Parser, Debug)]
+#[command(name = "loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Clients publish; every delivery is timed and sequence-checked.
+    Broadcast {
+        #[command(flatten)]
+        common: Common,
+        /// Clients 0..P publish (they receive too).
+        #[arg(long, default_value_t = 1)]
+        publishers: u32,
+        /// Bytes per published message (at least 43).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Seconds of the measured window.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Total messages per second over all publishers, evenly spaced (open loop);
+        /// 0 = saturation, each publisher keeping --window messages in flight.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Messages each publisher keeps in flight when --rate is 0.
+        #[arg(long, default_value_t = 16)]
+        window: u32,
+        /// What the server puts before each relayed message.
+        #[arg(long, default_value = "Message from server: ")]
+        prefix: String,
+        /// Seconds of publishing before the measured window.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Longest wait, in seconds, for deliveries in flight when publishing ends.
+        #[arg(long, default_value_t = 5.0)]
+        drain: f64,
+        /// Write the latency distribution (HdrHistogram .hgrm format, milliseconds).
+        #[arg(long, value_name = "FILE")]
+        hgrm: Option<PathBuf>,
+        /// Draw the latency-by-percentile curve into an SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+    },
+    /// Open, handshake and close connections; reports handshakes/s and their latency.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Stop after this many seconds even if --clients handshakes are not done.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Open --clients connections and hold them (server memory per connection).
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds to hold the connections once all are open.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// Draw several .hgrm files as one latency-by-percentile SVG.
+    Plot {
+        /// Output SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        out: PathBuf,
+        /// Chart title.
+        #[arg(long, default_value = "Latency by percentile")]
+        title: String,
+        /// Curves as LABEL=FILE.hgrm (or just FILE.hgrm).
+        #[arg(required = true)]
+        inputs: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// Server URL, ws://HOST:PORT/PATH (HOST an IP address or localhost).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
+    url: WsUrl,
+    /// Connections to open (connect: handshakes to do).
+    #[arg(long, default_value_t = 1000)]
+    clients: u32,
+    /// Worker threads, each with its own event loop and share of the clients.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Source addresses, e.g. 127.0.0.1-127.0.0.8, used round-robin (beyond ~28k
+    /// connections to one server address).
+    #[arg(long, value_name = "RANGE")]
+    local_addrs: Option<String>,
+    /// Connections each thread starts per batch.
+    #[arg(long, default_value_t = 64)]
+    batch: u32,
+    /// Milliseconds between a thread's batches.
+    #[arg(long, default_value_t = 1.0)]
+    batch_interval_ms: f64,
+    /// Most handshakes in progress per thread (keep it at or below the server's backlog).
+    #[arg(long, default_value_t = 128)]
+    max_pending: u32,
+    /// Seconds a connection may take from connect() to a checked 101.
+    #[arg(long, default_value_t = 5.0)]
+    connect_timeout: f64,
+    /// Seconds to wait for all connections to open before starting anyway.
+    #[arg(long, default_value_t = 120.0)]
+    connect_phase_timeout: f64,
+    /// Largest frame payload accepted from the server, bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_frame: u64,
+    /// Server process to sample from /proc (CPU per delivery, memory per connection).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Print one JSON object on stdout (the table goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// No live line each second.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn secs(s: f64) -> u64 {
+    (s.max(0.0) * 1e9) as u64
+}
+
+fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
+    if c.threads == 0 || c.clients == 0 || c.batch == 0 || c.max_pending == 0 {
+        return Err("--threads, --clients, --batch and --max-pending must be positive".into());
+    }
+    Ok(Config {
+        url: c.url.clone(),
+        clients: c.clients,
+        threads: c.threads,
+        local_addrs: match &c.local_addrs {
+            Some(s) => parse_local_addrs(s)?,
+            None => Vec::new(),
+        },
+        batch: c.batch,
+        batch_interval_ns: (c.batch_interval_ms * 1e6) as u64,
+        max_pending: c.max_pending,
+        connect_timeout_ns: secs(c.connect_timeout),
+        max_frame: c.max_frame,
+        scenario,
+    })
+}
+
+fn timing(c: &Common, duration: f64, warmup: f64, drain: f64) -> Timing {
+    Timing {
+        warmup_ns: secs(warmup),
+        duration_ns: secs(duration),
+        drain_ns: secs(drain),
+        connect_phase_ns: secs(c.connect_phase_timeout),
+        server_pid: c.server_pid,
+        live: !c.quiet,
+    }
+}
+
+fn main() -> ExitCode {
+    match real_main(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` when the run measured a failure.
+fn real_main(cli: Cli) -> Result<bool, String> {
+    let (common, cfg, timing, outputs) = match cli.command {
+        Command::Plot { out, title, inputs } => {
+            let mut series = Vec::new();
+            for input in inputs {
+                let (label, file) = match input.split_once('=') {
+                    Some((l, f)) => (l.to_string(), f.to_string()),
+                    None => (input.clone(), input.clone()),
+                };
+                let text = std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?;
+                series.push((
+                    label,
+                    report::parse_hgrm(&text).map_err(|e| format!("{file}: {e}"))?,
+                ));
+            }
+            plot::draw(&out, &title, &series)?;
+            return Ok(true);
+        }
+        Command::Broadcast {
+            common,
+            publishers,
+            size,
+            duration,
+            rate,
+            window,
+            prefix,
+            warmup,
+            drain,
+            hgrm,
+            plot,
+        } => {
+            if size < loadgen::message::HEADER_LEN {
+                return Err(format!(
+                    "--size must be at least {} bytes",
+                    loadgen::message::HEADER_LEN
+                ));
+            }
+            if publishers == 0 || publishers > common.clients {
+                return Err("--publishers must be between 1 and --clients".into());
+            }
+            if rate == 0.0 && window == 0 {
+                return Err("--rate 0 needs a --window of at least 1".into());
+            }
+            let b = Broadcast {
+                publishers,
+                size,
+                rate,
+                window,
+                prefix: prefix.into_bytes(),
+            };
+            let cfg = config(&common, Scenario::Broadcast(b))?;
+            let t = timing(&common, duration, warmup, drain);
+            (common, cfg, t, (hgrm, plot))
+        }
+        Command::Connect { common, duration } => {
+            let cfg = config(&common, Scenario::Connect)?;
+            let t = timing(&common, duration, 0.0, 0.0);
+            (common, cfg, t, (None, None))
+        }
+        Command::Idle { common, duration } => {
+            let cfg = config(&common, Scenario::Idle)?;
+            let t = timing(&common, duration, 0.0, 0.0);
+            (common, cfg, t, (None, None))
+        }
+    };
+    let outcome = run(cfg, timing).map_err(|e| e.to_string())?;
+    if common.json {
+        report::write_table(&outcome, &mut std::io::stderr()).map_err(|e| e.to_string())?;
+        println!("{}", report::to_json(&outcome));
+    } else {
+        report::write_table(&outcome, &mut std::io::stdout()).map_err(|e| e.to_string())?;
+    }
+    let (hgrm, svg) = outputs;
+    if let Some(path) = hgrm {
+        let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        report::write_hgrm(&outcome.stats.latency, &mut f)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = svg {
+        let title = format!("Delivery latency, ws://{}", outcome.cfg.url.host);
+        let series = vec![(
+            format!("{} clients", outcome.cfg.clients),
+            report::points(&outcome.stats.latency),
+        )];
+        plot::draw(&path, &title, &series)?;
+    }
+    Ok(report::problems(&outcome).is_empty())
+}

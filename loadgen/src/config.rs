@@ -1,0 +1,118 @@
+//! What one run does, as the command line described it.
+
+use crate::handshake::WsUrl;
+use std::net::IpAddr;
+
+/// Settings shared by every worker thread of a run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server to load.
+    pub url: WsUrl,
+    /// Connections to open (for `connect`: handshakes to complete).
+    pub clients: u32,
+    /// Worker threads; client `i` belongs to worker `i % threads`.
+    pub threads: usize,
+    /// Source addresses, used round-robin by client index (empty: the kernel picks).
+    pub local_addrs: Vec<IpAddr>,
+    /// Connections each worker starts per batch.
+    pub batch: u32,
+    /// Time between a worker's batches.
+    pub batch_interval_ns: u64,
+    /// Most handshakes one worker keeps in progress at once.
+    pub max_pending: u32,
+    /// A connection not open this long after `connect()` fails with a timeout.
+    pub connect_timeout_ns: u64,
+    /// Largest frame payload accepted from the server.
+    pub max_frame: u64,
+    /// What the open connections do.
+    pub scenario: Scenario,
+}
+
+/// The scenario a run plays once its connections are open.
+#[derive(Debug, Clone)]
+pub enum Scenario {
+    /// Publish and measure every delivery.
+    Broadcast(Broadcast),
+    /// Open, handshake and close connections as fast as allowed.
+    Connect,
+    /// Hold the connections open.
+    Idle,
+}
+
+/// The `broadcast` scenario's parameters.
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    /// Clients `0..publishers` also publish.
+    pub publishers: u32,
+    /// Bytes of each published message.
+    pub size: usize,
+    /// Total messages per second over all publishers; 0 means saturation with `window`.
+    pub rate: f64,
+    /// Messages each publisher keeps in flight when `rate` is 0.
+    pub window: u32,
+    /// What the server puts before each message it relays.
+    pub prefix: Vec<u8>,
+}
+
+impl Broadcast {
+    /// When publisher `id`'s message `seq` is due, in an open-loop run starting at
+    /// `start_ns`: the `rate` is spread evenly, publishers interleaved.
+    pub fn due_ns(&self, start_ns: u64, id: u32, seq: u64) -> u64 {
+        let slot = seq as f64 * self.publishers as f64 + id as f64;
+        start_ns + (slot * 1e9 / self.rate) as u64
+    }
+}
+
+/// Parses `127.0.0.1-127.0.0.8` (a range in the last octet) or a comma-separated list.
+///
+/// # Errors
+/// A message naming the part that is not an address.
+pub fn parse_local_addrs(s: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = |e: std::net::AddrParseError| format!("{part}: {e}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+                    (a.parse().map_err(bad)?, b.parse().map_err(bad)?);
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || b - a > 255 {
+                    return Err(format!("{part}: empty or over 256 addresses"));
+                }
+                out.extend((a..=b).map(|v| IpAddr::V4(v.into())));
+            }
+            None => out.push(part.parse().map_err(bad)?),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_addr_ranges() {
+        let v = parse_local_addrs("127.0.0.1-127.0.0.8").unwrap();
+        assert_eq!(v.len(), 8);
+        assert_eq!(v[7], "127.0.0.8".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_local_addrs("127.0.0.2, ::1").unwrap().len(), 2);
+        assert!(parse_local_addrs("127.0.0.9-127.0.0.1").is_err());
+        assert!(parse_local_addrs("nope").is_err());
+    }
+
+    #[test]
+    fn open_loop_schedule_interleaves_publishers() {
+        let b = Broadcast {
+            publishers: 2,
+            size: 64,
+            rate: 1000.0,
+            window: 0,
+            prefix: vec![],
+        };
+        assert_eq!(b.due_ns(0, 0, 0), 0);
+        assert_eq!(b.due_ns(0, 1, 0), 1_000_000);
+        assert_eq!(b.due_ns(0, 0, 1), 2_000_000);
+        assert_eq!(b.due_ns(5, 1, 10), 5 + 21_000_000);
+    }
+}

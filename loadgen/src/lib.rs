@@ -1,0 +1,24 @@
+//! loadgen: a load generator for WebSocket broadcast servers with the seed's semantics
+//! (every text message a client sends is relayed, prefixed, to every client).
+//!
+//! It measures each delivery's latency from the message's *intended* send time into an
+//! HdrHistogram, tracks every (receiver, publisher) sequence for loss, duplication and
+//! reordering, and samples the server's CPU and memory from `/proc`.
+#![deny(missing_docs)]
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod net;
+pub mod plot;
+pub mod procfs;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod stats;
+pub mod timer;
+pub mod track;
+pub mod worker;

@@ -1,0 +1,84 @@
+//! Samples of a process's CPU time and resident memory from `/proc`.
+
+use std::io;
+
+/// CPU time and memory of one process at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcSample {
+    /// utime + stime of every thread, dead ones included, in nanoseconds (the kernel
+    /// counts in clock ticks, usually 10 ms).
+    pub cpu_ns: u64,
+    /// Resident set size in bytes.
+    pub rss_bytes: u64,
+}
+
+fn ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/statm` (`"self"` for this process).
+///
+/// # Errors
+/// When the process is gone or its files cannot be parsed.
+pub fn sample(pid: &str) -> io::Result<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat"));
+    // The command name may hold spaces and parentheses: fields restart after the last ')'.
+    let rest = &stat[stat.rfind(')').ok_or_else(bad)? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3 of stat(5), so utime (14) and stime (15) are at 11, 12.
+    let ticks = |i: usize| -> io::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)
+    };
+    let cpu_ns = (ticks(11)? + ticks(12)?) * 1_000_000_000 / ticks_per_sec();
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(bad)?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Ok(ProcSample {
+        cpu_ns,
+        rss_bytes: pages * page,
+    })
+}
+
+/// How many CPUs this process may run on (`taskset -c 1` makes it 1).
+pub fn allowed_cpus() -> usize {
+    // SAFETY: an all-zero cpu_set_t is valid, and sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            (libc::CPU_COUNT(&set) as usize).max(1)
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_itself() {
+        let a = sample("self").unwrap();
+        let mut x = 0u64;
+        for i in 0..30_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+        }
+        std::hint::black_box(x);
+        let b = sample(&std::process::id().to_string()).unwrap();
+        assert!(b.cpu_ns >= a.cpu_ns);
+        assert!(a.rss_bytes > 100_000, "rss {}", a.rss_bytes);
+        assert!(allowed_cpus() >= 1);
+    }
+}

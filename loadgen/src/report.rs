@@ -1,0 +1,422 @@
+//! Turning an [`Outcome`] into the final table, one JSON object, an `.hgrm` file, and the
+//! verdict (the exit status).
+
+use crate::config::Scenario;
+use crate::run::Outcome;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use std::io::{self, Write};
+
+/// `1234567.0` as `1.23M`.
+pub fn si(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+/// Nanoseconds as milliseconds with three decimals.
+pub fn ms(ns: u64) -> String {
+    format!("{:.3} ms", ns as f64 / 1e6)
+}
+
+/// Bytes in MiB.
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Percentiles reported for every histogram.
+const QUANTILES: [(&str, f64); 6] = [
+    ("p50", 0.5),
+    ("p90", 0.9),
+    ("p99", 0.99),
+    ("p99_9", 0.999),
+    ("p99_99", 0.9999),
+    ("max", 1.0),
+];
+
+fn latency_json(h: &Histogram<u64>) -> Value {
+    let mut m = serde_json::Map::new();
+    for (name, q) in QUANTILES {
+        m.insert(
+            format!("{name}_ms"),
+            json!(h.value_at_quantile(q) as f64 / 1e6),
+        );
+    }
+    m.insert("mean_ms".into(), json!(h.mean() / 1e6));
+    m.insert("count".into(), json!(h.len()));
+    Value::Object(m)
+}
+
+/// Why the run failed, if it did: what makes the exit status non-zero.
+pub fn problems(o: &Outcome) -> Vec<String> {
+    let s = &o.stats;
+    let mut p = Vec::new();
+    let connect_only = matches!(o.cfg.scenario, Scenario::Connect);
+    if !connect_only && s.connected < o.cfg.clients as u64 {
+        p.push(format!(
+            "only {} of {} clients connected",
+            s.connected, o.cfg.clients
+        ));
+    }
+    if connect_only && s.failed() > 0 {
+        p.push(format!("{} handshakes failed", s.failed()));
+    }
+    for (n, what) in [
+        (s.lost, "lost"),
+        (s.duplicates, "duplicated"),
+        (s.reordered, "reordered"),
+        (s.malformed, "malformed"),
+        (s.dropped(), "connections dropped"),
+    ] {
+        if n > 0 {
+            p.push(format!("{n} {what}"));
+        }
+    }
+    if let Scenario::Broadcast(_) = o.cfg.scenario {
+        if o.published == 0 {
+            p.push("nothing was published".into());
+        }
+    }
+    p
+}
+
+/// The whole outcome as one JSON object.
+pub fn to_json(o: &Outcome) -> Value {
+    let s = &o.stats;
+    let mut v = json!({
+        "url": format!("ws://{}{}", o.cfg.url.host, o.cfg.url.path),
+        "clients": o.cfg.clients,
+        "threads": o.cfg.threads,
+        "connected": s.connected,
+        "failed": s.failed(),
+        "failures": s.failures,
+        "dropped": s.dropped(),
+        "drops": s.drops,
+        "connect_secs": o.connect_secs,
+        "handshake": latency_json(&s.handshake),
+        "window_secs": o.window_secs,
+        "loadgen": {
+            "cpu_secs": o.self_cpu_ns as f64 / 1e9,
+            "cpus": o.self_cpus,
+            "load": o.self_load(),
+            "saturated": o.self_load() > 0.9,
+        },
+        "problems": problems(o),
+        "ok": problems(o).is_empty(),
+    });
+    match &o.cfg.scenario {
+        Scenario::Broadcast(b) => {
+            v["scenario"] = json!("broadcast");
+            v["mode"] = json!(mode(o));
+            v["publishers"] = json!(b.publishers);
+            v["size"] = json!(b.size);
+            v["rate"] = json!(b.rate);
+            v["window"] = json!(b.window);
+            v["published"] = json!(o.published);
+            v["deliveries"] = json!(s.delivered);
+            v["deliveries_in_window"] = json!(s.in_window);
+            v["deliveries_per_sec"] = json!(deliveries_per_sec(o));
+            v["expected_deliveries"] = json!(o.published * s.connected);
+            v["drained"] = json!(o.drained);
+            v["latency"] = latency_json(&s.latency);
+            v["lost"] = json!(s.lost);
+            v["duplicated"] = json!(s.duplicates);
+            v["reordered"] = json!(s.reordered);
+            v["malformed"] = json!(s.malformed);
+            v["pings"] = json!(s.pings);
+        }
+        Scenario::Connect => {
+            v["scenario"] = json!("connect");
+            v["mode"] = json!("connect");
+            v["handshakes_per_sec"] = json!(s.connected as f64 / o.connect_secs.max(1e-9));
+        }
+        Scenario::Idle => {
+            v["scenario"] = json!("idle");
+            v["mode"] = json!("idle");
+        }
+    }
+    if let Some(srv) = &o.server {
+        let conns = s.connected.max(1);
+        let mut server = json!({
+            "pid": o.timing.server_pid,
+            "cpu_secs": srv.window_cpu_ns() as f64 / 1e9,
+            "cpu_load": srv.window_cpu_ns() as f64 / 1e9 / o.window_secs.max(1e-9),
+            "rss_before_connect": srv.before_connect.rss_bytes,
+            "rss_end": srv.window_end.rss_bytes,
+            "rss_max": srv.max_rss,
+            "bytes_per_connection":
+                srv.window_end.rss_bytes.saturating_sub(srv.before_connect.rss_bytes) / conns,
+        });
+        if s.in_window > 0 {
+            server["cpu_ns_per_delivery"] = json!(srv.window_cpu_ns() as f64 / s.in_window as f64);
+        }
+        v["server"] = server;
+    }
+    v
+}
+
+fn mode(o: &Outcome) -> String {
+    match &o.cfg.scenario {
+        Scenario::Broadcast(b) if b.rate == 0.0 => format!("window {}", b.window),
+        Scenario::Broadcast(b) => format!("rate {}/s", b.rate),
+        Scenario::Connect => "connect".into(),
+        Scenario::Idle => "idle".into(),
+    }
+}
+
+/// Deliveries received inside the measured window, per second.
+pub fn deliveries_per_sec(o: &Outcome) -> f64 {
+    o.stats.in_window as f64 / o.window_secs.max(1e-9)
+}
+
+/// `h`'s values at `qs`, in milliseconds, separated by slashes.
+fn quantiles(h: &Histogram<u64>, qs: &[f64]) -> String {
+    let v: Vec<String> = qs.iter().map(|&q| ms(h.value_at_quantile(q))).collect();
+    v.join(" / ")
+}
+
+/// Writes the human-readable table.
+///
+/// # Errors
+/// Only from `out`.
+pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
+    let s = &o.stats;
+    let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<26} {v}");
+    writeln!(
+        out,
+        "loadgen {} ws://{}{} ({}, {} thread{})",
+        match o.cfg.scenario {
+            Scenario::Broadcast(_) => "broadcast",
+            Scenario::Connect => "connect",
+            Scenario::Idle => "idle",
+        },
+        o.cfg.url.host,
+        o.cfg.url.path,
+        mode(o),
+        o.cfg.threads,
+        if o.cfg.threads == 1 { "" } else { "s" }
+    )?;
+    row(
+        out,
+        "connected",
+        format!(
+            "{} of {} in {:.2} s ({} handshakes/s)",
+            s.connected,
+            o.cfg.clients,
+            o.connect_secs,
+            si(s.connected as f64 / o.connect_secs.max(1e-9))
+        ),
+    )?;
+    let h = &s.handshake;
+    if !h.is_empty() {
+        row(
+            out,
+            "handshake p50/p99/p99.9/max",
+            quantiles(h, &[0.5, 0.99, 0.999, 1.0]),
+        )?;
+    }
+    for (reason, n) in &s.failures {
+        row(out, "failed", format!("{n} × {reason}"))?;
+    }
+    for (reason, n) in &s.drops {
+        row(out, "dropped", format!("{n} × {reason}"))?;
+    }
+    if let Scenario::Broadcast(b) = &o.cfg.scenario {
+        row(
+            out,
+            "published",
+            format!(
+                "{} messages of {} bytes by {} publisher(s)",
+                o.published, b.size, b.publishers
+            ),
+        )?;
+        row(
+            out,
+            "deliveries/s",
+            format!(
+                "{} ({} in the {:.2} s window)",
+                si(deliveries_per_sec(o)),
+                s.in_window,
+                o.window_secs
+            ),
+        )?;
+        let l = &s.latency;
+        row(out, "latency p50/p90/p99", quantiles(l, &[0.5, 0.9, 0.99]))?;
+        row(
+            out,
+            "latency p99.9/p99.99/max",
+            quantiles(l, &[0.999, 0.9999, 1.0]),
+        )?;
+        row(
+            out,
+            "lost/dup/reordered/malformed",
+            format!(
+                "{} / {} / {} / {}{}",
+                s.lost,
+                s.duplicates,
+                s.reordered,
+                s.malformed,
+                if o.drained { "" } else { "  (drain timed out)" }
+            ),
+        )?;
+    }
+    if let Some(srv) = &o.server {
+        let cpu = srv.window_cpu_ns();
+        let mut line = format!(
+            "{:.2} s CPU ({:.0}% of a core)",
+            cpu as f64 / 1e9,
+            100.0 * cpu as f64 / 1e9 / o.window_secs.max(1e-9)
+        );
+        if s.in_window > 0 && matches!(o.cfg.scenario, Scenario::Broadcast(_)) {
+            line += &format!(", {:.0} ns per delivery", cpu as f64 / s.in_window as f64);
+        }
+        row(out, "server CPU", line)?;
+        let grown = srv
+            .window_end
+            .rss_bytes
+            .saturating_sub(srv.before_connect.rss_bytes);
+        row(
+            out,
+            "server RSS",
+            format!(
+                "{} (was {} before connecting; {:.2} KiB per connection; max {})",
+                mib(srv.window_end.rss_bytes),
+                mib(srv.before_connect.rss_bytes),
+                grown as f64 / 1024.0 / s.connected.max(1) as f64,
+                mib(srv.max_rss)
+            ),
+        )?;
+    }
+    row(
+        out,
+        "loadgen CPU",
+        format!(
+            "{:.0}% of {} CPU{}",
+            100.0 * o.self_load(),
+            o.self_cpus,
+            if o.self_cpus == 1 { "" } else { "s" }
+        ),
+    )?;
+    if o.self_load() > 0.9 {
+        writeln!(
+            out,
+            "  WARNING: loadgen used over 90% of its CPUs: its figures are a floor, not the \
+             server's limit (add --threads or CPUs)"
+        )?;
+    }
+    let p = problems(o);
+    if p.is_empty() {
+        writeln!(out, "  result: OK")?;
+    } else {
+        writeln!(out, "  result: FAILED: {}", p.join("; "))?;
+    }
+    Ok(())
+}
+
+/// Writes `h` (nanoseconds) in HdrHistogram's percentile-distribution format, values in
+/// milliseconds, as `outputPercentileDistribution` does (5 ticks per half distance).
+///
+/// # Errors
+/// Only from `out`.
+pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
+    const SCALE: f64 = 1e6;
+    writeln!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    )?;
+    let mut total = 0u64;
+    for v in h.iter_quantiles(5) {
+        total += v.count_since_last_iteration();
+        let value = v.value_iterated_to() as f64 / SCALE;
+        let q = v.quantile_iterated_to();
+        if q < 1.0 {
+            writeln!(
+                out,
+                "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                1.0 / (1.0 - q)
+            )?;
+        } else {
+            writeln!(out, "{value:12.3} {q:2.12} {total:10}")?;
+        }
+    }
+    writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]",
+        h.mean() / SCALE,
+        h.stdev() / SCALE
+    )?;
+    writeln!(
+        out,
+        "#[Max     = {:12.3}, Total count    = {:12}]",
+        h.max() as f64 / SCALE,
+        h.len()
+    )?;
+    writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values()
+    )
+}
+
+/// Reads the (percentile, value) points of an `.hgrm` file.
+///
+/// # Errors
+/// When no line of `text` is a data line.
+pub fn parse_hgrm(text: &str) -> Result<Vec<(f64, f64)>, String> {
+    let points: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let value: f64 = f.next()?.parse().ok()?;
+            let q: f64 = f.next()?.parse().ok()?;
+            Some((q, value))
+        })
+        .collect();
+    if points.is_empty() {
+        return Err("no percentile lines".into());
+    }
+    Ok(points)
+}
+
+/// The (percentile, milliseconds) points of `h`, as in its `.hgrm`.
+pub fn points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    h.iter_quantiles(5)
+        .map(|v| (v.quantile_iterated_to(), v.value_iterated_to() as f64 / 1e6))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hgrm_round_trips_through_the_parser() {
+        let mut h = crate::control::new_histogram();
+        for v in 1..=10_000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let mut out = Vec::new();
+        write_hgrm(&h, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+        let pts = parse_hgrm(&text).unwrap();
+        let direct = points(&h);
+        assert_eq!(pts.len(), direct.len());
+        for (a, b) in pts.iter().zip(&direct) {
+            assert!(
+                (a.0 - b.0).abs() < 1e-9 && (a.1 - b.1).abs() < 1e-3,
+                "{a:?} vs {b:?}"
+            );
+        }
+        let (q, v) = *pts.last().unwrap();
+        assert_eq!(q, 1.0);
+        assert!((v - 10.0).abs() < 0.01, "max {v} ms");
+        assert!(text.contains("Total count    =        10000]"));
+    }
+}

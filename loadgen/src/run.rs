@@ -1,0 +1,283 @@
+//! Coordinating a run: start the workers, move them through the phases, sample the
+//! server and loadgen itself over the measured window, and merge what the workers counted.
+
+use crate::clock::{now_ns, MS, SEC};
+use crate::config::{Config, Scenario};
+use crate::control::{Control, Phase};
+use crate::procfs::{self, ProcSample};
+use crate::stats::Stats;
+use crate::worker::Worker;
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// How long a run lasts and what it watches.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Publishing before the measured window (not recorded in the latency histogram).
+    pub warmup_ns: u64,
+    /// The measured window (`connect`: the time limit; `idle`: how long to hold).
+    pub duration_ns: u64,
+    /// Longest wait for deliveries still in flight after publishing ends.
+    pub drain_ns: u64,
+    /// Longest wait for all connections to open.
+    pub connect_phase_ns: u64,
+    /// The server process to sample from `/proc`.
+    pub server_pid: Option<u32>,
+    /// Print a live line each second on stderr.
+    pub live: bool,
+}
+
+/// Server usage over a run, from `/proc/<pid>`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerUsage {
+    /// Before any connection was opened.
+    pub before_connect: ProcSample,
+    /// When the measured window began.
+    pub window_start: ProcSample,
+    /// When the measured window ended.
+    pub window_end: ProcSample,
+    /// Highest RSS sampled (once a second and at the marks).
+    pub max_rss: u64,
+}
+
+impl ServerUsage {
+    /// Server CPU time spent inside the measured window.
+    pub fn window_cpu_ns(&self) -> u64 {
+        self.window_end
+            .cpu_ns
+            .saturating_sub(self.window_start.cpu_ns)
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The run's configuration.
+    pub cfg: Config,
+    /// Its timing.
+    pub timing: Timing,
+    /// The merged worker counts.
+    pub stats: Stats,
+    /// Seconds from the first `connect()` until every connection was open or failed.
+    pub connect_secs: f64,
+    /// Length of the measured window, seconds.
+    pub window_secs: f64,
+    /// Messages published in total.
+    pub published: u64,
+    /// Whether the drain ended with every delivery in (else it timed out).
+    pub drained: bool,
+    /// The server's usage, with `--server-pid`.
+    pub server: Option<ServerUsage>,
+    /// loadgen's own CPU time in the measured window.
+    pub self_cpu_ns: u64,
+    /// CPUs loadgen may run on.
+    pub self_cpus: usize,
+}
+
+impl Outcome {
+    /// loadgen's CPU use over the window, as a fraction of the CPUs it may use.
+    pub fn self_load(&self) -> f64 {
+        if self.window_secs <= 0.0 {
+            return 0.0;
+        }
+        self.self_cpu_ns as f64 / 1e9 / self.window_secs / self.self_cpus as f64
+    }
+}
+
+/// Samples a pid, or `None` without one (or when it is gone).
+fn sample(pid: Option<u32>) -> Option<ProcSample> {
+    pid.and_then(|p| procfs::sample(&p.to_string()).ok())
+}
+
+/// The coordinator's view while it waits.
+struct Watch {
+    ctl: Arc<Control>,
+    clients: u32,
+    live: bool,
+    t0: u64,
+    last_tick: u64,
+    last_distinct: u64,
+    server_pid: Option<u32>,
+    max_rss: u64,
+}
+
+impl Watch {
+    /// Sleeps until `until` or until `done()` holds, printing a live line every second.
+    fn wait(&mut self, until: u64, mut done: impl FnMut(&Control) -> bool) {
+        loop {
+            let now = now_ns();
+            if now >= until || done(&self.ctl) {
+                return;
+            }
+            if now >= self.last_tick + SEC {
+                self.tick(now);
+            }
+            let next = until.min(self.last_tick + SEC).min(now + 10 * MS);
+            std::thread::sleep(std::time::Duration::from_nanos(next.saturating_sub(now)));
+        }
+    }
+
+    fn tick(&mut self, now: u64) {
+        let secs = (now - self.last_tick) as f64 / 1e9;
+        self.last_tick = now;
+        let distinct = self.ctl.distinct.load(Relaxed);
+        let rate = (distinct - self.last_distinct) as f64 / secs;
+        self.last_distinct = distinct;
+        if let Some(s) = sample(self.server_pid) {
+            self.max_rss = self.max_rss.max(s.rss_bytes);
+        }
+        let (p50, p99) = {
+            let mut live = self.ctl.live.lock().expect("live histogram");
+            let q = (live.value_at_quantile(0.5), live.value_at_quantile(0.99));
+            live.reset();
+            q
+        };
+        if !self.live {
+            return;
+        }
+        let open = self.ctl.connected.load(Relaxed)
+            - self
+                .ctl
+                .dropped
+                .load(Relaxed)
+                .min(self.ctl.connected.load(Relaxed));
+        let failed = self.ctl.failed.load(Relaxed);
+        let phase = format!("{:?}", self.ctl.phase()).to_lowercase();
+        eprintln!(
+            "[{:6.1}s] {phase:<7} open {open}/{} failed {failed}  deliveries/s {}  p50 {}  p99 {}",
+            (now - self.t0) as f64 / 1e9,
+            self.clients,
+            crate::report::si(rate),
+            crate::report::ms(p50),
+            crate::report::ms(p99),
+        );
+    }
+}
+
+/// Runs `cfg` and returns what it measured.
+///
+/// # Errors
+/// When a worker cannot start or its event loop fails.
+pub fn run(cfg: Config, timing: Timing) -> io::Result<Outcome> {
+    let publishers = match &cfg.scenario {
+        Scenario::Broadcast(b) => b.publishers,
+        _ => 0,
+    };
+    let ctl = Arc::new(Control::new(publishers));
+    let shared = Arc::new(cfg.clone());
+    let before_connect = sample(timing.server_pid);
+    let workers = (0..cfg.threads)
+        .map(|i| Worker::new(i, shared.clone(), ctl.clone()))
+        .collect::<io::Result<Vec<_>>>()?;
+    let t0 = now_ns();
+    let handles: Vec<JoinHandle<io::Result<Stats>>> = workers
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            std::thread::Builder::new()
+                .name(format!("loadgen-{i}"))
+                .spawn(move || w.run())
+        })
+        .collect::<io::Result<_>>()?;
+    let mut watch = Watch {
+        ctl: ctl.clone(),
+        clients: cfg.clients,
+        live: timing.live,
+        t0,
+        last_tick: t0,
+        last_distinct: 0,
+        server_pid: timing.server_pid,
+        max_rss: before_connect.map_or(0, |s| s.rss_bytes),
+    };
+    let n = cfg.clients as u64;
+    let connect_only = matches!(cfg.scenario, Scenario::Connect);
+    let connect_secs;
+    let (window_start, window_end, self_start, self_end);
+    let (measure_ns, end_ns);
+    if connect_only {
+        measure_ns = t0;
+        end_ns = t0 + timing.duration_ns;
+        ctl.start_ns.store(t0, Relaxed);
+        ctl.measure_ns.store(t0, Relaxed);
+        ctl.end_ns.store(end_ns, Relaxed);
+        ctl.set_phase(Phase::Run);
+        window_start = before_connect;
+        self_start = procfs::sample("self").ok();
+        watch.wait(u64::MAX, |_| handles.iter().all(|h| h.is_finished()));
+        connect_secs = (now_ns() - t0) as f64 / 1e9;
+        window_end = sample(timing.server_pid);
+        self_end = procfs::sample("self").ok();
+    } else {
+        watch.wait(t0 + timing.connect_phase_ns, |c| {
+            c.connected.load(Relaxed) + c.failed.load(Relaxed) >= n
+        });
+        connect_secs = (now_ns() - t0) as f64 / 1e9;
+        let start = now_ns() + 20 * MS;
+        measure_ns = start + timing.warmup_ns;
+        end_ns = measure_ns + timing.duration_ns;
+        ctl.start_ns.store(start, Relaxed);
+        ctl.measure_ns.store(measure_ns, Relaxed);
+        ctl.end_ns.store(end_ns, Relaxed);
+        ctl.set_phase(Phase::Run);
+        watch.wait(measure_ns, |_| false);
+        window_start = sample(timing.server_pid);
+        self_start = procfs::sample("self").ok();
+        watch.wait(end_ns, |_| false);
+        window_end = sample(timing.server_pid);
+        self_end = procfs::sample("self").ok();
+    }
+    let end_actual = now_ns();
+    let mut drained = true;
+    if !connect_only {
+        ctl.set_phase(Phase::Drain);
+        if let Scenario::Broadcast(_) = cfg.scenario {
+            let published = ctl.published_total();
+            let receivers = ctl.connected.load(Relaxed) - ctl.dropped.load(Relaxed);
+            let expected = published * receivers;
+            watch.wait(end_actual + timing.drain_ns, |c| {
+                c.distinct.load(Relaxed) >= expected
+            });
+            drained = ctl.distinct.load(Relaxed) >= expected;
+        }
+        ctl.set_phase(Phase::Close);
+    }
+    let mut stats = Stats::default();
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| io::Error::other("a worker thread panicked"))??;
+        stats.merge(&s);
+    }
+    let window_secs = if connect_only {
+        connect_secs
+    } else {
+        (end_actual.max(end_ns) - measure_ns) as f64 / 1e9
+    };
+    let server = match (before_connect, window_start, window_end) {
+        (Some(b), Some(s), Some(e)) => Some(ServerUsage {
+            before_connect: b,
+            window_start: s,
+            window_end: e,
+            max_rss: watch.max_rss.max(s.rss_bytes).max(e.rss_bytes),
+        }),
+        _ => None,
+    };
+    let self_cpu_ns = match (self_start, self_end) {
+        (Some(a), Some(b)) => b.cpu_ns.saturating_sub(a.cpu_ns),
+        _ => 0,
+    };
+    Ok(Outcome {
+        published: ctl.published_total(),
+        cfg,
+        timing,
+        stats,
+        connect_secs,
+        window_secs,
+        drained,
+        server,
+        self_cpu_ns,
+        self_cpus: procfs::allowed_cpus(),
+    })
+}

@@ -1,0 +1,842 @@
+//! One load-generating thread: a mio loop that owns a share of the clients.
+//!
+//! # Receive path
+//! The worker owns one large read buffer. A readable connection is read into it (after
+//! the few bytes of an incomplete frame the connection kept from its previous read), every
+//! whole frame in it is parsed in place, and only the incomplete tail is copied back into
+//! the connection. Nothing is allocated per frame; a fragmented message is the one case
+//! that allocates (to reassemble it).
+
+use crate::clock::{now_ns, MS, SEC};
+use crate::config::{Broadcast, Config, Scenario};
+use crate::control::{new_histogram, Control, Phase};
+use crate::frame::{self, Frame};
+use crate::message::{self, Stamp};
+use crate::rng::Rng;
+use crate::stats::Stats;
+use crate::timer::Timer;
+use crate::track::{Seen, SeqTracker};
+use crate::{handshake, net};
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+const WAKE: Token = Token(usize::MAX - 1);
+const TIMER: Token = Token(usize::MAX - 2);
+/// Size of the worker's read buffer: large, so one `read` takes many frames.
+const READ_BUF: usize = 256 * 1024;
+/// How long a closing connection may wait for the server to close before it is dropped.
+const CLOSE_GRACE_NS: u64 = 2 * SEC;
+/// Longest sleep in `poll`, so timeouts are noticed without a timer.
+const MAX_SLEEP_NS: u64 = 100 * MS;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// `connect()` was called; waiting for the socket to become writable.
+    Connecting,
+    /// The upgrade request was sent; waiting for a 101 with the right accept key.
+    Handshaking,
+    /// The WebSocket is open.
+    Open,
+    /// A Close frame was sent (or answered); waiting for the server to close the socket.
+    Closing,
+}
+
+/// One client connection.
+struct Conn {
+    /// The socket, registered `READABLE | WRITABLE` once (edge-triggered).
+    stream: TcpStream,
+    /// Where the connection is in its life.
+    state: State,
+    /// When the current state's deadline clock started: `connect()` for the handshake
+    /// timeout and latency, the Close frame for the closing grace.
+    since_ns: u64,
+    /// The `Sec-WebSocket-Accept` the server must answer, until it has.
+    accept: Option<Box<str>>,
+    /// Bytes to send; `out[out_pos..]` is still unsent.
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    out_pos: usize,
+    /// The incomplete tail (a partial frame or response head) of the previous read.
+    carry: Vec<u8>,
+    /// A fragmented message being reassembled.
+    frag: Option<Vec<u8>>,
+    /// Sequence tracking per publisher (broadcast only).
+    trackers: Box<[SeqTracker]>,
+    /// Set when this client publishes.
+    publisher: Option<Publisher>,
+}
+
+/// The sending side of a publishing client.
+#[derive(Debug, Clone, Copy)]
+struct Publisher {
+    /// Publisher index.
+    id: u32,
+    /// Sequence number of the next message.
+    next_seq: u64,
+    /// Messages sent whose own copy has not come back.
+    in_flight: u32,
+}
+
+/// Why an open connection ended early or a pending one failed.
+type Reason = String;
+
+/// Everything the receive path needs besides the connection and the read buffer.
+struct Ctx {
+    cfg: Arc<Config>,
+    ctl: Arc<Control>,
+    rng: Rng,
+    stats: Stats,
+    /// Latencies not yet handed to the live line.
+    live: Histogram<u64>,
+    /// Distinct deliveries not yet added to `ctl.distinct`.
+    unflushed: u64,
+    /// Run marks, copied from `ctl` when the run starts (`u64::MAX` before).
+    start_ns: u64,
+    measure_ns: u64,
+    end_ns: u64,
+    /// The phase as this worker last saw it.
+    phase: Phase,
+    /// Scratch for one message.
+    msg: Vec<u8>,
+    /// Connections in `Connecting` or `Handshaking`.
+    pending: u32,
+    /// Connections in `Closing`.
+    closing: u32,
+}
+
+impl Ctx {
+    fn broadcast(&self) -> Option<&Broadcast> {
+        match &self.cfg.scenario {
+            Scenario::Broadcast(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Whether publishers may send at `now`.
+    #[inline]
+    fn sending(&self, now: u64) -> bool {
+        self.phase == Phase::Run && now >= self.start_ns && now < self.end_ns
+    }
+
+    /// Appends publisher `p`'s next message, meant to be sent at `intended_ns`.
+    fn publish(&mut self, p: &mut Publisher, intended_ns: u64, out: &mut Vec<u8>) {
+        let stamp = Stamp {
+            publisher: p.id,
+            seq: p.next_seq,
+            intended_ns,
+        };
+        message::encode(stamp, &mut self.msg);
+        frame::encode_masked(frame::OP_TEXT, &self.msg, self.rng.mask(), out);
+        p.next_seq += 1;
+        p.in_flight += 1;
+        self.stats.published += 1;
+        self.ctl.published[p.id as usize].store(p.next_seq, Relaxed);
+    }
+}
+
+/// A worker thread's loop and its connections.
+pub struct Worker {
+    poll: Poll,
+    events: Events,
+    timer: Timer,
+    conns: Slab<Conn>,
+    buf: Vec<u8>,
+    ctx: Ctx,
+    /// Clients still to open, popped from the back.
+    todo: Vec<u32>,
+    /// When the next connect batch may start.
+    next_batch_ns: u64,
+    /// Slab keys of the publishing connections.
+    publishers: Vec<usize>,
+    /// Trackers of connections that broke, kept to count what they lost.
+    dead_trackers: Vec<Box<[SeqTracker]>>,
+    /// When the live histogram is next handed over.
+    next_live_ns: u64,
+    /// Whether saturation publishers have sent their first window.
+    kicked: bool,
+    /// When the `Close` phase began here.
+    close_started_ns: u64,
+}
+
+impl Worker {
+    /// A worker for the clients `index, index + threads, ...` below `cfg.clients`.
+    ///
+    /// # Errors
+    /// When the poll, waker or timer cannot be created.
+    pub fn new(index: usize, cfg: Arc<Config>, ctl: Arc<Control>) -> io::Result<Worker> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        ctl.add_waker(waker);
+        let timer = Timer::new()?;
+        timer.register(poll.registry(), TIMER)?;
+        let mut todo: Vec<u32> = (index as u32..cfg.clients).step_by(cfg.threads).collect();
+        todo.reverse();
+        let size = match &cfg.scenario {
+            Scenario::Broadcast(b) => b.size,
+            _ => 0,
+        };
+        let ctx = Ctx {
+            rng: Rng::new(now_ns() ^ (index as u64) << 48),
+            stats: Stats::default(),
+            live: new_histogram(),
+            unflushed: 0,
+            start_ns: u64::MAX,
+            measure_ns: u64::MAX,
+            end_ns: u64::MAX,
+            phase: Phase::Connect,
+            msg: vec![0; size],
+            pending: 0,
+            closing: 0,
+            cfg,
+            ctl,
+        };
+        Ok(Worker {
+            poll,
+            events: Events::with_capacity(1024),
+            timer,
+            conns: Slab::with_capacity(todo.len()),
+            buf: vec![0; READ_BUF],
+            ctx,
+            todo,
+            next_batch_ns: 0,
+            publishers: Vec::new(),
+            dead_trackers: Vec::new(),
+            next_live_ns: now_ns() + SEC,
+            kicked: false,
+            close_started_ns: 0,
+        })
+    }
+
+    /// Runs until the coordinator's `Close` phase has closed every connection (or, for
+    /// `connect`, until this worker's share is done), and returns what was counted.
+    ///
+    /// # Errors
+    /// Only when `poll` itself fails.
+    pub fn run(mut self) -> io::Result<Stats> {
+        let connect_only = matches!(self.ctx.cfg.scenario, Scenario::Connect);
+        loop {
+            let now = now_ns();
+            self.sync_phase(now);
+            if self.finished(now, connect_only) {
+                break;
+            }
+            self.launch(now, connect_only);
+            self.expire(now);
+            let mut deadline = self.publish_due(now);
+            if now >= self.next_live_ns {
+                self.hand_over_live();
+                self.next_live_ns = now + SEC;
+            }
+            if self.todo.is_empty() || self.ctx.pending >= self.ctx.cfg.max_pending {
+                // Nothing to launch until a pending one completes (an event wakes us).
+            } else {
+                deadline = deadline.min(self.next_batch_ns);
+            }
+            if self.ctx.phase == Phase::Run && !self.kicked {
+                deadline = deadline.min(self.ctx.start_ns);
+            }
+            if now < self.ctx.end_ns {
+                deadline = deadline.min(self.ctx.end_ns);
+            }
+            deadline = deadline.min(self.next_live_ns).min(now + MAX_SLEEP_NS);
+            self.sleep_until(now, deadline)?;
+            self.dispatch(connect_only);
+            if self.ctx.unflushed > 0 {
+                self.ctx.ctl.distinct.fetch_add(self.ctx.unflushed, Relaxed);
+                self.ctx.unflushed = 0;
+            }
+        }
+        self.hand_over_live();
+        Ok(self.finish())
+    }
+
+    /// Follows the coordinator's phase changes.
+    fn sync_phase(&mut self, now: u64) {
+        let phase = self.ctx.ctl.phase();
+        if phase == self.ctx.phase {
+            return;
+        }
+        if self.ctx.phase < Phase::Run && phase >= Phase::Run {
+            self.ctx.start_ns = self.ctx.ctl.start_ns.load(Relaxed);
+            self.ctx.measure_ns = self.ctx.ctl.measure_ns.load(Relaxed);
+            self.ctx.end_ns = self.ctx.ctl.end_ns.load(Relaxed);
+        }
+        self.ctx.phase = phase;
+        if phase == Phase::Close {
+            self.close_started_ns = now;
+            self.todo.clear();
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.start_close(key, now);
+            }
+        }
+    }
+
+    fn finished(&mut self, now: u64, connect_only: bool) -> bool {
+        if self.ctx.phase == Phase::Close {
+            return self.conns.is_empty() || now >= self.close_started_ns + CLOSE_GRACE_NS;
+        }
+        if !connect_only || self.ctx.phase < Phase::Run {
+            return false;
+        }
+        // `connect`: done when the share is done, or time is up and the last handshakes
+        // in progress are abandoned (not failures: the clock, not the server, ended them).
+        if now >= self.ctx.end_ns && !self.todo.is_empty() {
+            self.todo.clear();
+            let pending: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.state, State::Connecting | State::Handshaking))
+                .map(|(k, _)| k)
+                .collect();
+            for key in pending {
+                let mut conn = self.conns.remove(key);
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+                self.ctx.pending -= 1;
+            }
+        }
+        self.todo.is_empty() && self.conns.is_empty()
+    }
+
+    /// Starts the next batch of connections when it is due.
+    fn launch(&mut self, now: u64, connect_only: bool) {
+        if now < self.next_batch_ns || self.todo.is_empty() {
+            return;
+        }
+        if connect_only && (self.ctx.phase != Phase::Run || now >= self.ctx.end_ns) {
+            return;
+        }
+        self.next_batch_ns = now + self.ctx.cfg.batch_interval_ns;
+        let mut started = 0;
+        while started < self.ctx.cfg.batch && self.ctx.pending < self.ctx.cfg.max_pending {
+            let Some(client) = self.todo.pop() else { break };
+            started += 1;
+            self.open(client, now);
+        }
+    }
+
+    fn open(&mut self, client: u32, now: u64) {
+        let cfg = &self.ctx.cfg;
+        let local = (!cfg.local_addrs.is_empty())
+            .then(|| cfg.local_addrs[client as usize % cfg.local_addrs.len()]);
+        let mut stream = match net::connect(cfg.url.addr, local) {
+            Ok(s) => s,
+            Err(e) => return self.count_failure(format!("connect: {}", net::describe(&e))),
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.count_failure(format!("register: {}", net::describe(&e)));
+        }
+        let (trackers, publisher) = match self.ctx.broadcast() {
+            Some(b) => (
+                vec![SeqTracker::default(); b.publishers as usize].into_boxed_slice(),
+                (client < b.publishers).then_some(Publisher {
+                    id: client,
+                    next_seq: 0,
+                    in_flight: 0,
+                }),
+            ),
+            None => (Box::default(), None),
+        };
+        entry.insert(Conn {
+            stream,
+            state: State::Connecting,
+            since_ns: now,
+            accept: None,
+            out: Vec::new(),
+            out_pos: 0,
+            carry: Vec::new(),
+            frag: None,
+            trackers,
+            publisher,
+        });
+        self.ctx.pending += 1;
+    }
+
+    fn count_failure(&mut self, reason: Reason) {
+        *self.ctx.stats.failures.entry(reason).or_default() += 1;
+        self.ctx.ctl.failed.fetch_add(1, Relaxed);
+    }
+
+    /// Fails handshakes past their timeout and drops connections past their close grace.
+    fn expire(&mut self, now: u64) {
+        let handshake_deadline = now.saturating_sub(self.ctx.cfg.connect_timeout_ns);
+        let close_deadline = now.saturating_sub(CLOSE_GRACE_NS);
+        if self.ctx.pending == 0 && self.ctx.closing == 0 {
+            return;
+        }
+        let expired: Vec<(usize, State)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| match c.state {
+                State::Connecting | State::Handshaking => c.since_ns < handshake_deadline,
+                State::Closing => c.since_ns < close_deadline,
+                State::Open => false,
+            })
+            .map(|(k, c)| (k, c.state))
+            .collect();
+        for (key, state) in expired {
+            let reason = match state {
+                State::Connecting => "connect: timed out".to_string(),
+                State::Handshaking => "handshake: timed out".to_string(),
+                _ => String::new(),
+            };
+            self.end(key, reason);
+        }
+    }
+
+    /// Sends what publishers owe at `now`; returns when the next open-loop message is due.
+    fn publish_due(&mut self, now: u64) -> u64 {
+        let Some(b) = self.ctx.broadcast().cloned() else {
+            return u64::MAX;
+        };
+        if !self.ctx.sending(now) {
+            return u64::MAX;
+        }
+        if self.publishers.is_empty() && !self.kicked {
+            self.publishers = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.publisher.is_some() && c.state == State::Open)
+                .map(|(k, _)| k)
+                .collect();
+        }
+        let mut next_due = u64::MAX;
+        let saturation = b.rate == 0.0;
+        for i in 0..self.publishers.len() {
+            let key = self.publishers[i];
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let Some(mut p) = conn.publisher else {
+                continue;
+            };
+            if conn.state != State::Open {
+                continue;
+            }
+            if saturation {
+                if !self.kicked {
+                    for _ in 0..b.window {
+                        self.ctx.publish(&mut p, now, &mut conn.out);
+                    }
+                }
+            } else {
+                loop {
+                    let due = b.due_ns(self.ctx.start_ns, p.id, p.next_seq);
+                    if due > now || due >= self.ctx.end_ns {
+                        if due < self.ctx.end_ns {
+                            next_due = next_due.min(due);
+                        }
+                        break;
+                    }
+                    self.ctx.publish(&mut p, due, &mut conn.out);
+                }
+            }
+            conn.publisher = Some(p);
+            if let Err(e) = flush(conn) {
+                self.end(key, format!("write: {}", net::describe(&e)));
+            }
+        }
+        self.kicked = true;
+        next_due
+    }
+
+    fn hand_over_live(&mut self) {
+        if self.ctx.live.is_empty() {
+            return;
+        }
+        if let Ok(mut live) = self.ctx.ctl.live.lock() {
+            live.add(&self.ctx.live).expect("same bounds");
+        }
+        self.ctx.live.reset();
+    }
+
+    /// Waits for events until `deadline`; a deadline closer than a millisecond goes to the
+    /// timerfd, since epoll's own timeout is in whole milliseconds.
+    fn sleep_until(&mut self, now: u64, deadline: u64) -> io::Result<()> {
+        let timeout = if deadline <= now {
+            Some(std::time::Duration::ZERO)
+        } else if deadline - now < 5 * MS {
+            self.timer.arm_at(deadline)?;
+            Some(std::time::Duration::from_millis(10))
+        } else {
+            Some(std::time::Duration::from_nanos(deadline - now))
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.events.clear();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn dispatch(&mut self, connect_only: bool) {
+        // Take the events out so handlers may borrow the worker mutably; putting them back
+        // keeps their storage for the next poll.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for ev in events.iter() {
+            let ready = Ready {
+                readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                writable: ev.is_writable() || ev.is_error(),
+                hung_up: ev.is_read_closed() || ev.is_error(),
+            };
+            match ev.token() {
+                WAKE => {}
+                TIMER => self.timer.clear(),
+                Token(key) => self.on_ready(key, ready, connect_only),
+            }
+        }
+        self.events = events;
+    }
+
+    fn on_ready(&mut self, key: usize, ready: Ready, connect_only: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // ended earlier in this batch
+        };
+        if conn.state == State::Connecting {
+            match finish_connect(conn, &self.ctx.cfg, &mut self.ctx.rng) {
+                Ok(true) => conn.state = State::Handshaking,
+                Ok(false) => return,
+                Err(e) => return self.end(key, format!("connect: {}", net::describe(&e))),
+            }
+        }
+        if ready.readable {
+            let was_pending = conn.state == State::Handshaking;
+            match read_ready(conn, &mut self.buf, &mut self.ctx, ready.hung_up) {
+                Ok(ReadEnd::Drained) => {}
+                Ok(ReadEnd::Eof) if conn.state == State::Handshaking => {
+                    return self.end(key, "handshake: closed by server".into())
+                }
+                Ok(ReadEnd::Eof) => return self.end(key, "closed by server".into()),
+                Err(reason) => return self.end(key, reason),
+            }
+            if was_pending && conn.state == State::Open {
+                self.ctx.pending -= 1;
+                if connect_only {
+                    let now = now_ns();
+                    self.start_close(key, now);
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if ready.writable || !conn.out.is_empty() {
+            if let Err(e) = flush(conn) {
+                self.end(key, format!("write: {}", net::describe(&e)));
+            }
+        }
+    }
+
+    /// Sends a Close frame (code 1000) and waits for the server to close the socket.
+    fn start_close(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.state {
+            State::Open => {
+                frame::encode_masked(
+                    frame::OP_CLOSE,
+                    &1000u16.to_be_bytes(),
+                    self.ctx.rng.mask(),
+                    &mut conn.out,
+                );
+                conn.state = State::Closing;
+                conn.since_ns = now;
+                self.ctx.closing += 1;
+                if flush(conn).is_err() {
+                    self.end(key, String::new());
+                }
+            }
+            State::Connecting | State::Handshaking => self.end(key, "unfinished at the end".into()),
+            State::Closing => {}
+        }
+    }
+
+    /// Removes connection `key`. `reason` counts as a failure for a connection that never
+    /// opened, as a drop for an open one before the `Close` phase, and not at all when it
+    /// is empty or the connection was closing.
+    fn end(&mut self, key: usize, reason: Reason) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        let _ = flush(&mut conn); // a Close reply, if one is queued
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if conn.state == State::Closing {
+            self.ctx.closing -= 1;
+        }
+        match conn.state {
+            State::Connecting | State::Handshaking => {
+                self.ctx.pending -= 1;
+                self.count_failure(if reason.is_empty() {
+                    "closed".into()
+                } else {
+                    reason
+                });
+            }
+            State::Open | State::Closing => {
+                let expected = conn.state == State::Closing
+                    || self.ctx.phase == Phase::Close
+                    || reason.is_empty();
+                if !expected {
+                    *self.ctx.stats.drops.entry(reason).or_default() += 1;
+                    self.ctx.ctl.dropped.fetch_add(1, Relaxed);
+                }
+                if !conn.trackers.is_empty() {
+                    self.dead_trackers.push(std::mem::take(&mut conn.trackers));
+                }
+            }
+        }
+        if let Some(i) = self.publishers.iter().position(|&k| k == key) {
+            self.publishers.swap_remove(i);
+        }
+    }
+
+    /// Counts what every receiver lost, now that publishing is over.
+    fn finish(mut self) -> Stats {
+        let published: Vec<u64> = self
+            .ctx
+            .ctl
+            .published
+            .iter()
+            .map(|p| p.load(Relaxed))
+            .collect();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.end(key, String::new());
+        }
+        for trackers in &self.dead_trackers {
+            for (t, &n) in trackers.iter().zip(&published) {
+                self.ctx.stats.lost += t.missing(n);
+            }
+        }
+        self.ctx.stats
+    }
+}
+
+/// Completes a non-blocking `connect()` and sends the upgrade request.
+///
+/// Returns `Ok(false)` while the connection is still in progress.
+fn finish_connect(conn: &mut Conn, cfg: &Config, rng: &mut Rng) -> io::Result<bool> {
+    if let Some(e) = conn.stream.take_error()? {
+        return Err(e);
+    }
+    match conn.stream.peer_addr() {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let key = handshake::new_key(rng);
+    conn.accept = Some(handshake::accept_for(&key).into_boxed_str());
+    handshake::write_request(&cfg.url, &key, &mut conn.out);
+    Ok(true)
+}
+
+/// What an event said about a connection's socket.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    readable: bool,
+    writable: bool,
+    /// The peer closed (or the socket failed): read on to the end-of-file, since this
+    /// edge will not come again.
+    hung_up: bool,
+}
+
+/// How a read loop stopped without an error.
+enum ReadEnd {
+    /// The socket has no more data for now.
+    Drained,
+    /// The server closed its side.
+    Eof,
+}
+
+/// Reads everything the socket has and handles each whole frame.
+fn read_ready(
+    conn: &mut Conn,
+    buf: &mut Vec<u8>,
+    ctx: &mut Ctx,
+    hung_up: bool,
+) -> Result<ReadEnd, Reason> {
+    loop {
+        let carry = conn.carry.len();
+        if buf.len() < carry + READ_BUF / 2 {
+            buf.resize(carry + READ_BUF / 2, 0);
+        }
+        let room = buf.len() - carry;
+        let n = match conn.stream.read(&mut buf[carry..]) {
+            Ok(0) => return Ok(ReadEnd::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Drained),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {}", net::describe(&e))),
+        };
+        buf[..carry].copy_from_slice(&conn.carry);
+        conn.carry.clear();
+        let data = &buf[..carry + n];
+        let used = handle_bytes(conn, data, now_ns(), ctx)?;
+        conn.carry.extend_from_slice(&data[used..]);
+        if n < room && !hung_up {
+            // A short read emptied the socket's receive queue; data arriving later raises
+            // a new edge, so this saves the read that would return WouldBlock.
+            return Ok(ReadEnd::Drained);
+        }
+    }
+}
+
+/// Handles the response head (while handshaking) and every whole frame in `data`;
+/// returns how many bytes were used.
+fn handle_bytes(conn: &mut Conn, data: &[u8], now: u64, ctx: &mut Ctx) -> Result<usize, Reason> {
+    let mut pos = 0;
+    if conn.state == State::Handshaking {
+        let accept = conn.accept.as_deref().expect("set with the request");
+        match handshake::check_response(data, accept) {
+            Ok(None) => return Ok(0),
+            Ok(Some(len)) => pos = len,
+            Err(e) => return Err(e.to_string()),
+        }
+        conn.accept = None;
+        conn.state = State::Open;
+        ctx.stats.connected += 1;
+        ctx.ctl.connected.fetch_add(1, Relaxed);
+        ctx.stats
+            .handshake
+            .saturating_record(now.saturating_sub(conn.since_ns).max(1));
+    }
+    let max = ctx.cfg.max_frame;
+    loop {
+        match frame::parse(&data[pos..], max) {
+            Ok(Some((f, used))) => {
+                pos += used;
+                handle_frame(conn, f, now, ctx)?;
+            }
+            Ok(None) => return Ok(pos),
+            Err(e) => {
+                ctx.stats.malformed += 1;
+                return Err(format!("protocol: {e}"));
+            }
+        }
+    }
+}
+
+fn handle_frame(conn: &mut Conn, f: Frame<'_>, now: u64, ctx: &mut Ctx) -> Result<(), Reason> {
+    match f.opcode {
+        frame::OP_TEXT | frame::OP_BINARY => {
+            if conn.frag.is_some() {
+                ctx.stats.malformed += 1;
+                return Err("protocol: new message inside a fragmented one".into());
+            }
+            if f.fin {
+                deliver(conn, f.payload, now, ctx);
+            } else {
+                conn.frag = Some(f.payload.to_vec());
+            }
+        }
+        frame::OP_CONTINUATION => {
+            let Some(mut msg) = conn.frag.take() else {
+                ctx.stats.malformed += 1;
+                return Err("protocol: continuation without a message".into());
+            };
+            msg.extend_from_slice(f.payload);
+            if f.fin {
+                deliver(conn, &msg, now, ctx);
+            } else {
+                conn.frag = Some(msg);
+            }
+        }
+        frame::OP_PING => {
+            ctx.stats.pings += 1;
+            frame::encode_masked(frame::OP_PONG, f.payload, ctx.rng.mask(), &mut conn.out);
+        }
+        frame::OP_PONG => {}
+        _ => {
+            // Close: answer it once; the server then closes the socket.
+            if conn.state == State::Open {
+                let code = f.payload.get(..2).unwrap_or(&[]);
+                frame::encode_masked(frame::OP_CLOSE, code, ctx.rng.mask(), &mut conn.out);
+                if ctx.phase != Phase::Close {
+                    let detail = match code {
+                        [a, b] => format!(" (code {})", u16::from_be_bytes([*a, *b])),
+                        _ => String::new(),
+                    };
+                    return Err(format!("server sent Close{detail}"));
+                }
+                conn.state = State::Closing;
+                conn.since_ns = now;
+                ctx.closing += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Accounts one delivered message (broadcast), and lets a saturation publisher send the
+/// next one when this is its own copy.
+#[inline]
+fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
+    let Scenario::Broadcast(b) = &ctx.cfg.scenario else {
+        return;
+    };
+    let stamp = payload
+        .strip_prefix(b.prefix.as_slice())
+        .and_then(|msg| message::decode(msg, b.size));
+    let Some(tracker) = stamp.and_then(|s| conn.trackers.get_mut(s.publisher as usize)) else {
+        ctx.stats.malformed += 1;
+        return;
+    };
+    let stamp = stamp.expect("checked above");
+    match tracker.observe(stamp.seq) {
+        Seen::Duplicate => {
+            ctx.stats.duplicates += 1;
+            return;
+        }
+        Seen::Reordered => ctx.stats.reordered += 1,
+        Seen::InOrder | Seen::Ahead => {}
+    }
+    ctx.stats.delivered += 1;
+    ctx.unflushed += 1;
+    let latency = now.saturating_sub(stamp.intended_ns).max(1);
+    if stamp.intended_ns >= ctx.measure_ns && stamp.intended_ns < ctx.end_ns {
+        ctx.stats.latency.saturating_record(latency);
+    }
+    if now >= ctx.measure_ns && now < ctx.end_ns {
+        ctx.stats.in_window += 1;
+    }
+    ctx.live.saturating_record(latency);
+    if let Some(p) = conn.publisher.as_mut().filter(|p| p.id == stamp.publisher) {
+        p.in_flight = p.in_flight.saturating_sub(1);
+        if b.rate == 0.0 && ctx.sending(now) {
+            let mut p = *p;
+            ctx.publish(&mut p, now, &mut conn.out);
+            conn.publisher = Some(p);
+        }
+    }
+}
+
+/// Writes queued bytes until done or the socket is full.
+fn flush(conn: &mut Conn) -> io::Result<()> {
+    while conn.out_pos < conn.out.len() {
+        match conn.stream.write(&conn.out[conn.out_pos..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => conn.out_pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    conn.out.clear();
+    conn.out_pos = 0;
+    Ok(())
+}

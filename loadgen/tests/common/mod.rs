@@ -1,0 +1,203 @@
+//! A small seed-compatible broadcast server for tests, built on tungstenite and threads,
+//! that can tamper with what it relays: drop, duplicate or swap chosen deliveries.
+
+#![allow(dead_code)] // each test file uses a part
+
+use loadgen::config::{Broadcast, Config, Scenario};
+use loadgen::frame;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use tungstenite::Message;
+
+/// What the server does to one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Never send it.
+    Drop,
+    /// Send it twice.
+    Duplicate,
+    /// Send it after the next message instead of before.
+    SwapWithNext,
+}
+
+/// The prefix the test server puts before each relayed message, as the seed does.
+pub const PREFIX: &str = "Message from server: ";
+
+/// A running test server.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Pongs received (the server pings each client once, right after the handshake).
+    pub pongs: Arc<AtomicU64>,
+}
+
+impl TestServer {
+    /// The server's `ws://` URL.
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+}
+
+enum Event {
+    Join(TcpStream),
+    Relay(String),
+}
+
+/// Starts a server for `clients` connections that relays every text message to every
+/// client, sender included, applying `plan(receiver, seq)` (receivers numbered in accept
+/// order; `seq` read from loadgen's stamp in a message of `size` bytes).
+pub fn start(
+    clients: usize,
+    size: usize,
+    plan: impl Fn(usize, u64) -> Option<Tamper> + Send + 'static,
+) -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pongs = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel::<Event>();
+    let counter = pongs.clone();
+    thread::spawn(move || {
+        for _ in 0..clients {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(mut ws) = tungstenite::accept(stream) else {
+                continue;
+            };
+            let mut writer = ws.get_ref().try_clone().unwrap();
+            let mut ping = Vec::new();
+            frame::encode_unmasked(true, frame::OP_PING, b"hi", &mut ping);
+            writer.write_all(&ping).unwrap();
+            tx.send(Event::Join(writer)).unwrap();
+            let (tx, pongs) = (tx.clone(), counter.clone());
+            thread::spawn(move || loop {
+                match ws.read() {
+                    Ok(Message::Text(t)) => {
+                        let _ = tx.send(Event::Relay(t.to_string()));
+                    }
+                    Ok(Message::Pong(_)) => {
+                        pongs.fetch_add(1, Relaxed);
+                    }
+                    Ok(Message::Close(_)) => {
+                        // tungstenite queued the reply: send it, then close first, as a
+                        // server should.
+                        let _ = ws.flush();
+                        let _ = ws.get_ref().shutdown(Shutdown::Both);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // Closes the socket for the writer's clone as well.
+                        let _ = ws.get_ref().shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    thread::spawn(move || {
+        let mut writers: Vec<TcpStream> = Vec::new();
+        let mut held: Vec<Option<Vec<u8>>> = Vec::new();
+        for event in rx {
+            let text = match event {
+                Event::Join(w) => {
+                    writers.push(w);
+                    held.push(None);
+                    continue;
+                }
+                Event::Relay(text) => text,
+            };
+            let seq = loadgen::message::decode(text.as_bytes(), size).map(|s| s.seq);
+            let mut wire = Vec::new();
+            frame::encode_unmasked(
+                true,
+                frame::OP_TEXT,
+                format!("{PREFIX}{text}").as_bytes(),
+                &mut wire,
+            );
+            for (i, w) in writers.iter_mut().enumerate() {
+                let action = seq.and_then(|s| plan(i, s));
+                let _ = match action {
+                    None => w.write_all(&wire),
+                    Some(Tamper::Drop) => Ok(()),
+                    Some(Tamper::Duplicate) => w.write_all(&wire).and_then(|_| w.write_all(&wire)),
+                    Some(Tamper::SwapWithNext) => {
+                        held[i] = Some(wire.clone());
+                        continue;
+                    }
+                };
+                if action.is_none() {
+                    if let Some(h) = held[i].take() {
+                        let _ = w.write_all(&h);
+                    }
+                }
+            }
+        }
+    });
+    TestServer { addr, pongs }
+}
+
+/// Starts a server that answers every upgrade request with `response` and then waits
+/// for the client to hang up.
+pub fn start_raw(response: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(response.as_bytes());
+                let _ = s.read(&mut buf);
+            });
+        }
+    });
+    addr
+}
+
+/// A broadcast configuration for `clients` clients of `url` with one publisher.
+pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Config {
+    Config {
+        url: url.parse().unwrap(),
+        clients,
+        threads: 1,
+        local_addrs: Vec::new(),
+        batch: 64,
+        batch_interval_ns: 1_000_000,
+        max_pending: 128,
+        connect_timeout_ns: 5_000_000_000,
+        max_frame: 1 << 20,
+        scenario: Scenario::Broadcast(Broadcast {
+            publishers: 1,
+            size: 64,
+            rate,
+            window,
+            prefix: PREFIX.as_bytes().to_vec(),
+        }),
+    }
+}
+
+/// Timing for a short test run: `secs` of measurement, no warm-up.
+pub fn short_timing(secs: f64) -> loadgen::run::Timing {
+    loadgen::run::Timing {
+        warmup_ns: 0,
+        duration_ns: (secs * 1e9) as u64,
+        drain_ns: 1_000_000_000,
+        connect_phase_ns: 10_000_000_000,
+        server_pid: None,
+        live: false,
+    }
+}
