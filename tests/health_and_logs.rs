@@ -1,0 +1,368 @@
+//! `/healthz` (200 while serving, 503 while draining), the log lines on
+//! standard error (`--log-format json` is one JSON object a line; levels
+//! from `RUST_LOG`, no per-message line at the default level), and
+//! `herald --version`. The binary runs as a child on a free loopback port
+//! and is stopped by its PID.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{
+    connect, drain, http_exchange, recv_text, send_text, Client, Ending, HeraldProcess,
+    HttpResponse, TestServer, PREFIX,
+};
+use serde_json::Value;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+
+/// How long any one wait may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn healthz(addr: SocketAddr) -> HttpResponse {
+    http_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+}
+
+/// The herald binary on a free port, its stderr read line by line.
+struct Herald {
+    addr: SocketAddr,
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line read so far.
+    log: Vec<String>,
+}
+
+impl Herald {
+    /// Starts `herald --listen ADDR FLAGS`; `rust_log` None removes
+    /// `RUST_LOG` from its environment (the default level). Waits for the
+    /// start-up line.
+    fn start(flags: &[&str], rust_log: Option<&str>) -> Self {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+            cmd.arg("--listen")
+                .arg(addr.to_string())
+                .args(flags)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            match rust_log {
+                Some(v) => cmd.env("RUST_LOG", v),
+                None => cmd.env_remove("RUST_LOG"),
+            };
+            let mut child = cmd.spawn().expect("spawn herald");
+            let stderr = child.stderr.take().expect("stderr");
+            let (tx, lines) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+            let mut h = Herald {
+                addr,
+                child,
+                lines,
+                log: Vec::new(),
+            };
+            match h.wait_line(|l| l.contains("herald listening")) {
+                Ok(_) => return h,
+                Err(RecvTimeoutError::Disconnected) => {
+                    eprintln!("herald exited at start on {addr}: {:#?}; retrying", h.log);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("herald did not start within {WAIT:?}: {:#?}", h.log)
+                }
+            }
+        }
+        panic!("herald could not start on any free port");
+    }
+
+    /// Reads stderr lines (at most [`WAIT`]) until one satisfies `want`.
+    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> Result<String, RecvTimeoutError> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left)?;
+            self.log.push(line.clone());
+            if want(&line) {
+                return Ok(line);
+            }
+        }
+    }
+
+    fn expect_line(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        self.wait_line(want).unwrap_or_else(|e| {
+            panic!(
+                "no log line with {what} ({e:?}); the log so far: {:#?}",
+                self.log
+            )
+        })
+    }
+
+    fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's PID; no memory is involved.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the exit (at most `within`) and returns its status with
+    /// the whole log.
+    fn wait_exit(mut self, within: Duration) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit within {within:?}; its log: {:#?}",
+                self.log
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        // The reader thread ends at EOF, now that the process is gone.
+        let end = Instant::now() + WAIT;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(end.saturating_duration_since(Instant::now()))
+        {
+            self.log.push(line);
+        }
+        (status, std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn close_politely(mut ws: Client) {
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .expect("send close");
+    assert_eq!(drain(&mut ws).1, Ending::Close(1000));
+}
+
+#[test]
+fn healthz_answers_ok_while_serving() {
+    let server = TestServer::start(&[]);
+    let r = healthz(server.addr);
+    assert_eq!(r.status, 200, "{}", r.status_line);
+    assert_eq!(r.text().trim_end(), "ok");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{r:?}"
+    );
+    let head = http_exchange(
+        server.addr,
+        b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    // With clients connected it is still ok.
+    let _ws = connect(server.addr);
+    assert_eq!(healthz(server.addr).status, 200);
+}
+
+#[test]
+fn healthz_answers_503_while_shutting_down() {
+    let mut herald = HeraldProcess::start(&["--shutdown-timeout", "3s"]);
+    let addr = herald.addr;
+    // A client that is open, then never reads again: it never answers the
+    // close handshake, so herald drains for the whole --shutdown-timeout.
+    let mut silent = connect(addr);
+    send_text(&mut silent, "here");
+    assert_eq!(recv_text(&mut silent), format!("{PREFIX}here"));
+    assert_eq!(healthz(addr).status, 200);
+
+    herald.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    // The loop handles the signal; until then health may still be ok.
+    let draining = loop {
+        let r = healthz(addr);
+        match r.status {
+            503 => break r,
+            200 => {}
+            other => panic!("/healthz answered {other} during shutdown: {r:?}"),
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "/healthz still 200 {:?} after SIGTERM",
+            signalled.elapsed()
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    // A probe caught mid-request when the drain began is told "server
+    // shutting down"; one that arrives while draining gets health's own.
+    assert!(draining.text().contains("shutting down"), "{draining:?}");
+    let again = healthz(addr);
+    assert_eq!(again.status, 503, "{again:?}");
+    assert_eq!(again.text().trim_end(), "shutting down");
+    assert_eq!(
+        again.header("connection"),
+        Some("close"),
+        "a draining server keeps no connection alive"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_millis(2500),
+        "the probes took {:?}, too close to the timeout to prove anything",
+        signalled.elapsed()
+    );
+
+    let status = herald.wait(Duration::from_secs(8));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(2500),
+        "exited {:?} after SIGTERM though a client never answered the close",
+        signalled.elapsed()
+    );
+    drop(silent);
+}
+
+/// Runs one session against the binary: a client connects, sends
+/// `messages`, reads them back and closes politely; then SIGTERM. Returns
+/// the client's address (herald's `peer`) and every stderr line.
+fn session(flags: &[&str], rust_log: Option<&str>, messages: &[&str]) -> (String, Vec<String>) {
+    let mut herald = Herald::start(flags, rust_log);
+    let mut ws = connect(herald.addr);
+    let peer = ws.get_ref().local_addr().expect("local_addr").to_string();
+    for m in messages {
+        send_text(&mut ws, m);
+        assert_eq!(recv_text(&mut ws), format!("{PREFIX}{m}"));
+    }
+    close_politely(ws);
+    herald.expect_line("the client's disconnect", |l| {
+        l.contains("disconnect") && l.contains(&peer)
+    });
+    herald.sigterm();
+    let (status, log) = herald.wait_exit(WAIT);
+    assert!(status.success(), "exit status {status:?}; log: {log:#?}");
+    (peer, log)
+}
+
+/// Every line parsed as a JSON object.
+fn json_lines(log: &[String]) -> Vec<serde_json::Map<String, Value>> {
+    log.iter()
+        .map(|l| match serde_json::from_str::<Value>(l) {
+            Ok(Value::Object(o)) => o,
+            Ok(other) => panic!("log line is JSON but not an object: {other}"),
+            Err(e) => panic!("log line is not JSON ({e}): {l:?}"),
+        })
+        .collect()
+}
+
+fn field<'a>(event: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a str> {
+    event.get("fields")?.get(name)?.as_str()
+}
+
+#[test]
+fn json_logs_are_one_object_a_line_with_connect_and_disconnect() {
+    let (peer, log) = session(&["--log-format", "json"], None, &["one", "two"]);
+    let events = json_lines(&log);
+    for e in &events {
+        assert!(e.get("timestamp").is_some_and(Value::is_string), "{e:?}");
+        assert!(e.get("level").is_some_and(Value::is_string), "{e:?}");
+        assert!(field(e, "message").is_some(), "no message in {e:?}");
+    }
+    let named = |msg: &str| -> Vec<&serde_json::Map<String, Value>> {
+        events
+            .iter()
+            .filter(|e| field(e, "message") == Some(msg))
+            .collect()
+    };
+    assert_eq!(named("herald listening").len(), 1, "{log:#?}");
+    let connects: Vec<_> = named("connect")
+        .into_iter()
+        .filter(|e| field(e, "peer") == Some(peer.as_str()))
+        .collect();
+    assert_eq!(connects.len(), 1, "connect of {peer}: {log:#?}");
+    assert_eq!(connects[0]["level"], "INFO");
+    let disconnects: Vec<_> = named("disconnect")
+        .into_iter()
+        .filter(|e| field(e, "peer") == Some(peer.as_str()))
+        .collect();
+    assert_eq!(disconnects.len(), 1, "disconnect of {peer}: {log:#?}");
+    assert_eq!(field(disconnects[0], "reason"), Some("normal"));
+    // The default level (info) has no line per message, nor any debug line.
+    assert!(named("message").is_empty(), "{log:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["level"] != "DEBUG" && e["level"] != "TRACE"),
+        "{log:#?}"
+    );
+    assert_eq!(named("shutdown complete").len(), 1, "{log:#?}");
+}
+
+#[test]
+fn rust_log_debug_adds_a_line_per_message() {
+    let sent = ["one", "two", "a third message"];
+    let (_, log) = session(&["--log-format", "json"], Some("debug"), &sent);
+    let events = json_lines(&log);
+    let per_message: Vec<_> = events
+        .iter()
+        .filter(|e| field(e, "message") == Some("message"))
+        .collect();
+    assert_eq!(per_message.len(), sent.len(), "{log:#?}");
+    for (e, m) in per_message.iter().zip(sent) {
+        assert_eq!(e["level"], "DEBUG");
+        assert_eq!(e["fields"]["len"], m.len(), "{e:?}");
+    }
+}
+
+#[test]
+fn text_logs_are_key_value_lines() {
+    let (peer, log) = session(&[], None, &["hi"]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains(" connect ") && l.contains(&format!("peer={peer}"))),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains(" disconnect ")
+            && l.contains(&format!("peer={peer}"))
+            && l.contains("reason=normal")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().all(|l| !l.trim_start().starts_with('{')),
+        "JSON in the text format: {log:#?}"
+    );
+    assert!(
+        log.iter().all(|l| !l.contains("DEBUG")),
+        "debug lines at the default level: {log:#?}"
+    );
+}
+
+#[test]
+fn version_flag_prints_the_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald --version");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("herald {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
