@@ -98,8 +98,9 @@ setup() {
     # Debian's python3 ships venv's pip bootstrap separately.
     pkgs+=(python3-venv)
   fi
-  # HOOK (browser tests, tests/browser/): add what they need here, e.g.
-  #   command -v chromium >/dev/null || pkgs+=(chromium chromium-driver)
+  # Browser test (tests/browser/): Debian's chromium and its WebDriver; node
+  # and npm come with the machine (run.sh checks for Node >= 20).
+  [[ -x /usr/bin/chromium ]] || pkgs+=(chromium chromium-driver)
   if [[ ${#pkgs[@]} -gt 0 ]]; then
     apt_install "${pkgs[@]}"
   fi
@@ -122,12 +123,11 @@ step test     900  cargo test --workspace --release
 # The binary was just built by `build`; HERALD_BIN skips run.sh's own build.
 step autobahn 900  env HERALD_BIN="${CARGO_TARGET_DIR:-target}/release/herald" bash tests/autobahn/run.sh
 
-# HOOK: browser tests (tests/browser/) go here, after autobahn, e.g.
-#   - setup(): install chromium + chromium-driver (Debian) if missing
-#   - npm ci --prefix tests/browser   (node 20 and npm from the machine)
-#   - step browser 600 bash tests/browser/run.sh
-#     (starts target/release/herald on a free 127.0.0.1 port, drives the page
-#      headless, stops herald by PID)
+# The chat page in headless chromium: run.sh runs `npm ci` for playwright-core
+# when needed, starts target/release/herald on a free 127.0.0.1 port (and
+# restarts it there), drives two pages, stops herald by PID; screenshots in
+# reports/browser/.
+step browser  600  bash tests/browser/run.sh
 
 printf '\n'
 say "timings: ${TIMINGS[*]}"
