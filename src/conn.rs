@@ -154,6 +154,9 @@ pub(crate) struct Conn {
     pub reason: CloseReason,
     /// It became a WebSocket at some point (shutdown waits for these).
     pub was_ws: bool,
+    /// herald started the close handshake (tungstenite can no longer
+    /// write), so broadcasts skip this connection.
+    pub ws_closing: bool,
     /// A keepalive ping is out and nothing arrived since.
     pub pinged: bool,
     /// The peer sent EOF.
@@ -297,6 +300,7 @@ impl Conn {
             dropped: 0,
             reason: CloseReason::Normal,
             was_ws: false,
+            ws_closing: false,
             pinged: false,
             peer_eof: false,
             doomed: false,
@@ -306,9 +310,14 @@ impl Conn {
     }
 
     /// Whether broadcasts should be queued for this connection.
+    ///
+    /// Read without touching the boxed protocol state, so fan-out reads one
+    /// cache line per connection: tungstenite stops being able to write
+    /// only after herald's own `close_ws`, or after the peer's Close, which
+    /// moves the connection to `Closing` within the same read.
     #[inline]
     pub fn is_open(&self) -> bool {
-        matches!(&self.state, State::Open(ws) if ws.ctx.can_write())
+        matches!(self.state, State::Open(_)) && !self.ws_closing
     }
 
     /// Whether the socket should be read now.
@@ -341,9 +350,12 @@ impl Conn {
     /// left over from a pipelined request).
     pub fn on_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
         match &mut self.state {
-            State::Http(head) => {
-                let room = (http::MAX_HEAD_LEN + 1).saturating_sub(head.len());
-                head.extend_from_slice(&data[..data.len().min(room)]);
+            State::Http(buf) => {
+                // Everything is kept: past a complete head come a publish
+                // body or pipelined requests. Growth is bounded: an
+                // incomplete head past MAX_HEAD_LEN is answered 431, and no
+                // more is read while a request waits for the server.
+                buf.extend_from_slice(data);
                 self.route_request(ctx);
             }
             State::Body(body) => {
@@ -425,7 +437,10 @@ impl Conn {
                             keep_alive,
                         )),
                         Resource::Metrics => {
+                            // Answered (and, without keep-alive, closed) by
+                            // the server, which sees every connection.
                             self.pending = Some(Pending::Metrics { body, keep_alive });
+                            continue;
                         }
                     }
                     self.next_request(keep_alive, ctx.now, ctx.cfg);
@@ -492,10 +507,29 @@ impl Conn {
         }
         ctx.outbox.push(frame::encode(opcode, b"", &body.buf));
         ctx.stats.publishes += 1;
+        // The 202 waits for the fan-out, which counts the recipients; the
+        // server then closes the connection unless it is kept alive.
         self.pending = Some(Pending::Published {
             keep_alive: body.keep_alive,
         });
-        self.next_request(body.keep_alive, ctx.now, ctx.cfg);
+    }
+
+    /// Queues the answer to a request the server finished, then waits for
+    /// the next request or closes.
+    pub fn answer_pending(
+        &mut self,
+        response: Frame,
+        keep_alive: bool,
+        now: Instant,
+        cfg: &Config,
+    ) {
+        self.pending = None;
+        if keep_alive {
+            self.queue.push(response);
+            self.next_request(true, now, cfg);
+        } else {
+            self.finish_with(response, CloseReason::Normal, now);
+        }
     }
 
     /// After a response: wait for the next request, or close.
@@ -572,6 +606,7 @@ impl Conn {
             // Writing into the queue cannot block; any error means the
             // handshake was already under way, which is just as good.
             let _ = ws.ctx.close(&mut io, Some(frame));
+            self.ws_closing = true;
             self.reason = reason;
             self.deadline = Some(now + CLOSE_TIMEOUT);
         }

@@ -48,24 +48,15 @@ pub fn spawn(path: &str, waker: Arc<Waker>) -> io::Result<Receiver<Vec<u8>>> {
             let mut line = Vec::new();
             loop {
                 line.clear();
-                match reader
-                    .by_ref()
-                    .take(MAX_LINE as u64 + 1)
-                    .read_until(b'\n', &mut line)
-                {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        while matches!(line.last(), Some(b'\n' | b'\r')) {
-                            line.pop();
-                        }
-                        line.truncate(MAX_LINE);
+                match read_line(&mut reader, &mut line) {
+                    Ok(false) => break,
+                    Ok(true) => {
                         let text = String::from_utf8_lossy(&line).into_owned().into_bytes();
                         if tx.send(text).is_err() {
                             return; // the server is gone
                         }
                         let _ = waker.wake();
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         tracing::warn!(feed = %path, error = %e, "feed read failed");
                         break;
@@ -75,4 +66,61 @@ pub fn spawn(path: &str, waker: Arc<Waker>) -> io::Result<Receiver<Vec<u8>>> {
             tracing::info!(feed = %path, "feed reached end of input; still serving");
         })?;
     Ok(rx)
+}
+
+/// Reads one line into `line` without its line ending, keeping at most
+/// [`MAX_LINE`] bytes of it (the rest of a longer line is skipped).
+/// Returns false at end of input.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> {
+    let mut seen = false;
+    loop {
+        let (done, used) = {
+            let buf = match reader.fill_buf() {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if buf.is_empty() {
+                return Ok(seen);
+            }
+            seen = true;
+            let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (&buf[..i], Some(i + 1)),
+                None => (buf, None),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            (done.is_some(), done.unwrap_or(buf.len()))
+        };
+        reader.consume(used);
+        if done {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_and_the_rest_skipped() {
+        let mut input = vec![b'a'; MAX_LINE + 10];
+        input.extend_from_slice(b"\r\nsecond\nlast without newline");
+        let mut r = io::BufReader::with_capacity(1000, &input[..]);
+        let mut line = Vec::new();
+        assert!(read_line(&mut r, &mut line).unwrap());
+        assert_eq!(line.len(), MAX_LINE);
+        line.clear();
+        assert!(read_line(&mut r, &mut line).unwrap());
+        assert_eq!(line, b"second");
+        line.clear();
+        assert!(read_line(&mut r, &mut line).unwrap());
+        assert_eq!(line, b"last without newline");
+        line.clear();
+        assert!(!read_line(&mut r, &mut line).unwrap());
+    }
 }

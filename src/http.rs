@@ -388,7 +388,11 @@ fn route_publish(
     let token = cfg.publish_token.as_deref().unwrap_or_default();
     let authorised = h
         .get("authorization")
-        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .and_then(|v| {
+            // The scheme name is case-insensitive (RFC 9110 §11.1).
+            let (scheme, rest) = v.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+        })
         .is_some_and(|t| constant_time_eq(t.trim_ascii(), token.as_bytes()));
     if !authorised {
         return Route::Reject(Status::Unauthorized, "a valid bearer token is required");

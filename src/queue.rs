@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::mem::MaybeUninit;
 
 use crate::frame::Frame;
 
@@ -87,14 +88,21 @@ impl WriteQueue {
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
         while !self.frames.is_empty() {
             let written = {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                // Only the slices in use are initialised: a flush of one
+                // frame (the common case under light load) should not pay
+                // for zeroing a whole batch.
+                let mut slices = [MaybeUninit::<IoSlice<'_>>::uninit(); MAX_IOVECS];
                 let mut n = 0;
-                for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                    let start = if i == 0 { self.offset } else { 0 };
-                    slices[i] = IoSlice::new(&frame[start..]);
+                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                    let start = if n == 0 { self.offset } else { 0 };
+                    slot.write(IoSlice::new(&frame[start..]));
                     n += 1;
                 }
-                match w.write_vectored(&slices[..n]) {
+                // SAFETY: the first `n` elements were initialised just above,
+                // and `MaybeUninit<T>` has the layout of `T`.
+                let slices =
+                    unsafe { std::slice::from_raw_parts(slices.as_ptr().cast::<IoSlice<'_>>(), n) };
+                match w.write_vectored(slices) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(written) => written,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),

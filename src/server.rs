@@ -409,14 +409,13 @@ impl Server {
         match conn.pending {
             Some(Pending::Metrics { body, keep_alive }) => {
                 let text = self.render_metrics();
-                let conn = &mut self.conns[k];
                 let mut response =
                     http::response("200 OK", metrics::CONTENT_TYPE, text.as_bytes(), keep_alive);
                 if !body {
                     response.truncate(response.len() - text.len());
                 }
-                conn.queue.push(Frame::from_vec(response));
-                conn.pending = None;
+                let now = Instant::now();
+                self.conns[k].answer_pending(Frame::from_vec(response), keep_alive, now, &self.cfg);
                 // Pipelined requests after it wait in the buffer.
                 self.unread.push(k);
             }
@@ -591,7 +590,7 @@ impl Server {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
-            if let Some(Pending::Published { keep_alive }) = conn.pending.take() {
+            if let Some(Pending::Published { keep_alive }) = conn.pending {
                 let body = format!("{{\"recipients\":{recipients}}}\n");
                 let response = http::response(
                     "202 Accepted",
@@ -599,7 +598,7 @@ impl Server {
                     body.as_bytes(),
                     keep_alive,
                 );
-                conn.queue.push(Frame::from_vec(response));
+                conn.answer_pending(Frame::from_vec(response), keep_alive, now, &self.cfg);
                 if !conn.blocked {
                     self.stats.bytes_written += conn.flush() as u64;
                 }
