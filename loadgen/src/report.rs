@@ -122,6 +122,7 @@ pub fn to_json(o: &Outcome) -> Value {
             v["expected_deliveries"] = json!(o.published * s.connected);
             v["drained"] = json!(o.drained);
             v["latency"] = latency_json(&s.latency);
+            v["send_lag"] = latency_json(&s.send_lag);
             v["lost"] = json!(s.lost);
             v["duplicated"] = json!(s.duplicates);
             v["reordered"] = json!(s.reordered);
@@ -250,6 +251,13 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
             "latency p99.9/p99.99/max",
             quantiles(l, &[0.999, 0.9999, 1.0]),
         )?;
+        if !s.send_lag.is_empty() {
+            row(
+                out,
+                "send lag p50/p99/max",
+                quantiles(&s.send_lag, &[0.5, 0.99, 1.0]),
+            )?;
+        }
         row(
             out,
             "lost/dup/reordered/malformed",

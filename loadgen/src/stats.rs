@@ -10,6 +10,9 @@ pub struct Stats {
     /// Delivery latency from the intended send time, ns, for messages meant to be sent in
     /// the measured window.
     pub latency: Histogram<u64>,
+    /// How late loadgen sent each open-loop message after its intended time, ns (plus
+    /// one): its own scheduling delay, already inside the latencies above.
+    pub send_lag: Histogram<u64>,
     /// Handshake latency (from `connect()` to a checked 101), ns.
     pub handshake: Histogram<u64>,
     /// Distinct deliveries (duplicates excluded), warm-up and drain included.
@@ -42,6 +45,7 @@ impl Default for Stats {
         Stats {
             latency: new_histogram(),
             handshake: new_histogram(),
+            send_lag: new_histogram(),
             delivered: 0,
             in_window: 0,
             duplicates: 0,
@@ -62,6 +66,7 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         self.latency.add(&other.latency).expect("same bounds");
         self.handshake.add(&other.handshake).expect("same bounds");
+        self.send_lag.add(&other.send_lag).expect("same bounds");
         self.delivered += other.delivered;
         self.in_window += other.in_window;
         self.duplicates += other.duplicates;

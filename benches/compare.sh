@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# herald against its peers under the same load: the seed's Node.js `ws` server and a Python
+# `websockets` server. Each server runs alone on one core (SERVER_CPU), loadgen on another
+# (LOADGEN_CPU); every scenario gets a freshly started server, which is stopped by PID
+# afterwards. Prints one table, and writes the JSON of every run, the .hgrm latency
+# distributions and an SVG latency plot of scenario (c) to $OUT.
+#
+# Scenarios (64-byte messages, 1 publisher):
+#   a  1,000 clients, saturation: --rate 0 --window 16
+#   b  10,000 clients, the same
+#   c  1,000 clients at a fixed 200 messages/s (latency)
+#   d  idle: hold 19,000 connections (server memory per connection)
+#
+# Environment (defaults give a quick run, a few minutes in all):
+#   DURATION=3 WARMUP=1 DRAIN=5   seconds of each measured window / warm-up / drain limit
+#   IDLE_SECS=3                    how long (d) holds its connections
+#   RATE_C=200                     messages per second in (c)
+#   CLIENTS_A=1000 CLIENTS_B=10000 CLIENTS_C=1000 CLIENTS_D=19000
+#   SERVERS="herald node python"   SCENARIOS="a b c d"
+#   SERVER_CPU=0 LOADGEN_CPU=1     cores for taskset
+#   PORT=9400                      port the servers listen on (127.0.0.1 only)
+#   OUT=target/compare             where results go
+#   SKIP_BUILD=1 SKIP_INSTALL=1    reuse existing binaries / node_modules / venv
+#   HERALD=... LOADGEN=...         binaries to use (default: $CARGO_TARGET_DIR or target/)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+DURATION=${DURATION:-3}
+WARMUP=${WARMUP:-1}
+DRAIN=${DRAIN:-5}
+IDLE_SECS=${IDLE_SECS:-3}
+RATE_C=${RATE_C:-200}
+CLIENTS_A=${CLIENTS_A:-1000}
+CLIENTS_B=${CLIENTS_B:-10000}
+CLIENTS_C=${CLIENTS_C:-1000}
+CLIENTS_D=${CLIENTS_D:-19000}
+SERVERS=${SERVERS:-herald node python}
+SCENARIOS=${SCENARIOS:-a b c d}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+PORT=${PORT:-9400}
+OUT=${OUT:-$ROOT/target/compare}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+HERALD=${HERALD:-$TARGET/release/herald}
+LOADGEN=${LOADGEN:-$TARGET/release/loadgen}
+PEERS=$ROOT/benches/peers
+# Source addresses for loadgen: 8 of them, so TIME_WAIT left by earlier runs never
+# exhausts the ~28k ephemeral ports of a single address pair.
+LOCAL_ADDRS=127.0.0.1-127.0.0.8
+CONNECT_PHASE=60
+
+mkdir -p "$OUT"
+log() { printf '== %s\n' "$*" >&2; }
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    log "building herald and loadgen (release)"
+    cargo build --release -q -p herald -p loadgen
+fi
+if [[ -z ${SKIP_INSTALL:-} ]]; then
+    if [[ " $SERVERS " == *" node "* ]]; then
+        log "installing the Node.js peer (npm ci)"
+        npm ci --prefix "$PEERS/node" --no-audit --no-fund --loglevel=error >&2
+    fi
+    if [[ " $SERVERS " == *" python "* ]]; then
+        log "installing the Python peer (venv)"
+        [[ -x $PEERS/python/.venv/bin/python ]] || python3 -m venv "$PEERS/python/.venv"
+        "$PEERS/python/.venv/bin/pip" install -q --disable-pip-version-check \
+            -r "$PEERS/python/requirements.txt" >&2
+    fi
+fi
+
+SERVER_PID=
+stop_server() {
+    [[ -n $SERVER_PID ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+}
+trap stop_server EXIT INT TERM
+
+start_server() { # NAME LOGFILE
+    case $1 in
+        herald) taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" >"$2" 2>&1 & ;;
+        node) PORT=$PORT HOST=127.0.0.1 taskset -c "$SERVER_CPU" node "$PEERS/node/server.js" >"$2" 2>&1 & ;;
+        python) PORT=$PORT HOST=127.0.0.1 taskset -c "$SERVER_CPU" \
+            "$PEERS/python/.venv/bin/python" "$PEERS/python/server.py" >"$2" 2>&1 & ;;
+        *) echo "unknown server $1" >&2; exit 2 ;;
+    esac
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+        if ss -Hltn "sport = :$PORT" | grep -q .; then return 0; fi
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$1 did not start listening on 127.0.0.1:$PORT; its log:" >&2
+    cat "$2" >&2
+    exit 2
+}
+
+run_scenario() { # SERVER SCENARIO
+    local server=$1 sc=$2 base="$OUT/$1-$2" args limit
+    case $sc in
+        a) args=(broadcast --clients "$CLIENTS_A" --rate 0 --window 16) ;;
+        b) args=(broadcast --clients "$CLIENTS_B" --rate 0 --window 16) ;;
+        c) args=(broadcast --clients "$CLIENTS_C" --rate "$RATE_C") ;;
+        d) args=(idle --clients "$CLIENTS_D" --duration "$IDLE_SECS") ;;
+        *) echo "unknown scenario $sc" >&2; exit 2 ;;
+    esac
+    if [[ ${args[0]} == broadcast ]]; then
+        args+=(--size 64 --publishers 1 --duration "$DURATION" --warmup "$WARMUP"
+            --drain "$DRAIN" --hgrm "$base.hgrm")
+    fi
+    limit=$((CONNECT_PHASE + ${WARMUP%.*} + ${DURATION%.*} + ${DRAIN%.*} + ${IDLE_SECS%.*} + 30))
+    start_server "$server" "$base.server.log"
+    log "$server, scenario $sc: loadgen ${args[*]}"
+    local rc=0
+    timeout --signal=INT --kill-after=5 "$limit" taskset -c "$LOADGEN_CPU" "$LOADGEN" "${args[@]}" \
+        --url "ws://127.0.0.1:$PORT/" --local-addrs "$LOCAL_ADDRS" \
+        --connect-phase-timeout "$CONNECT_PHASE" --server-pid "$SERVER_PID" --json --quiet \
+        >"$base.json" 2>"$base.log" || rc=$?
+    stop_server
+    echo "$rc" >"$base.rc"
+    case $rc in
+        0) ;;
+        1) log "$server $sc: loadgen reported a failure (see $base.log)" ;;
+        *) log "$server $sc: loadgen exited $rc (see $base.log)" ;;
+    esac
+}
+
+for sc in $SCENARIOS; do
+    for server in $SERVERS; do
+        run_scenario "$server" "$sc"
+    done
+done
+
+PLOTS=()
+for server in $SERVERS; do
+    [[ -s $OUT/$server-c.hgrm ]] && PLOTS+=("$server=$OUT/$server-c.hgrm")
+done
+if ((${#PLOTS[@]})) && [[ " $SCENARIOS " == *" c "* ]]; then
+    "$LOADGEN" plot --out "$OUT/latency-c.svg" \
+        --title "Delivery latency, $CLIENTS_C clients at $RATE_C msg/s, 64-byte messages" "${PLOTS[@]}"
+fi
+
+python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY'
+import json, os, sys
+
+out, servers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+
+def load(server, sc):
+    try:
+        with open(os.path.join(out, f"{server}-{sc}.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+def fmt(v, spec="{:,.0f}"):
+    return "-" if v is None else spec.format(v)
+
+head = ["scenario", "server", "clients", "mode", "deliveries/s", "p50 ms", "p99 ms",
+        "p99.9 ms", "CPU ns/deliv", "RSS MiB", "KiB/conn", "lost", "ok"]
+rows = []
+for sc in scenarios:
+    for server in servers:
+        r = load(server, sc)
+        if r is None:
+            rows.append([sc, server, "-", "-", "no result"] + ["-"] * 8)
+            continue
+        lat, srv = r.get("latency") or {}, r.get("server") or {}
+        lost = r.get("lost")
+        if lost is not None and not r.get("drained", True):
+            lost = f"{lost}*"
+        rows.append([
+            sc, server, f"{r['connected']:,}/{r['clients']:,}", r["mode"],
+            fmt(r.get("deliveries_per_sec")),
+            fmt(lat.get("p50_ms"), "{:.3f}"), fmt(lat.get("p99_ms"), "{:.3f}"),
+            fmt(lat.get("p99_9_ms"), "{:.3f}"),
+            fmt(srv.get("cpu_ns_per_delivery")),
+            fmt(srv.get("rss_end", 0) / 2**20 if srv else None, "{:.1f}"),
+            fmt(srv.get("bytes_per_connection", 0) / 1024 if srv else None, "{:.2f}"),
+            "-" if lost is None else str(lost),
+            "yes" if r.get("ok") else "NO",
+        ])
+widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
+print(line(head))
+print("  ".join("-" * w for w in widths))
+for row in rows:
+    print(line(row))
+
+def ratio(a, b):
+    return f"{a / b:.1f}x" if a and b else "-"
+
+if "herald" in servers:
+    print()
+    print("herald's ratio to each peer (above 1 means herald is better):")
+    for sc in scenarios:
+        h = load("herald", sc)
+        if h is None:
+            continue
+        for peer in (s for s in servers if s != "herald"):
+            p = load(peer, sc)
+            if p is None:
+                continue
+            hs, ps = h.get("server") or {}, p.get("server") or {}
+            if sc == "d":
+                text = "memory per connection " + ratio(ps.get("bytes_per_connection"), hs.get("bytes_per_connection"))
+            else:
+                text = ("deliveries/s " + ratio(h.get("deliveries_per_sec"), p.get("deliveries_per_sec"))
+                        + ", CPU per delivery " + ratio(ps.get("cpu_ns_per_delivery"), hs.get("cpu_ns_per_delivery"))
+                        + ", p99 " + ratio((p.get("latency") or {}).get("p99_ms"), (h.get("latency") or {}).get("p99_ms")))
+            print(f"  {sc} vs {peer}: {text}")
+print()
+print("* the drain timed out: messages still queued in the server when loadgen stopped count as lost.")
+warn = [f"{s}-{sc}" for sc in scenarios for s in servers
+        if (load(s, sc) or {}).get("loadgen", {}).get("saturated")]
+if warn:
+    print("loadgen used over 90% of its core in: " + ", ".join(warn) + " (those figures are a floor)")
+PY
+echo "results, logs, .hgrm files and latency-c.svg are in $OUT" >&2
