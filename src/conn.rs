@@ -377,7 +377,11 @@ impl Conn {
                     match read_messages(&mut ws.ctx, data, &mut self.queue, ctx) {
                         Ok(()) => {}
                         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                            self.begin_closing(self.reason, ctx.now)
+                            // Both Close frames are exchanged: the peer has
+                            // nothing more to say, so once the reply is out
+                            // the server closes TCP first (RFC 6455 §7.1.1).
+                            self.begin_closing(self.reason, ctx.now);
+                            self.peer_eof = true;
                         }
                         Err(e) => self.fail(&e, ctx.now),
                     }

@@ -545,7 +545,6 @@ impl Server {
     /// (handles only: no copy, no allocation per recipient) and flushes
     /// each with one `writev`; then answers this iteration's publishes.
     fn fan_out(&mut self, now: Instant) {
-        let batch: usize = self.outbox.iter().map(|f| f.len()).sum();
         let count = self.outbox.len();
         let limit = self.cfg.max_queued_bytes;
         let drop_policy = self.cfg.slow_consumer == SlowConsumer::Drop;
@@ -555,7 +554,10 @@ impl Server {
             if !conn.is_open() {
                 continue;
             }
-            if conn.queue.queued() + batch <= limit {
+            // Slow means: what earlier iterations queued is still unsent
+            // past the limit. This iteration's frames are shared by every
+            // recipient, so a large batch alone never marks a client slow.
+            if conn.queue.queued() <= limit {
                 if conn.dropped > 0 && conn.queue.is_empty() {
                     let notice = format!("herald: {} messages dropped", conn.dropped);
                     conn.queue
