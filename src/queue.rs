@@ -122,6 +122,13 @@ impl WriteQueue {
     /// Marks `n` bytes from the front as written.
     fn advance(&mut self, mut n: usize) {
         debug_assert!(n <= self.queued);
+        if n == self.queued {
+            // The common case: the socket took everything.
+            self.frames.clear();
+            self.offset = 0;
+            self.queued = 0;
+            return;
+        }
         self.queued -= n;
         while n > 0 {
             let front = self.frames[0].len() - self.offset;
