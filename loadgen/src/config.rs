@@ -26,6 +26,17 @@ pub struct Config {
     pub max_frame: u64,
     /// What the open connections do.
     pub scenario: Scenario,
+    /// This process's part of a run split over several processes: (index, count). A
+    /// process opens the clients `i` with `i % count == index`; (0, 1) is a whole run.
+    pub shard: (u32, u32),
+}
+
+impl Config {
+    /// The clients this process opens, in order.
+    pub fn my_clients(&self) -> impl Iterator<Item = u32> + '_ {
+        let (index, count) = self.shard;
+        (index..self.clients).step_by(count.max(1) as usize)
+    }
 }
 
 /// The scenario a run plays once its connections are open.

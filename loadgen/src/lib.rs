@@ -15,6 +15,7 @@ pub mod message;
 pub mod net;
 pub mod plot;
 pub mod procfs;
+pub mod procs;
 pub mod report;
 pub mod rng;
 pub mod run;

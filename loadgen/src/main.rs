@@ -3,7 +3,8 @@
 use clap::{Args, Parser, Subcommand};
 use loadgen::config::{parse_local_addrs, Broadcast, Config, Scenario};
 use loadgen::handshake::WsUrl;
-use loadgen::run::{run, Timing};
+use loadgen::procs::{child_args, run_parent, StdioLink};
+use loadgen::run::{run, run_shard, Timing};
 use loadgen::{plot, report};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,6 +124,13 @@ struct Common {
     /// Server process to sample from /proc (CPU per delivery, memory per connection).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Spread the clients over this many loadgen processes (one process may open only as
+    /// many sockets as its open-file limit allows; threads share that limit).
+    #[arg(long, default_value_t = 1)]
+    procs: u32,
+    /// Internal: run as shard I of K under a parent started with --procs.
+    #[arg(long, hide = true, value_name = "I/K")]
+    shard: Option<String>,
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     json: bool,
@@ -136,9 +144,19 @@ fn secs(s: f64) -> u64 {
 }
 
 fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
-    if c.threads == 0 || c.clients == 0 || c.batch == 0 || c.max_pending == 0 {
-        return Err("--threads, --clients, --batch and --max-pending must be positive".into());
+    if c.threads == 0 || c.clients == 0 || c.batch == 0 || c.max_pending == 0 || c.procs == 0 {
+        return Err(
+            "--threads, --procs, --clients, --batch and --max-pending must be positive".into(),
+        );
     }
+    let shard = match &c.shard {
+        None => (0, 1),
+        Some(s) => s
+            .split_once('/')
+            .and_then(|(i, k)| Some((i.parse().ok()?, k.parse().ok()?)))
+            .filter(|&(i, k): &(u32, u32)| i < k)
+            .ok_or_else(|| format!("--shard {s}: expected I/K with I < K"))?,
+    };
     Ok(Config {
         url: c.url.clone(),
         clients: c.clients,
@@ -153,6 +171,7 @@ fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
         connect_timeout_ns: secs(c.connect_timeout),
         max_frame: c.max_frame,
         scenario,
+        shard,
     })
 }
 
@@ -234,6 +253,9 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             (common, cfg, t, (hgrm, plot))
         }
         Command::Connect { common, duration } => {
+            if common.procs > 1 {
+                return Err("--procs applies to broadcast and idle".into());
+            }
             let cfg = config(&common, Scenario::Connect)?;
             let t = timing(&common, duration, 0.0, 0.0);
             (common, cfg, t, (None, None))
@@ -244,7 +266,19 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             (common, cfg, t, (None, None))
         }
     };
-    let outcome = run(cfg, timing).map_err(|e| e.to_string())?;
+    if cfg.shard.1 > 1 {
+        let mut link = StdioLink::default();
+        let outcome = run_shard(cfg, timing, Some(&mut link)).map_err(|e| e.to_string())?;
+        StdioLink::result(&outcome);
+        return Ok(true);
+    }
+    let outcome = if common.procs > 1 {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        run_parent(cfg, timing, common.procs, &child_args(&args))
+    } else {
+        run(cfg, timing)
+    }
+    .map_err(|e| e.to_string())?;
     if common.json {
         report::write_table(&outcome, &mut std::io::stderr()).map_err(|e| e.to_string())?;
         println!("{}", report::to_json(&outcome));

@@ -90,6 +90,7 @@ pub fn to_json(o: &Outcome) -> Value {
         "url": format!("ws://{}{}", o.cfg.url.host, o.cfg.url.path),
         "clients": o.cfg.clients,
         "threads": o.cfg.threads,
+        "procs": o.procs,
         "connected": s.connected,
         "failed": s.failed(),
         "failures": s.failures,
@@ -188,7 +189,7 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
     let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<26} {v}");
     writeln!(
         out,
-        "loadgen {} ws://{}{} ({}, {} thread{})",
+        "loadgen {} ws://{}{} ({}, {}{} thread{})",
         match o.cfg.scenario {
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Connect => "connect",
@@ -197,6 +198,11 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
         o.cfg.url.host,
         o.cfg.url.path,
         mode(o),
+        if o.procs > 1 {
+            format!("{} processes × ", o.procs)
+        } else {
+            String::new()
+        },
         o.cfg.threads,
         if o.cfg.threads == 1 { "" } else { "s" }
     )?;

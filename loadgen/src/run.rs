@@ -74,6 +74,8 @@ pub struct Outcome {
     pub self_cpu_ns: u64,
     /// CPUs loadgen may run on.
     pub self_cpus: usize,
+    /// loadgen processes the run was spread over (`--procs`).
+    pub procs: u32,
 }
 
 impl Outcome {
@@ -156,15 +158,54 @@ impl Watch {
     }
 }
 
+/// How a process that runs one shard of a multi-process run agrees with the others
+/// (through the parent that started them all).
+pub trait ShardLink {
+    /// Says this shard's connections are done (`connected` open, `failed` failed) and
+    /// returns the run's marks: (start, measure, end) in `clock::now_ns` time.
+    ///
+    /// # Errors
+    /// When the parent is gone.
+    fn ready(&mut self, connected: u64, failed: u64) -> io::Result<(u64, u64, u64)>;
+
+    /// Gives the counts this shard's publishers sent (by publisher; zero for the others')
+    /// and returns every publisher's count over all shards.
+    ///
+    /// # Errors
+    /// When the parent is gone.
+    fn published(&mut self, mine: &[u64]) -> io::Result<Vec<u64>>;
+}
+
 /// Runs `cfg` and returns what it measured.
 ///
 /// # Errors
 /// When a worker cannot start or its event loop fails.
 pub fn run(cfg: Config, timing: Timing) -> io::Result<Outcome> {
+    run_shard(cfg, timing, None)
+}
+
+/// Runs `cfg`, agreeing on the run's marks and publish counts through `link` when this
+/// process is one shard of several.
+///
+/// # Errors
+/// When a worker cannot start, its event loop fails, or `link` fails.
+pub fn run_shard(
+    cfg: Config,
+    timing: Timing,
+    mut link: Option<&mut dyn ShardLink>,
+) -> io::Result<Outcome> {
     let publishers = match &cfg.scenario {
         Scenario::Broadcast(b) => b.publishers,
         _ => 0,
     };
+    let limit = crate::net::raise_open_file_limit();
+    let mine = cfg.my_clients().count() as u64;
+    if mine + 64 > limit {
+        eprintln!(
+            "loadgen: warning: {mine} connections in one process, but it may open only {limit} \
+             files: spread them with --procs"
+        );
+    }
     let ctl = Arc::new(Control::new(publishers));
     let shared = Arc::new(cfg.clone());
     let before_connect = sample(timing.server_pid);
@@ -191,7 +232,7 @@ pub fn run(cfg: Config, timing: Timing) -> io::Result<Outcome> {
         server_pid: timing.server_pid,
         max_rss: before_connect.map_or(0, |s| s.rss_bytes),
     };
-    let n = cfg.clients as u64;
+    let n = mine;
     let connect_only = matches!(cfg.scenario, Scenario::Connect);
     let connect_secs;
     let (window_start, window_end, self_start, self_end);
@@ -214,9 +255,15 @@ pub fn run(cfg: Config, timing: Timing) -> io::Result<Outcome> {
             c.connected.load(Relaxed) + c.failed.load(Relaxed) >= n
         });
         connect_secs = (now_ns() - t0) as f64 / 1e9;
-        let start = now_ns() + 20 * MS;
-        measure_ns = start + timing.warmup_ns;
-        end_ns = measure_ns + timing.duration_ns;
+        let start;
+        (start, measure_ns, end_ns) = match link.as_mut() {
+            Some(link) => link.ready(ctl.connected.load(Relaxed), ctl.failed.load(Relaxed))?,
+            None => {
+                let start = now_ns() + 20 * MS;
+                let measure = start + timing.warmup_ns;
+                (start, measure, measure + timing.duration_ns)
+            }
+        };
         ctl.start_ns.store(start, Relaxed);
         ctl.measure_ns.store(measure_ns, Relaxed);
         ctl.end_ns.store(end_ns, Relaxed);
@@ -232,6 +279,15 @@ pub fn run(cfg: Config, timing: Timing) -> io::Result<Outcome> {
     let mut drained = true;
     if !connect_only {
         ctl.set_phase(Phase::Drain);
+        if let Some(link) = link.as_mut() {
+            let mine: Vec<u64> = ctl.published.iter().map(|p| p.load(Relaxed)).collect();
+            let all = link.published(&mine)?;
+            // Every receiver here expects every shard's messages, and counts what it lost
+            // against these totals.
+            for (p, n) in ctl.published.iter().zip(all) {
+                p.store(n, Relaxed);
+            }
+        }
         if let Scenario::Broadcast(_) = cfg.scenario {
             let published = ctl.published_total();
             let receivers = ctl.connected.load(Relaxed) - ctl.dropped.load(Relaxed);
@@ -279,5 +335,6 @@ pub fn run(cfg: Config, timing: Timing) -> io::Result<Outcome> {
         server,
         self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
+        procs: 1,
     })
 }

@@ -2,6 +2,7 @@
 
 use crate::control::new_histogram;
 use hdrhistogram::Histogram;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Counters and histograms of one worker (or, merged, of the run).
@@ -92,5 +93,101 @@ impl Stats {
     /// Open connections lost before the end.
     pub fn dropped(&self) -> u64 {
         self.drops.values().sum()
+    }
+}
+
+/// A histogram as `[[value, count], ...]`, exact (values are bucket values).
+fn histogram_to_value(h: &Histogram<u64>) -> Value {
+    let pairs: Vec<[u64; 2]> = h
+        .iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect();
+    json!(pairs)
+}
+
+fn histogram_from_value(v: &Value) -> Option<Histogram<u64>> {
+    let mut h = new_histogram();
+    for pair in v.as_array()? {
+        let (value, count) = (pair.get(0)?.as_u64()?, pair.get(1)?.as_u64()?);
+        h.record_n(value, count).ok()?;
+    }
+    Some(h)
+}
+
+impl Stats {
+    /// Everything counted, as JSON (how a shard process hands its results to its parent).
+    pub fn to_value(&self) -> Value {
+        json!({
+            "latency": histogram_to_value(&self.latency),
+            "send_lag": histogram_to_value(&self.send_lag),
+            "handshake": histogram_to_value(&self.handshake),
+            "counts": [self.delivered, self.in_window, self.duplicates, self.reordered,
+                       self.lost, self.malformed, self.published, self.pings, self.connected],
+            "failures": self.failures,
+            "drops": self.drops,
+        })
+    }
+
+    /// The inverse of [`Stats::to_value`]; `None` when `v` is not its output.
+    pub fn from_value(v: &Value) -> Option<Stats> {
+        let counts: Vec<u64> = v["counts"]
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<_>>()?;
+        let [delivered, in_window, duplicates, reordered, lost, malformed, published, pings, connected] =
+            counts[..]
+        else {
+            return None;
+        };
+        let map = |v: &Value| -> Option<BTreeMap<String, u64>> {
+            v.as_object()?
+                .iter()
+                .map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+                .collect()
+        };
+        Some(Stats {
+            latency: histogram_from_value(&v["latency"])?,
+            send_lag: histogram_from_value(&v["send_lag"])?,
+            handshake: histogram_from_value(&v["handshake"])?,
+            delivered,
+            in_window,
+            duplicates,
+            reordered,
+            lost,
+            malformed,
+            published,
+            pings,
+            connected,
+            failures: map(&v["failures"])?,
+            drops: map(&v["drops"])?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut s = Stats::default();
+        for v in [1u64, 999, 1_000_001, 77_000_000_000] {
+            s.latency.record_n(v, v % 7 + 1).unwrap();
+        }
+        s.handshake.record(123_456).unwrap();
+        (s.delivered, s.lost, s.connected, s.pings) = (10, 2, 3, 4);
+        s.failures.insert("connect: timed out".into(), 5);
+        s.drops.insert("closed by server".into(), 1);
+        let back = Stats::from_value(&s.to_value()).unwrap();
+        assert_eq!(back.latency, s.latency);
+        assert_eq!(back.handshake, s.handshake);
+        assert_eq!(back.send_lag.len(), 0);
+        assert_eq!(
+            (back.delivered, back.lost, back.connected, back.pings),
+            (10, 2, 3, 4)
+        );
+        assert_eq!((back.failures, back.drops), (s.failures, s.drops));
+        assert!(Stats::from_value(&json!({"counts": [1, 2]})).is_none());
     }
 }

@@ -165,7 +165,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for the clients `index, index + threads, ...` below `cfg.clients`.
+    /// A worker for every `threads`-th client of this process, from its `index`-th.
     ///
     /// # Errors
     /// When the poll, waker or timer cannot be created.
@@ -175,7 +175,7 @@ impl Worker {
         ctl.add_waker(waker);
         let timer = Timer::new()?;
         timer.register(poll.registry(), TIMER)?;
-        let mut todo: Vec<u32> = (index as u32..cfg.clients).step_by(cfg.threads).collect();
+        let mut todo: Vec<u32> = cfg.my_clients().skip(index).step_by(cfg.threads).collect();
         todo.reverse();
         let size = match &cfg.scenario {
             Scenario::Broadcast(b) => b.size,

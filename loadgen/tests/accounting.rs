@@ -9,19 +9,20 @@ use loadgen::run::run;
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 
-/// Receiver 1 loses 10 and 11, receiver 2 gets 21 before 20, receiver 3 gets 30 twice.
-fn tampering(receiver: usize, seq: u64) -> Option<Tamper> {
-    match (receiver, seq) {
-        (1, 10 | 11) => Some(Tamper::Drop),
-        (2, 20) => Some(Tamper::SwapWithNext),
-        (3, 30) => Some(Tamper::Duplicate),
+/// Receiver 1 loses 10 and 11, receiver 2 gets 21 before 20, receiver 3 gets 30 twice
+/// (of publisher 0 only).
+fn tampering(receiver: usize, publisher: u32, seq: u64) -> Option<Tamper> {
+    match (receiver, publisher, seq) {
+        (1, 0, 10 | 11) => Some(Tamper::Drop),
+        (2, 0, 20) => Some(Tamper::SwapWithNext),
+        (3, 0, 30) => Some(Tamper::Duplicate),
         _ => None,
     }
 }
 
 #[test]
 fn a_faithful_server_loses_nothing() {
-    let server = start(5, 64, |_, _| None);
+    let server = start(5, 64, |_, _, _| None);
     let out = run(
         broadcast_config(&server.url(), 5, 100.0, 0),
         short_timing(1.0),
@@ -66,7 +67,7 @@ fn drops_swaps_and_duplicates_are_each_counted_once() {
 
 #[test]
 fn saturation_keeps_the_window_full_and_complete() {
-    let server = start(3, 64, |_, _| None);
+    let server = start(3, 64, |_, _, _| None);
     let cfg = broadcast_config(&server.url(), 3, 0.0, 8);
     let out = run(cfg, short_timing(0.5)).unwrap();
     let s = &out.stats;
@@ -83,7 +84,7 @@ fn saturation_keeps_the_window_full_and_complete() {
 #[test]
 fn a_server_that_drops_in_saturation_is_caught() {
     // Dropping the publisher's own copy shrinks its window; every loss still counts.
-    let server = start(3, 64, |r, seq| {
+    let server = start(3, 64, |r, _, seq| {
         (seq % 50 == 7 && r == 2).then_some(Tamper::Drop)
     });
     let out = run(
@@ -129,10 +130,11 @@ fn a_refusing_server_is_counted_by_status() {
     );
 }
 
-fn cli(url: &str) -> (Option<i32>, serde_json::Value) {
+fn cli(url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(["broadcast", "--url", url, "--clients", "4", "--rate", "100"])
         .args(["--duration", "1", "--warmup", "0", "--json", "--quiet"])
+        .args(extra)
         .output()
         .unwrap();
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -148,17 +150,55 @@ fn cli(url: &str) -> (Option<i32>, serde_json::Value) {
 #[test]
 fn the_exit_status_reports_tampering() {
     let bad = start(4, 64, tampering);
-    let (code, json) = cli(&bad.url());
+    let (code, json) = cli(&bad.url(), &[]);
     assert_eq!(code, Some(1));
     assert_eq!(json["lost"], 2);
     assert_eq!(json["reordered"], 1);
     assert_eq!(json["duplicated"], 1);
     assert_eq!(json["ok"], false);
 
-    let good = start(4, 64, |_, _| None);
-    let (code, json) = cli(&good.url());
+    let good = start(4, 64, |_, _, _| None);
+    let (code, json) = cli(&good.url(), &[]);
     assert_eq!(code, Some(0), "{json}");
     assert_eq!(json["lost"], 0);
     assert_eq!(json["connected"], 4);
     assert!(json["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn threads_share_the_clients_and_the_accounting() {
+    // Publishers and receivers spread over three event loops, each tracking the others'
+    // messages; one receiver loses message 5 of each of the 4 publishers.
+    let server = start(9, 64, |r, _, seq| {
+        (r == 4 && seq == 5).then_some(Tamper::Drop)
+    });
+    let mut cfg = broadcast_config(&server.url(), 9, 200.0, 0);
+    cfg.threads = 3;
+    if let Scenario::Broadcast(b) = &mut cfg.scenario {
+        b.publishers = 4;
+    }
+    let out = run(cfg, short_timing(1.0)).unwrap();
+    let s = &out.stats;
+    assert_eq!(s.connected, 9);
+    assert!(out.published >= 190, "{}", out.published);
+    assert_eq!(s.lost, 4);
+    assert_eq!((s.duplicates, s.reordered, s.malformed), (0, 0, 0));
+    assert_eq!(s.delivered, out.published * 9 - 4);
+}
+
+#[test]
+fn several_processes_account_as_one_run() {
+    // Two shard processes, two publishers (one in each): every receiver tracks both, and
+    // the tampering is counted once, wherever the receiver lives.
+    let bad = start(4, 64, tampering);
+    let (code, json) = cli(&bad.url(), &["--procs", "2", "--publishers", "2"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(json["procs"], 2);
+    assert_eq!(json["connected"], 4);
+    assert_eq!(json["lost"], 2);
+    assert_eq!(json["reordered"], 1);
+    assert_eq!(json["duplicated"], 1);
+    let published = json["published"].as_u64().unwrap();
+    assert!(published >= 95, "{published}");
+    assert_eq!(json["deliveries"].as_u64().unwrap(), published * 4 - 2);
 }

@@ -9,7 +9,7 @@ use loadgen::run::run;
 
 #[test]
 fn idle_holds_every_connection_without_spinning() {
-    let server = start(20, 64, |_, _| None);
+    let server = start(20, 64, |_, _, _| None);
     let mut cfg = broadcast_config(&server.url(), 20, 0.0, 1);
     cfg.scenario = Scenario::Idle;
     let out = run(cfg, short_timing(1.0)).unwrap();
@@ -27,7 +27,7 @@ fn idle_holds_every_connection_without_spinning() {
 
 #[test]
 fn connect_counts_and_times_each_handshake() {
-    let server = start(30, 64, |_, _| None);
+    let server = start(30, 64, |_, _, _| None);
     let mut cfg = broadcast_config(&server.url(), 30, 0.0, 1);
     cfg.scenario = Scenario::Connect;
     cfg.max_pending = 4;
@@ -47,7 +47,7 @@ fn connect_counts_and_times_each_handshake() {
 fn connect_stops_at_the_time_limit() {
     // Only 5 connections are ever accepted; the rest wait in the backlog until the
     // time limit abandons them, which is not a failure.
-    let server = start(5, 64, |_, _| None);
+    let server = start(5, 64, |_, _, _| None);
     let mut cfg = broadcast_config(&server.url(), 1000, 0.0, 1);
     cfg.scenario = Scenario::Connect;
     cfg.max_pending = 8;

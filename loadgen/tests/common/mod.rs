@@ -21,7 +21,7 @@ pub enum Tamper {
     Drop,
     /// Send it twice.
     Duplicate,
-    /// Send it after the next message instead of before.
+    /// Send it after the same publisher's next message instead of before.
     SwapWithNext,
 }
 
@@ -49,12 +49,13 @@ enum Event {
 }
 
 /// Starts a server for `clients` connections that relays every text message to every
-/// client, sender included, applying `plan(receiver, seq)` (receivers numbered in accept
-/// order; `seq` read from loadgen's stamp in a message of `size` bytes).
+/// client, sender included, applying `plan(receiver, publisher, seq)` (receivers numbered
+/// in accept order; publisher and sequence read from loadgen's stamp in a message of
+/// `size` bytes).
 pub fn start(
     clients: usize,
     size: usize,
-    plan: impl Fn(usize, u64) -> Option<Tamper> + Send + 'static,
+    plan: impl Fn(usize, u32, u64) -> Option<Tamper> + Send + 'static,
 ) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -102,7 +103,7 @@ pub fn start(
     });
     thread::spawn(move || {
         let mut writers: Vec<TcpStream> = Vec::new();
-        let mut held: Vec<Option<Vec<u8>>> = Vec::new();
+        let mut held: Vec<Option<(u32, Vec<u8>)>> = Vec::new();
         for event in rx {
             let text = match event {
                 Event::Join(w) => {
@@ -112,7 +113,7 @@ pub fn start(
                 }
                 Event::Relay(text) => text,
             };
-            let seq = loadgen::message::decode(text.as_bytes(), size).map(|s| s.seq);
+            let stamp = loadgen::message::decode(text.as_bytes(), size);
             let mut wire = Vec::new();
             frame::encode_unmasked(
                 true,
@@ -121,20 +122,20 @@ pub fn start(
                 &mut wire,
             );
             for (i, w) in writers.iter_mut().enumerate() {
-                let action = seq.and_then(|s| plan(i, s));
+                let action = stamp.and_then(|s| plan(i, s.publisher, s.seq));
                 let _ = match action {
                     None => w.write_all(&wire),
                     Some(Tamper::Drop) => Ok(()),
                     Some(Tamper::Duplicate) => w.write_all(&wire).and_then(|_| w.write_all(&wire)),
                     Some(Tamper::SwapWithNext) => {
-                        held[i] = Some(wire.clone());
+                        held[i] = stamp.map(|s| (s.publisher, wire.clone()));
                         continue;
                     }
                 };
-                if action.is_none() {
-                    if let Some(h) = held[i].take() {
-                        let _ = w.write_all(&h);
-                    }
+                let from = stamp.map(|s| s.publisher);
+                if action.is_none() && held[i].as_ref().map(|h| h.0) == from {
+                    let (_, h) = held[i].take().expect("checked");
+                    let _ = w.write_all(&h);
                 }
             }
         }
@@ -187,6 +188,7 @@ pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Conf
             window,
             prefix: PREFIX.as_bytes().to_vec(),
         }),
+        shard: (0, 1),
     }
 }
 
