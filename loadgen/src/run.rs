@@ -132,7 +132,13 @@ impl Watch {
         }
         let (p50, p99) = {
             let mut live = self.ctl.live.lock().expect("live histogram");
-            let q = (live.value_at_quantile(0.5), live.value_at_quantile(0.99));
+            let q = match live.is_empty() {
+                true => ("-".to_string(), "-".to_string()),
+                false => (
+                    crate::report::ms(live.value_at_quantile(0.5)),
+                    crate::report::ms(live.value_at_quantile(0.99)),
+                ),
+            };
             live.reset();
             q
         };
@@ -148,12 +154,10 @@ impl Watch {
         let failed = self.ctl.failed.load(Relaxed);
         let phase = format!("{:?}", self.ctl.phase()).to_lowercase();
         eprintln!(
-            "[{:6.1}s] {phase:<7} open {open}/{} failed {failed}  deliveries/s {}  p50 {}  p99 {}",
+            "[{:6.1}s] {phase:<7} open {open}/{} failed {failed}  deliveries/s {}  p50 {p50}  p99 {p99}",
             (now - self.t0) as f64 / 1e9,
             self.clients,
             crate::report::si(rate),
-            crate::report::ms(p50),
-            crate::report::ms(p99),
         );
     }
 }
@@ -200,7 +204,7 @@ pub fn run_shard(
     };
     let limit = crate::net::raise_open_file_limit();
     let mine = cfg.my_clients().count() as u64;
-    if mine + 64 > limit {
+    if mine + 64 > limit && !matches!(cfg.scenario, Scenario::Connect) {
         eprintln!(
             "loadgen: warning: {mine} connections in one process, but it may open only {limit} \
              files: spread them with --procs"

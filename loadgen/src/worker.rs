@@ -31,6 +31,8 @@ const TIMER: Token = Token(usize::MAX - 2);
 const READ_BUF: usize = 256 * 1024;
 /// How long a closing connection may wait for the server to close before it is dropped.
 const CLOSE_GRACE_NS: u64 = 2 * SEC;
+/// How often a worker hands its latencies to the live line (which prints every second).
+const LIVE_PERIOD_NS: u64 = 250 * MS;
 /// Longest sleep in `poll`, so timeouts are noticed without a timer.
 const MAX_SLEEP_NS: u64 = 100 * MS;
 
@@ -207,7 +209,7 @@ impl Worker {
             next_batch_ns: 0,
             publishers: Vec::new(),
             dead_trackers: Vec::new(),
-            next_live_ns: now_ns() + SEC,
+            next_live_ns: now_ns() + LIVE_PERIOD_NS,
             kicked: false,
             close_started_ns: 0,
         })
@@ -234,7 +236,7 @@ impl Worker {
             let mut deadline = self.publish_due(now);
             if now >= self.next_live_ns {
                 self.hand_over_live();
-                self.next_live_ns = now + SEC;
+                self.next_live_ns = now + LIVE_PERIOD_NS;
             }
             if self.todo.is_empty() || self.ctx.pending >= self.ctx.cfg.max_pending {
                 // Nothing to launch until a pending one completes (an event wakes us).
