@@ -144,7 +144,7 @@ for server in $SERVERS; do
     [[ -s $OUT/$server-c.hgrm ]] && PLOTS+=("$server=$OUT/$server-c.hgrm")
 done
 if ((${#PLOTS[@]})) && [[ " $SCENARIOS " == *" c "* ]]; then
-    "$LOADGEN" plot --out "$OUT/latency-c.svg" \
+    "$LOADGEN" plot --out "$OUT/latency-c.svg" --log-latency \
         --title "Delivery latency, $CLIENTS_C clients at $RATE_C msg/s, 64-byte messages" "${PLOTS[@]}"
 fi
 

@@ -82,6 +82,9 @@ enum Command {
         /// Chart title.
         #[arg(long, default_value = "Latency by percentile")]
         title: String,
+        /// Logarithmic latency axis (for curves orders of magnitude apart).
+        #[arg(long)]
+        log_latency: bool,
         /// Curves as LABEL=FILE.hgrm (or just FILE.hgrm).
         #[arg(required = true)]
         inputs: Vec<String>,
@@ -200,7 +203,12 @@ fn main() -> ExitCode {
 /// Runs the command; `Ok(false)` when the run measured a failure.
 fn real_main(cli: Cli) -> Result<bool, String> {
     let (common, cfg, timing, outputs) = match cli.command {
-        Command::Plot { out, title, inputs } => {
+        Command::Plot {
+            out,
+            title,
+            log_latency,
+            inputs,
+        } => {
             let mut series = Vec::new();
             for input in inputs {
                 let (label, file) = match input.split_once('=') {
@@ -213,7 +221,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     report::parse_hgrm(&text).map_err(|e| format!("{file}: {e}"))?,
                 ));
             }
-            plot::draw(&out, &title, &series)?;
+            plot::draw(&out, &title, &series, log_latency)?;
             return Ok(true);
         }
         Command::Broadcast {
@@ -297,7 +305,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             format!("{} clients", outcome.cfg.clients),
             report::points(&outcome.stats.latency),
         )];
-        plot::draw(&path, &title, &series)?;
+        plot::draw(&path, &title, &series, false)?;
     }
     Ok(report::problems(&outcome).is_empty())
 }
