@@ -1,0 +1,373 @@
+//! Properties of the HTTP front door, `herald::http::route`, a pure
+//! function of the bytes received so far: it never panics, whatever the
+//! bytes; a valid upgrade upgrades whatever else the request carries, in
+//! any order and any letter case; any truncation of a valid head waits for
+//! more; bytes after an upgrade head are refused; the head limits hold at
+//! any size. (`fuzz/` runs the same entry point under libFuzzer.)
+
+use herald::http::{origin_allowed, route, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN};
+use proptest::prelude::*;
+use proptest::sample::select;
+
+/// Header names the front door reads; extra headers never use them.
+const SIGNIFICANT: [&str; 8] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "origin",
+    "content-length",
+    "transfer-encoding",
+];
+
+fn config() -> RouteConfig {
+    RouteConfig {
+        metrics_path: Some("/metrics".into()),
+        publish_token: Some("t0ken".into()),
+        max_body: 1024,
+        ..RouteConfig::default()
+    }
+}
+
+/// `name` in any letter case.
+fn any_case(name: &str) -> impl Strategy<Value = String> {
+    let regex: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphabetic() {
+                format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+            } else {
+                regex_escape(c)
+            }
+        })
+        .collect();
+    prop::string::string_regex(&regex).expect("a valid regex")
+}
+
+fn regex_escape(c: char) -> String {
+    if c.is_ascii_alphanumeric() || c == ' ' {
+        c.to_string()
+    } else {
+        format!("\\x{:02x}", c as u32)
+    }
+}
+
+/// A header name that the front door does not read.
+fn extra_name() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,24}".prop_filter("a significant header", |n| {
+        !SIGNIFICANT.contains(&n.to_ascii_lowercase().as_str())
+    })
+}
+
+/// A header value: visible ASCII, inner spaces, no surrounding blanks.
+fn value() -> impl Strategy<Value = String> {
+    "[!-~]([ -~]{0,60}[!-~])?"
+}
+
+/// Extra header lines, at most `n`.
+fn extra_headers(n: usize) -> impl Strategy<Value = Vec<String>> {
+    prop::collection::vec(
+        (extra_name(), value()).prop_map(|(n, v)| format!("{n}: {v}\r\n")),
+        0..=n,
+    )
+}
+
+/// A valid `Sec-WebSocket-Key`: 16 random bytes in base64 (the last
+/// character before `==` carries only 2 bits).
+fn key() -> impl Strategy<Value = String> {
+    ("[A-Za-z0-9+/]{21}", "[AQgw]").prop_map(|(a, b)| format!("{a}{b}=="))
+}
+
+/// A valid upgrade request head: the required headers in any letter case
+/// and order, mixed with up to `extra` other headers.
+fn upgrade_head(extra: usize) -> impl Strategy<Value = (String, String)> {
+    let connection = select(vec![
+        "Upgrade",
+        "upgrade",
+        "keep-alive, Upgrade",
+        "Upgrade, keep-alive",
+        "keep-alive,UPGRADE",
+    ]);
+    (
+        any_case("Host"),
+        any_case("Upgrade"),
+        any_case("websocket"),
+        any_case("Connection"),
+        connection,
+        any_case("Sec-WebSocket-Key"),
+        key(),
+        any_case("Sec-WebSocket-Version"),
+        extra_headers(extra),
+        "/(\\?[a-z0-9=&]{0,20})?",
+    )
+        .prop_flat_map(
+            |(
+                host,
+                upgrade,
+                websocket,
+                conn,
+                conn_value,
+                key_name,
+                key,
+                version,
+                extra,
+                target,
+            )| {
+                let mut lines = vec![
+                    format!("{host}: localhost:8080\r\n"),
+                    format!("{upgrade}: {websocket}\r\n"),
+                    format!("{conn}: {conn_value}\r\n"),
+                    format!("{key_name}: {key}\r\n"),
+                    format!("{version}: 13\r\n"),
+                ];
+                lines.extend(extra);
+                (Just(lines).prop_shuffle(), Just(key), Just(target))
+            },
+        )
+        .prop_map(|(lines, key, target)| {
+            (
+                format!("GET {target} HTTP/1.1\r\n{}\r\n", lines.concat()),
+                key,
+            )
+        })
+}
+
+/// A valid plain GET head for one of the resources.
+fn get_head() -> impl Strategy<Value = String> {
+    (select(vec!["/", "/healthz", "/metrics"]), extra_headers(20)).prop_map(|(path, extra)| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{}\r\n", extra.concat())
+    })
+}
+
+/// `head` with the value of header `name` (any case) replaced.
+fn with_header_value(head: &str, name: &str, value: &str) -> String {
+    head.split_inclusive("\r\n")
+        .map(|line| match line.split_once(':') {
+            Some((n, _)) if n.eq_ignore_ascii_case(name) => format!("{n}: {value}\r\n"),
+            _ => line.to_owned(),
+        })
+        .collect()
+}
+
+/// Checks what holds of any decision, whatever the input.
+fn consistent(buf: &[u8], cfg: &RouteConfig) -> Result<Route, TestCaseError> {
+    let decided = route(buf, cfg);
+    match &decided {
+        Route::Incomplete => prop_assert!(buf.len() < MAX_HEAD_LEN),
+        Route::Upgrade { response } => {
+            prop_assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        }
+        Route::Get { head_len, .. } | Route::Publish { head_len, .. } => {
+            prop_assert!(*head_len > 0 && *head_len <= buf.len().min(MAX_HEAD_LEN));
+        }
+        Route::Reject(status, reason) => {
+            prop_assert!((400..600).contains(&status.code()));
+            prop_assert!(!reason.is_empty() && !reason.contains('\n'));
+        }
+    }
+    prop_assert_eq!(&route(buf, cfg), &decided, "not a pure function");
+    Ok(decided)
+}
+
+/// Builds an upgrade with a tungstenite client's key and checks the
+/// accept key in the response.
+fn assert_upgrades(head: &str, key: &str, cfg: &RouteConfig) -> Result<(), TestCaseError> {
+    match route(head.as_bytes(), cfg) {
+        Route::Upgrade { response } => {
+            let response = String::from_utf8(response).unwrap();
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let line = format!("\r\nSec-WebSocket-Accept: {accept}\r\n");
+            prop_assert!(response.contains(&line), "{}", response);
+            Ok(())
+        }
+        other => Err(TestCaseError::fail(format!("{head:?} routed to {other:?}"))),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..12_000)) {
+        consistent(&buf, &config())?;
+    }
+
+    #[test]
+    fn request_like_bytes_never_panic(
+        method in select(vec!["GET", "HEAD", "POST", "PUT", "G\u{0}T", ""]),
+        target in "[ -~]{0,30}",
+        version in select(vec!["HTTP/1.1", "HTTP/1.0", "HTTP/2", "HTTP/1.1 x", ""]),
+        lines in prop::collection::vec(
+            prop_oneof![
+                (extra_name(), value()).prop_map(|(n, v)| format!("{n}: {v}")),
+                (select(SIGNIFICANT.to_vec()), value()).prop_map(|(n, v)| format!("{n}: {v}")),
+                "[\\x00-\\xff]{0,40}",
+            ],
+            0..80,
+        ),
+        eol in select(vec!["\r\n", "\n", "\r"]),
+        tail in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut buf = format!("{method} {target} {version}{eol}{}{eol}", lines.join(eol))
+            .into_bytes();
+        buf.extend(tail);
+        let strict = RouteConfig {
+            allow_origins: vec!["*.example.com".into()],
+            require_origin: true,
+            draining: true,
+            ..config()
+        };
+        for cfg in [config(), RouteConfig::default(), strict] {
+            consistent(&buf, &cfg)?;
+        }
+    }
+
+    #[test]
+    fn a_valid_upgrade_upgrades_whatever_else_it_carries((head, key) in upgrade_head(50)) {
+        assert_upgrades(&head, &key, &config())?;
+    }
+
+    #[test]
+    fn any_truncation_of_a_valid_head_waits_for_more(
+        (head, _) in upgrade_head(20),
+        get in get_head(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        for h in [head, get] {
+            let at = cut.index(h.len());
+            let part = &h.as_bytes()[..at];
+            prop_assert_eq!(route(part, &config()), Route::Incomplete, "{:?}", &h[..at]);
+        }
+    }
+
+    #[test]
+    fn bytes_after_an_upgrade_head_are_refused(
+        (head, _) in upgrade_head(10),
+        tail in prop::collection::vec(any::<u8>(), 1..200),
+    ) {
+        let mut buf = head.into_bytes();
+        buf.extend(tail);
+        prop_assert_eq!(
+            route(&buf, &config()),
+            Route::Reject(Status::BadRequest, "data sent before the handshake completed")
+        );
+    }
+
+    #[test]
+    fn bytes_after_a_get_head_are_left_for_the_next_request(
+        head in get_head(),
+        tail in prop::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let mut buf = head.clone().into_bytes();
+        buf.extend(tail);
+        match route(&buf, &config()) {
+            Route::Get { head_len, body, keep_alive, .. } => {
+                prop_assert_eq!(head_len, head.len());
+                prop_assert!(body && keep_alive);
+            }
+            other => prop_assert!(false, "{:?} routed to {:?}", head, other),
+        }
+    }
+
+    #[test]
+    fn up_to_64_headers_are_read_and_more_are_431(n in 1usize..200) {
+        let lines: String = (1..n).map(|i| format!("X-{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+        let decided = route(head.as_bytes(), &config());
+        if n <= MAX_HEADERS {
+            prop_assert!(matches!(decided, Route::Get { .. }), "{} headers: {:?}", n, decided);
+        } else {
+            prop_assert_eq!(decided, Route::Reject(Status::HeadersTooLarge, "too many headers"));
+        }
+    }
+
+    #[test]
+    fn a_head_past_8_kib_is_431_complete_or_not(
+        pad in (MAX_HEAD_LEN + 1)..(3 * MAX_HEAD_LEN),
+        complete in any::<bool>(),
+    ) {
+        let mut head = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n", "p".repeat(pad));
+        if complete {
+            head.push_str("\r\n");
+        }
+        prop_assert_eq!(
+            route(head.as_bytes(), &config()),
+            Route::Reject(Status::HeadersTooLarge, "request head too large")
+        );
+    }
+
+    #[test]
+    fn a_websocket_version_other_than_13_is_426(
+        (head, _) in upgrade_head(5),
+        version in "[0-9]{1,4}|[a-z]{1,5}",
+    ) {
+        prop_assume!(version != "13");
+        let head = with_header_value(&head, "sec-websocket-version", &version);
+        prop_assert_eq!(
+            route(head.as_bytes(), &config()),
+            Route::Reject(Status::UpgradeRequired, "only WebSocket version 13 is supported")
+        );
+    }
+
+    #[test]
+    fn a_content_length_on_a_get_is_refused_unless_zero(value in "[ -~]{0,24}") {
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
+        let expected = match value.trim().parse::<u64>() {
+            Ok(0) => None,
+            Ok(_) => Some("a GET request has no body"),
+            Err(_) => Some("invalid Content-Length"),
+        };
+        match (route(head.as_bytes(), &config()), expected) {
+            (Route::Get { .. }, None) => {}
+            (Route::Reject(Status::BadRequest, why), Some(want)) => prop_assert_eq!(why, want),
+            // httparse refuses some values (e.g. with control characters) itself.
+            (Route::Reject(Status::BadRequest, "malformed request head"), _) => {}
+            (other, want) => prop_assert!(false, "{:?}: {:?}, expected {:?}", value, other, want),
+        }
+    }
+
+    #[test]
+    fn a_suffix_pattern_allows_exactly_its_subdomains(
+        (head, key) in upgrade_head(5),
+        label in "[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?",
+        domain in "[a-z]{1,12}\\.[a-z]{2,6}",
+        scheme in select(vec!["http", "https"]),
+        port in prop::option::of(1u16..),
+    ) {
+        let pattern = format!("*.{domain}");
+        let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+        let allowed = [
+            format!("{scheme}://{label}.{domain}{port}"),
+            format!("{scheme}://{label}.{label}.{}{port}", domain.to_uppercase()),
+        ];
+        let refused = [
+            format!("{scheme}://{domain}{port}"),
+            format!("{scheme}://{label}{domain}{port}"),
+            format!("{scheme}://{label}.{domain}.evil{port}"),
+        ];
+        let cfg = RouteConfig { allow_origins: vec![pattern], ..config() };
+        let with_origin =
+            |o: &str| head.replacen("\r\n\r\n", &format!("\r\nOrigin: {o}\r\n\r\n"), 1);
+        for o in &allowed {
+            prop_assert!(origin_allowed(o.as_bytes(), &cfg.allow_origins), "{}", o);
+            assert_upgrades(&with_origin(o), &key, &cfg)?;
+        }
+        for o in &refused {
+            prop_assert!(!origin_allowed(o.as_bytes(), &cfg.allow_origins), "{}", o);
+            prop_assert_eq!(
+                route(with_origin(o).as_bytes(), &cfg),
+                Route::Reject(Status::Forbidden, "origin not allowed")
+            );
+        }
+    }
+
+    #[test]
+    fn while_draining_nothing_upgrades((head, _) in upgrade_head(10)) {
+        let cfg = RouteConfig { draining: true, ..config() };
+        prop_assert_eq!(
+            route(head.as_bytes(), &cfg),
+            Route::Reject(Status::Unavailable, "server shutting down")
+        );
+    }
+}
