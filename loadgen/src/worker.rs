@@ -31,6 +31,8 @@ const TIMER: Token = Token(usize::MAX - 2);
 const READ_BUF: usize = 256 * 1024;
 /// How long a closing connection may wait for the server to close before it is dropped.
 const CLOSE_GRACE_NS: u64 = 2 * SEC;
+/// Events handled between two looks at the clock for due open-loop messages.
+const EVENTS_PER_CLOCK_CHECK: usize = 32;
 /// How often a worker hands its latencies to the live line (which prints every second).
 const LIVE_PERIOD_NS: u64 = 250 * MS;
 /// Longest sleep in `poll`, so timeouts are noticed without a timer.
@@ -162,6 +164,8 @@ pub struct Worker {
     next_live_ns: u64,
     /// Whether saturation publishers have sent their first window.
     kicked: bool,
+    /// When the next open-loop message is due (`u64::MAX`: none).
+    next_due_ns: u64,
     /// When the `Close` phase began here.
     close_started_ns: u64,
 }
@@ -211,6 +215,7 @@ impl Worker {
             dead_trackers: Vec::new(),
             next_live_ns: now_ns() + LIVE_PERIOD_NS,
             kicked: false,
+            next_due_ns: u64::MAX,
             close_started_ns: 0,
         })
     }
@@ -233,7 +238,8 @@ impl Worker {
             }
             self.launch(now, connect_only);
             self.expire(now);
-            let mut deadline = self.publish_due(now);
+            self.next_due_ns = self.publish_due(now);
+            let mut deadline = self.next_due_ns;
             if now >= self.next_live_ns {
                 self.hand_over_live();
                 self.next_live_ns = now + LIVE_PERIOD_NS;
@@ -492,7 +498,15 @@ impl Worker {
         // Take the events out so handlers may borrow the worker mutably; putting them back
         // keeps their storage for the next poll.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        for ev in events.iter() {
+        for (i, ev) in events.iter().enumerate() {
+            // A full batch of events takes milliseconds: publishers due meanwhile must not
+            // wait for its end, or every receiver's latency would include the wait.
+            if i % EVENTS_PER_CLOCK_CHECK == EVENTS_PER_CLOCK_CHECK - 1 {
+                let now = now_ns();
+                if now >= self.next_due_ns {
+                    self.next_due_ns = self.publish_due(now);
+                }
+            }
             let ready = Ready {
                 readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                 writable: ev.is_writable() || ev.is_error(),
