@@ -148,7 +148,14 @@ if ((${#PLOTS[@]})) && [[ " $SCENARIOS " == *" c "* ]]; then
         --title "Delivery latency, $CLIENTS_C clients at $RATE_C msg/s, 64-byte messages" "${PLOTS[@]}"
 fi
 
-python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY'
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+{
+    echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $CPU_MODEL, $(nproc) CPUs, Linux $(uname -r)," \
+        "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
+    echo "# server on CPU $SERVER_CPU, loadgen on CPU $LOADGEN_CPU; DURATION=$DURATION WARMUP=$WARMUP" \
+        "DRAIN=$DRAIN IDLE_SECS=$IDLE_SECS RATE_C=$RATE_C; 64-byte messages, 1 publisher"
+} | tee "$OUT/table.txt"
+python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY' | tee -a "$OUT/table.txt"
 import json, os, sys
 
 out, servers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
@@ -197,7 +204,7 @@ for row in rows:
 def ratio(a, b):
     return f"{a / b:.1f}x" if a and b else "-"
 
-if "herald" in servers:
+if "herald" in servers and len(servers) > 1:
     print()
     print("herald's ratio to each peer (above 1 means herald is better):")
     for sc in scenarios:
@@ -216,11 +223,12 @@ if "herald" in servers:
                         + ", CPU per delivery " + ratio(ps.get("cpu_ns_per_delivery"), hs.get("cpu_ns_per_delivery"))
                         + ", p99 " + ratio((p.get("latency") or {}).get("p99_ms"), (h.get("latency") or {}).get("p99_ms")))
             print(f"  {sc} vs {peer}: {text}")
-print()
-print("* the drain timed out: messages still queued in the server when loadgen stopped count as lost.")
+if any(str(row[11]).endswith("*") for row in rows):
+    print()
+    print("* the drain timed out: messages still queued in the server when loadgen stopped count as lost.")
 warn = [f"{s}-{sc}" for sc in scenarios for s in servers
         if (load(s, sc) or {}).get("loadgen", {}).get("saturated")]
 if warn:
     print("loadgen used over 90% of its core in: " + ", ".join(warn) + " (those figures are a floor)")
 PY
-echo "results, logs, .hgrm files and latency-c.svg are in $OUT" >&2
+echo "results (table.txt, one JSON per run), logs, .hgrm files and latency-c.svg are in $OUT" >&2
