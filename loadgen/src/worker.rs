@@ -533,7 +533,6 @@ impl Worker {
             }
         }
         if ready.readable {
-            let was_pending = conn.state == State::Handshaking;
             match read_ready(conn, &mut self.buf, &mut self.ctx, ready.hung_up) {
                 Ok(ReadEnd::Drained) => {}
                 Ok(ReadEnd::Eof) if conn.state == State::Handshaking => {
@@ -542,12 +541,8 @@ impl Worker {
                 Ok(ReadEnd::Eof) => return self.end(key, "closed by server".into()),
                 Err(reason) => return self.end(key, reason),
             }
-            if was_pending && conn.state == State::Open {
-                self.ctx.pending -= 1;
-                if connect_only {
-                    let now = now_ns();
-                    self.start_close(key, now);
-                }
+            if connect_only && conn.state == State::Open {
+                self.start_close(key, now_ns());
             }
         }
         let Some(conn) = self.conns.get_mut(key) else {
@@ -637,6 +632,11 @@ impl Worker {
         for key in keys {
             self.end(key, String::new());
         }
+        debug_assert_eq!(
+            (self.ctx.pending, self.ctx.closing),
+            (0, 0),
+            "every pending and closing connection was counted out"
+        );
         for trackers in &self.dead_trackers {
             for (t, &n) in trackers.iter().zip(&published) {
                 self.ctx.stats.lost += t.missing(n);
@@ -728,6 +728,7 @@ fn handle_bytes(conn: &mut Conn, data: &[u8], now: u64, ctx: &mut Ctx) -> Result
         }
         conn.accept = None;
         conn.state = State::Open;
+        ctx.pending -= 1;
         ctx.stats.connected += 1;
         ctx.ctl.connected.fetch_add(1, Relaxed);
         ctx.stats
