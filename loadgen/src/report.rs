@@ -373,7 +373,8 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
         out,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         h.buckets(),
-        h.distinct_values()
+        // HdrHistogram's sub-bucket count: enough for the significant digits, a power of 2.
+        (2 * 10u64.pow(h.sigfig() as u32)).next_power_of_two()
     )
 }
 
