@@ -498,27 +498,62 @@ impl Worker {
         // Take the events out so handlers may borrow the worker mutably; putting them back
         // keeps their storage for the next poll.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        for (i, ev) in events.iter().enumerate() {
-            // A full batch of events takes milliseconds: publishers due meanwhile must not
-            // wait for its end, or every receiver's latency would include the wait.
-            if i % EVENTS_PER_CLOCK_CHECK == EVENTS_PER_CLOCK_CHECK - 1 {
-                let now = now_ns();
-                if now >= self.next_due_ns {
-                    self.next_due_ns = self.publish_due(now);
-                }
+        // Publishers' events go first: a saturation publisher refills its window as soon as
+        // it sees its own copies, so the server gets new work while this loop is still busy
+        // with the receivers, instead of idling until the whole batch is done.
+        let publishing = !self.publishers.is_empty();
+        for publishers_pass in [true, false] {
+            if publishers_pass && !publishing {
+                continue;
             }
-            let ready = Ready {
-                readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                writable: ev.is_writable() || ev.is_error(),
-                hung_up: ev.is_read_closed() || ev.is_error(),
-            };
-            match ev.token() {
-                WAKE => {}
-                TIMER => self.timer.clear(),
-                Token(key) => self.on_ready(key, ready, connect_only),
+            for (i, ev) in events.iter().enumerate() {
+                let is_publisher = publishing
+                    && self
+                        .conns
+                        .get(ev.token().0)
+                        .is_some_and(|c| c.publisher.is_some());
+                if is_publisher != publishers_pass {
+                    continue;
+                }
+                // A full batch of events takes milliseconds: publishers due meanwhile must
+                // not wait for its end, or every receiver's latency would include the wait.
+                if i % EVENTS_PER_CLOCK_CHECK == EVENTS_PER_CLOCK_CHECK - 1 {
+                    let now = now_ns();
+                    if now >= self.next_due_ns {
+                        self.next_due_ns = self.publish_due(now);
+                    }
+                    // Likewise a saturation publisher's own copies, arrived since the poll.
+                    if self.saturating() {
+                        for j in 0..self.publishers.len() {
+                            let ready = Ready {
+                                readable: true,
+                                writable: false,
+                                hung_up: false,
+                            };
+                            self.on_ready(self.publishers[j], ready, connect_only);
+                        }
+                    }
+                }
+                let ready = Ready {
+                    readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    writable: ev.is_writable() || ev.is_error(),
+                    hung_up: ev.is_read_closed() || ev.is_error(),
+                };
+                match ev.token() {
+                    WAKE => {}
+                    TIMER => self.timer.clear(),
+                    Token(key) => self.on_ready(key, ready, connect_only),
+                }
             }
         }
         self.events = events;
+    }
+
+    /// Whether this is a saturation run that is publishing now.
+    fn saturating(&self) -> bool {
+        !self.publishers.is_empty()
+            && self.ctx.broadcast().is_some_and(|b| b.rate == 0.0)
+            && self.ctx.phase == Phase::Run
     }
 
     fn on_ready(&mut self, key: usize, ready: Ready, connect_only: bool) {
