@@ -1,0 +1,71 @@
+//! Fuzzes herald's HTTP front door, `herald::http::route`: whatever the
+//! bytes, it must not panic, and what it decides must be consistent with
+//! them. The first input byte picks the configuration (Origin allow-list,
+//! `--require-origin`, draining, publish endpoint), the rest is the request.
+#![no_main]
+
+use herald::http::{route, Route, RouteConfig, MAX_HEAD_LEN};
+use libfuzzer_sys::fuzz_target;
+
+fn config(bits: u8) -> RouteConfig {
+    RouteConfig {
+        allow_origins: if bits & 1 != 0 {
+            vec![
+                "https://chat.example.com".into(),
+                "*.example.org".into(),
+                "localhost".into(),
+            ]
+        } else {
+            Vec::new()
+        },
+        require_origin: bits & 2 != 0,
+        draining: bits & 4 != 0,
+        publish_token: (bits & 8 != 0).then(|| "t0ken".into()),
+        metrics_path: (bits & 16 != 0).then(|| "/metrics".into()),
+        max_body: 1024,
+    }
+}
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&bits, data)) = input.split_first() else {
+        return;
+    };
+    let cfg = config(bits);
+    let decided = route(data, &cfg);
+    match &decided {
+        Route::Incomplete => {
+            assert!(
+                data.len() < MAX_HEAD_LEN,
+                "waits for more past the head limit"
+            );
+            // Nothing decided on the whole means nothing decided on a part.
+            for cut in [0, data.len() / 2, data.len().saturating_sub(1)] {
+                assert_eq!(route(&data[..cut], &cfg), Route::Incomplete, "cut {cut}");
+            }
+        }
+        Route::Upgrade { response } => {
+            assert!(!cfg.draining, "upgraded while draining");
+            assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+            assert!(response.ends_with(b"\r\n\r\n"));
+        }
+        Route::Get { head_len, .. } => {
+            assert!(*head_len > 0 && *head_len <= data.len().min(MAX_HEAD_LEN));
+        }
+        Route::Publish {
+            head_len, body_len, ..
+        } => {
+            assert!(
+                cfg.publish_token.is_some(),
+                "publish without a token configured"
+            );
+            assert!(*head_len > 0 && *head_len <= data.len().min(MAX_HEAD_LEN));
+            assert!(*body_len <= cfg.max_body);
+        }
+        Route::Reject(status, reason) => {
+            assert!((400..600).contains(&status.code()));
+            assert!(!reason.is_empty() && !reason.contains('\n'));
+        }
+    }
+    // A pure function: the same bytes, the same answer.
+    assert_eq!(route(data, &cfg), decided);
+});
