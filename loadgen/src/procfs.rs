@@ -66,6 +66,41 @@ fn run_time_ns(pid: &str) -> Option<u64> {
     Some(total)
 }
 
+/// Per-CPU (steal, total) clock ticks since boot, from `/proc/stat`: time the hypervisor
+/// ran something else while this machine's CPU wanted to run.
+pub fn steal_ticks() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
+        })
+        .collect()
+}
+
+/// The largest share of any CPU's time stolen by the hypervisor between two
+/// [`steal_ticks`] samples (0 to 1).
+pub fn max_steal(before: &[(u64, u64)], after: &[(u64, u64)]) -> f64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a.1.saturating_sub(b.1);
+            match total {
+                0 => 0.0,
+                t => a.0.saturating_sub(b.0) as f64 / t as f64,
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
 /// How many CPUs this process may run on (`taskset -c 1` makes it 1).
 pub fn allowed_cpus() -> usize {
     // SAFETY: an all-zero cpu_set_t is valid, and sched_getaffinity fills it.
@@ -95,5 +130,11 @@ mod tests {
         assert!(b.cpu_ns >= a.cpu_ns);
         assert!(a.rss_bytes > 100_000, "rss {}", a.rss_bytes);
         assert!(allowed_cpus() >= 1);
+        let t = steal_ticks();
+        assert!(!t.is_empty() && t.iter().all(|&(steal, total)| steal <= total));
+        assert_eq!(
+            max_steal(&[(1, 100), (0, 100)], &[(11, 200), (50, 200)]),
+            0.5
+        );
     }
 }

@@ -198,6 +198,7 @@ pub fn run_parent(
     };
     sleep_until(measure);
     let window_start = sample(timing.server_pid);
+    let steal_start = procfs::steal_ticks();
     let mut max_rss = window_start.map_or(0, |s| s.rss_bytes);
     while now_ns() + SEC < end {
         sleep_until(now_ns() + SEC);
@@ -211,6 +212,7 @@ pub fn run_parent(
     }
     sleep_until(end);
     let window_end = sample(timing.server_pid);
+    let steal_end = procfs::steal_ticks();
     let mut totals: Vec<u64> = Vec::new();
     for s in &mut shards.0 {
         let mine = numbers(&s.read()?, "published")?;
@@ -259,6 +261,7 @@ pub fn run_parent(
         server,
         self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
+        steal: procfs::max_steal(&steal_start, &steal_end),
         procs,
     })
 }

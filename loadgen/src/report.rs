@@ -105,6 +105,7 @@ pub fn to_json(o: &Outcome) -> Value {
             "load": o.self_load(),
             "saturated": o.self_load() > 0.9,
         },
+        "host_steal": o.steal,
         "problems": problems(o),
         "ok": problems(o).is_empty(),
     });
@@ -314,6 +315,14 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
             if o.self_cpus == 1 { "" } else { "s" }
         ),
     )?;
+    if o.steal > 0.02 {
+        writeln!(
+            out,
+            "  WARNING: the hypervisor stole up to {:.0}% of a CPU during the window: \
+             these figures measure the host as much as the server",
+            100.0 * o.steal
+        )?;
+    }
     if o.self_load() > 0.9 {
         writeln!(
             out,

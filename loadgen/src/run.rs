@@ -74,6 +74,9 @@ pub struct Outcome {
     pub self_cpu_ns: u64,
     /// CPUs loadgen may run on.
     pub self_cpus: usize,
+    /// The largest share of one CPU's time the hypervisor stole during the window (0 to
+    /// 1): above a few percent, the figures measure the host as much as the server.
+    pub steal: f64,
     /// loadgen processes the run was spread over (`--procs`).
     pub procs: u32,
 }
@@ -239,7 +242,7 @@ pub fn run_shard(
     let n = mine;
     let connect_only = matches!(cfg.scenario, Scenario::Connect);
     let connect_secs;
-    let (window_start, window_end, self_start, self_end);
+    let (window_start, window_end, self_start, self_end, steal_start, steal_end);
     let (measure_ns, end_ns);
     if connect_only {
         measure_ns = t0;
@@ -250,10 +253,12 @@ pub fn run_shard(
         ctl.set_phase(Phase::Run);
         window_start = before_connect;
         self_start = procfs::sample("self").ok();
+        steal_start = procfs::steal_ticks();
         watch.wait(u64::MAX, |_| handles.iter().all(|h| h.is_finished()));
         connect_secs = (now_ns() - t0) as f64 / 1e9;
         window_end = sample(timing.server_pid);
         self_end = procfs::sample("self").ok();
+        steal_end = procfs::steal_ticks();
     } else {
         watch.wait(t0 + timing.connect_phase_ns, |c| {
             c.connected.load(Relaxed) + c.failed.load(Relaxed) >= n
@@ -275,9 +280,11 @@ pub fn run_shard(
         watch.wait(measure_ns, |_| false);
         window_start = sample(timing.server_pid);
         self_start = procfs::sample("self").ok();
+        steal_start = procfs::steal_ticks();
         watch.wait(end_ns, |_| false);
         window_end = sample(timing.server_pid);
         self_end = procfs::sample("self").ok();
+        steal_end = procfs::steal_ticks();
     }
     let end_actual = now_ns();
     let mut drained = true;
@@ -339,6 +346,7 @@ pub fn run_shard(
         server,
         self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
+        steal: procfs::max_steal(&steal_start, &steal_end),
         procs: 1,
     })
 }
