@@ -244,9 +244,9 @@ impl Worker {
                 self.hand_over_live();
                 self.next_live_ns = now + LIVE_PERIOD_NS;
             }
-            if self.todo.is_empty() || self.ctx.pending >= self.ctx.cfg.max_pending {
-                // Nothing to launch until a pending one completes (an event wakes us).
-            } else {
+            // With max_pending handshakes in progress, the next launch waits for one of
+            // them to complete, which an event reports.
+            if !self.todo.is_empty() && self.ctx.pending < self.ctx.cfg.max_pending {
                 deadline = deadline.min(self.next_batch_ns);
             }
             if self.ctx.phase == Phase::Run && now < self.ctx.start_ns {
