@@ -236,8 +236,11 @@ struct FragmentGuard {
 impl FragmentGuard {
     /// Follows `data`; false once a message has more than `max` fragments.
     fn scan(&mut self, mut data: &[u8], max: usize) -> bool {
-        while !data.is_empty() {
+        loop {
             if self.skip > 0 {
+                if data.is_empty() {
+                    return true;
+                }
                 let n = (data.len() as u64).min(self.skip) as usize;
                 self.skip -= n as u64;
                 data = &data[n..];
@@ -255,10 +258,15 @@ impl FragmentGuard {
                 2 + ext + if self.header[1] & 0x80 != 0 { 4 } else { 0 }
             };
             if have < need {
+                if data.is_empty() {
+                    return true;
+                }
                 let n = (need - have).min(data.len());
                 self.header[have..have + n].copy_from_slice(&data[..n]);
                 self.have += n as u8;
                 data = &data[n..];
+                // A header that just became whole is counted now, even if
+                // this read ends with it (an empty final fragment).
                 continue;
             }
             // A whole header: account for it, then skip its payload.
@@ -282,7 +290,6 @@ impl FragmentGuard {
                 }
             }
         }
-        true
     }
 }
 
@@ -629,24 +636,30 @@ impl Conn {
         }
     }
 
-    /// A deadline passed.
-    pub fn on_deadline(&mut self, now: Instant) {
+    /// A deadline passed. Returns the status sent, if any.
+    pub fn on_deadline(&mut self, now: Instant) -> Option<u16> {
         match &self.state {
             State::Http(head) if head.is_empty() => {
                 // An idle kept-alive connection: nothing to say.
                 self.reason = CloseReason::Timeout;
                 self.doomed = true;
+                None
             }
-            State::Http(_) | State::Body(_) => self.finish_with(
-                http::error_response(Status::RequestTimeout, "request not received in time"),
-                CloseReason::Timeout,
-                now,
-            ),
+            State::Http(_) | State::Body(_) => {
+                let status = Status::RequestTimeout;
+                self.finish_with(
+                    http::error_response(status, "request not received in time"),
+                    CloseReason::Timeout,
+                    now,
+                );
+                Some(status.code())
+            }
             _ => {
                 if self.reason == CloseReason::Normal {
                     self.reason = CloseReason::Timeout;
                 }
                 self.doomed = true;
+                None
             }
         }
     }

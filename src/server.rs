@@ -280,8 +280,10 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) if is_fd_exhaustion(&e) => {
-                    self.shed_one(now);
-                    if self.accept_paused.is_some() {
+                    // accept(2) reserves a descriptor before it looks at the
+                    // queue, so EMFILE says nothing about waiting clients:
+                    // stop once shedding finds none, or the loop would spin.
+                    if !self.shed_one(now) || self.accept_paused.is_some() {
                         return;
                     }
                 }
@@ -295,10 +297,12 @@ impl Server {
 
     /// At EMFILE/ENFILE: gives back the spare descriptor, accepts one
     /// connection to tell it 503, and takes the spare again. If even that
-    /// fails, accepting pauses until the next sweep.
-    fn shed_one(&mut self, now: Instant) {
+    /// fails, accepting pauses until the next sweep. Returns whether a
+    /// connection was waiting.
+    fn shed_one(&mut self, now: Instant) -> bool {
         self.spare_fd = None;
         let accepted = self.listener.as_ref().map(|l| l.accept());
+        let shed = matches!(accepted, Some(Ok(_)));
         if let Some(Ok((mut stream, peer))) = accepted {
             self.stats.over_limit += 1;
             tracing::warn!(%peer, "out of file descriptors: connection refused with 503");
@@ -310,6 +314,7 @@ impl Server {
             tracing::warn!("out of file descriptors; accepting paused");
             self.accept_paused = Some(now + SWEEP_INTERVAL);
         }
+        shed
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
@@ -482,7 +487,9 @@ impl Server {
         for (k, conn) in self.conns.iter_mut() {
             let mut touched = false;
             if matches!(conn.deadline, Some(d) if now >= d) {
-                conn.on_deadline(now);
+                if let Some(status) = conn.on_deadline(now) {
+                    *self.stats.rejected.entry(status).or_default() += 1;
+                }
                 touched = true;
             } else if keepalive && conn.is_open() {
                 let silent = tick.saturating_sub(conn.last_seen);
