@@ -552,6 +552,7 @@ impl Server {
     /// (handles only: no copy, no allocation per recipient) and flushes
     /// each with one `writev`; then answers this iteration's publishes.
     fn fan_out(&mut self, now: Instant) {
+        let batch: usize = self.outbox.iter().map(|f| f.len()).sum();
         let count = self.outbox.len();
         let limit = self.cfg.max_queued_bytes;
         let drop_policy = self.cfg.slow_consumer == SlowConsumer::Drop;
@@ -561,10 +562,11 @@ impl Server {
             if !conn.is_open() {
                 continue;
             }
-            // Slow means: what earlier iterations queued is still unsent
-            // past the limit. This iteration's frames are shared by every
-            // recipient, so a large batch alone never marks a client slow.
-            if conn.queue.queued() <= limit {
+            // Slow means: bytes from earlier iterations are still unsent and
+            // this batch would take them past the limit. A client whose
+            // queue is empty keeps up, so even a batch larger than the limit
+            // (whose frames every recipient shares) is queued for it.
+            if conn.queue.is_empty() || conn.queue.queued() + batch <= limit {
                 if conn.dropped > 0 && conn.queue.is_empty() {
                     let notice = format!("herald: {} messages dropped", conn.dropped);
                     conn.queue
