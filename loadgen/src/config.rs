@@ -37,6 +37,12 @@ impl Config {
         let (index, count) = self.shard;
         (index..self.clients).step_by(count.max(1) as usize)
     }
+
+    /// The source address of client `client`'s connections (`None`: the kernel picks).
+    pub fn local_addr(&self, client: u32) -> Option<IpAddr> {
+        (!self.local_addrs.is_empty())
+            .then(|| self.local_addrs[client as usize % self.local_addrs.len()])
+    }
 }
 
 /// The scenario a run plays once its connections are open.
@@ -61,8 +67,33 @@ pub struct Broadcast {
     pub rate: f64,
     /// Messages each publisher keeps in flight when `rate` is 0.
     pub window: u32,
-    /// What the server puts before each message it relays.
+    /// What the server puts before each message it relays from a client.
     pub prefix: Vec<u8>,
+    /// How publishers hand their messages to the server.
+    pub via: PublishVia,
+}
+
+/// The path publishers take to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishVia {
+    /// Text frames on the publisher's own WebSocket (the seed's only way in).
+    Ws,
+    /// `POST /publish` on one extra kept-alive HTTP/1.1 connection per publisher (herald's
+    /// way in for backends); the WebSocket then only receives.
+    Http {
+        /// Sent as `Authorization: Bearer TOKEN` (no header without one).
+        token: Option<String>,
+    },
+}
+
+impl PublishVia {
+    /// `ws` or `http`, as the command line spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PublishVia::Ws => "ws",
+            PublishVia::Http { .. } => "http",
+        }
+    }
 }
 
 impl Broadcast {
@@ -71,6 +102,16 @@ impl Broadcast {
     pub fn due_ns(&self, start_ns: u64, id: u32, seq: u64) -> u64 {
         let slot = seq as f64 * self.publishers as f64 + id as f64;
         start_ns + (slot * 1e9 / self.rate) as u64
+    }
+
+    /// What every delivery starts with: the server's prefix for messages relayed from a
+    /// client, nothing for a publish (a server sends a publish body exactly as given).
+    #[inline]
+    pub fn delivered_prefix(&self) -> &[u8] {
+        match self.via {
+            PublishVia::Ws => &self.prefix,
+            PublishVia::Http { .. } => &[],
+        }
     }
 }
 
@@ -120,6 +161,7 @@ mod tests {
             rate: 1000.0,
             window: 0,
             prefix: vec![],
+            via: PublishVia::Ws,
         };
         assert_eq!(b.due_ns(0, 0, 0), 0);
         assert_eq!(b.due_ns(0, 1, 0), 1_000_000);

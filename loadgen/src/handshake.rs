@@ -104,6 +104,31 @@ impl std::fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
+/// Parses the response head at the start of `buf` into `resp`: `Ok(None)` while it is
+/// incomplete, else its length.
+///
+/// # Errors
+/// [`HandshakeError::Malformed`] or [`HandshakeError::TooLong`] (over 16 KiB).
+pub fn parse_head<'b>(
+    resp: &mut httparse::Response<'_, 'b>,
+    buf: &'b [u8],
+) -> Result<Option<usize>, HandshakeError> {
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() > 16 * 1024 => Err(HandshakeError::TooLong),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(HandshakeError::Malformed),
+    }
+}
+
+/// The value of the first header called `name` (any case).
+pub fn header<'b>(headers: &[httparse::Header<'b>], name: &str) -> Option<&'b [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 /// Checks the server's response in `buf` against the expected accept value.
 ///
 /// Returns `Ok(None)` while the head is incomplete, else the head's length (bytes after it
@@ -114,25 +139,15 @@ impl std::error::Error for HandshakeError {}
 pub fn check_response(buf: &[u8], expected_accept: &str) -> Result<Option<usize>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > 16 * 1024 => {
-            return Err(HandshakeError::TooLong)
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(HandshakeError::Malformed),
+    let Some(len) = parse_head(&mut resp, buf)? else {
+        return Ok(None);
     };
     match resp.code {
         Some(101) => {}
         Some(code) => return Err(HandshakeError::Status(code)),
         None => return Err(HandshakeError::Malformed),
     }
-    let header = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
+    let header = |name: &str| header(resp.headers, name);
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| {
             String::from_utf8_lossy(v)

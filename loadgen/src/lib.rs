@@ -16,6 +16,7 @@ pub mod net;
 pub mod plot;
 pub mod procfs;
 pub mod procs;
+pub mod publish;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -1,7 +1,7 @@
 //! `loadgen`: the command line. Everything else is in the library.
 
-use clap::{Args, Parser, Subcommand};
-use loadgen::config::{parse_local_addrs, Broadcast, Config, Scenario};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use loadgen::config::{parse_local_addrs, Broadcast, Config, PublishVia, Scenario};
 use loadgen::handshake::WsUrl;
 use loadgen::procs::{child_args, run_parent, StdioLink};
 use loadgen::run::{run, run_shard, Timing};
@@ -42,9 +42,17 @@ enum Command {
         /// Messages each publisher keeps in flight when --rate is 0.
         #[arg(long, default_value_t = 16)]
         window: u32,
-        /// What the server puts before each relayed message.
+        /// What the server puts before each message relayed from a client (not used
+        /// with --publish-via http: a publish is broadcast exactly as sent).
         #[arg(long, default_value = "Message from server: ")]
         prefix: String,
+        /// How publishers send: text frames on their WebSocket, or `POST /publish` on one
+        /// kept-alive HTTP connection each (herald's backend publishing; see --token).
+        #[arg(long, value_enum, default_value_t = Via::Ws)]
+        publish_via: Via,
+        /// Bearer token for --publish-via http (herald's --publish-token).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
         /// Seconds of publishing before the measured window.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
@@ -89,6 +97,15 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<String>,
     },
+}
+
+/// `--publish-via`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Text frames on the publisher's WebSocket.
+    Ws,
+    /// `POST /publish` requests on an extra HTTP/1.1 connection per publisher.
+    Http,
 }
 
 #[derive(Args, Debug)]
@@ -232,6 +249,8 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             rate,
             window,
             prefix,
+            publish_via,
+            token,
             warmup,
             drain,
             hgrm,
@@ -249,12 +268,18 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             if rate == 0.0 && window == 0 {
                 return Err("--rate 0 needs a --window of at least 1".into());
             }
+            let via = match (publish_via, token) {
+                (Via::Ws, None) => PublishVia::Ws,
+                (Via::Ws, Some(_)) => return Err("--token needs --publish-via http".into()),
+                (Via::Http, token) => PublishVia::Http { token },
+            };
             let b = Broadcast {
                 publishers,
                 size,
                 rate,
                 window,
                 prefix: prefix.into_bytes(),
+                via,
             };
             let cfg = config(&common, Scenario::Broadcast(b))?;
             let t = timing(&common, duration, warmup, drain);

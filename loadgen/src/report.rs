@@ -1,7 +1,7 @@
 //! Turning an [`Outcome`] into the final table, one JSON object, an `.hgrm` file, and the
 //! verdict (the exit status).
 
-use crate::config::Scenario;
+use crate::config::{PublishVia, Scenario};
 use crate::run::Outcome;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -70,6 +70,7 @@ pub fn problems(o: &Outcome) -> Vec<String> {
         (s.reordered, "reordered"),
         (s.malformed, "malformed"),
         (s.dropped(), "connections dropped"),
+        (s.publish_failed(), "publishes failed"),
     ] {
         if n > 0 {
             p.push(format!("{n} {what}"));
@@ -114,6 +115,16 @@ pub fn to_json(o: &Outcome) -> Value {
             v["scenario"] = json!("broadcast");
             v["mode"] = json!(mode(o));
             v["publishers"] = json!(b.publishers);
+            v["publish_via"] = json!(b.via.name());
+            if b.via != PublishVia::Ws {
+                v["publish"] = json!({
+                    "answered_202": s.publish_answers,
+                    "recipients_min": (s.publish_answers > 0).then_some(s.recipients.0),
+                    "recipients_max": (s.publish_answers > 0).then_some(s.recipients.1),
+                    "failed": s.publish_failed(),
+                    "errors": s.publish_errors,
+                });
+            }
             v["size"] = json!(b.size);
             v["rate"] = json!(b.rate);
             v["window"] = json!(b.window);
@@ -167,6 +178,27 @@ fn mode(o: &Outcome) -> String {
         Scenario::Broadcast(b) => format!("rate {}/s", b.rate),
         Scenario::Connect => "connect".into(),
         Scenario::Idle => "idle".into(),
+    }
+}
+
+/// Which way the publishers sent, and for HTTP how the server answered.
+fn publish_path(o: &Outcome) -> String {
+    let s = &o.stats;
+    match &o.cfg.scenario {
+        Scenario::Broadcast(b) if b.via != PublishVia::Ws => {
+            let recipients = match s.recipients {
+                _ if s.publish_answers == 0 => "no 202 answer".to_string(),
+                (lo, hi) if lo == hi => {
+                    format!("202 × {}, {lo} recipients each", s.publish_answers)
+                }
+                (lo, hi) => format!("202 × {}, {lo} to {hi} recipients", s.publish_answers),
+            };
+            format!(
+                "HTTP POST {} (one kept-alive connection per publisher): {recipients}",
+                crate::publish::PATH
+            )
+        }
+        _ => "WebSocket (text frames on the publishers' own connections)".into(),
     }
 }
 
@@ -241,6 +273,10 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
                 o.published, b.size, b.publishers
             ),
         )?;
+        row(out, "publish path", publish_path(o))?;
+        for (reason, n) in &s.publish_errors {
+            row(out, "publish failed", format!("{n} × {reason}"))?;
+        }
         row(
             out,
             "deliveries/s",

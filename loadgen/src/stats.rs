@@ -39,6 +39,12 @@ pub struct Stats {
     pub failures: BTreeMap<String, u64>,
     /// Open connections lost before the end, by reason.
     pub drops: BTreeMap<String, u64>,
+    /// Publishes over HTTP answered `202` with a recipient count.
+    pub publish_answers: u64,
+    /// The fewest and the most recipients those answers reported (`u64::MAX`, 0: none).
+    pub recipients: (u64, u64),
+    /// Publishes over HTTP that failed, by reason: any other answer, or none.
+    pub publish_errors: BTreeMap<String, u64>,
 }
 
 impl Default for Stats {
@@ -58,6 +64,9 @@ impl Default for Stats {
             connected: 0,
             failures: BTreeMap::new(),
             drops: BTreeMap::new(),
+            publish_answers: 0,
+            recipients: (u64::MAX, 0),
+            publish_errors: BTreeMap::new(),
         }
     }
 }
@@ -83,6 +92,26 @@ impl Stats {
         for (k, v) in &other.drops {
             *self.drops.entry(k.clone()).or_default() += v;
         }
+        self.publish_answers += other.publish_answers;
+        self.recipients = (
+            self.recipients.0.min(other.recipients.0),
+            self.recipients.1.max(other.recipients.1),
+        );
+        for (k, v) in &other.publish_errors {
+            *self.publish_errors.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// Counts one failed publish.
+    pub fn publish_error(&mut self, reason: impl Into<String>, n: u64) {
+        if n > 0 {
+            *self.publish_errors.entry(reason.into()).or_default() += n;
+        }
+    }
+
+    /// Publishes that failed.
+    pub fn publish_failed(&self) -> u64 {
+        self.publish_errors.values().sum()
     }
 
     /// Connections that never opened.
@@ -125,6 +154,8 @@ impl Stats {
                        self.lost, self.malformed, self.published, self.pings, self.connected],
             "failures": self.failures,
             "drops": self.drops,
+            "publish": [self.publish_answers, self.recipients.0, self.recipients.1],
+            "publish_errors": self.publish_errors,
         })
     }
 
@@ -146,6 +177,14 @@ impl Stats {
                 .map(|(k, n)| Some((k.clone(), n.as_u64()?)))
                 .collect()
         };
+        let publish: Vec<u64> = v["publish"]
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<_>>()?;
+        let [publish_answers, fewest, most] = publish[..] else {
+            return None;
+        };
         Some(Stats {
             latency: histogram_from_value(&v["latency"])?,
             send_lag: histogram_from_value(&v["send_lag"])?,
@@ -161,6 +200,9 @@ impl Stats {
             connected,
             failures: map(&v["failures"])?,
             drops: map(&v["drops"])?,
+            publish_answers,
+            recipients: (fewest, most),
+            publish_errors: map(&v["publish_errors"])?,
         })
     }
 }
@@ -179,6 +221,8 @@ mod tests {
         (s.delivered, s.lost, s.connected, s.pings) = (10, 2, 3, 4);
         s.failures.insert("connect: timed out".into(), 5);
         s.drops.insert("closed by server".into(), 1);
+        (s.publish_answers, s.recipients) = (7, (998, 1000));
+        s.publish_error("publish: HTTP 401", 1);
         let back = Stats::from_value(&s.to_value()).unwrap();
         assert_eq!(back.latency, s.latency);
         assert_eq!(back.handshake, s.handshake);
@@ -188,6 +232,8 @@ mod tests {
             (10, 2, 3, 4)
         );
         assert_eq!((back.failures, back.drops), (s.failures, s.drops));
+        assert_eq!((back.publish_answers, back.recipients), (7, (998, 1000)));
+        assert_eq!(back.publish_errors, s.publish_errors);
         assert!(Stats::from_value(&json!({"counts": [1, 2]})).is_none());
     }
 }

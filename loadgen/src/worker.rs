@@ -6,9 +6,17 @@
 //! whole frame in it is parsed in place, and only the incomplete tail is copied back into
 //! the connection. Nothing is allocated per frame; a fragmented message is the one case
 //! that allocates (to reassemble it).
+//!
+//! # Publishing over HTTP
+//! With `--publish-via http` a publisher's messages go out as `POST /publish` requests on
+//! one extra connection of its own, registered in the same loop (token: the publisher's
+//! key with [`HTTP`] set) and opened when the run starts (again later if the server
+//! closed it while idle). Requests are pipelined; each answer must be a `202` with a
+//! recipient count. Any other answer, or none, is a publish error: the publisher then
+//! stops, and only what it sent before the first failed request counts as published.
 
 use crate::clock::{now_ns, MS, SEC};
-use crate::config::{Broadcast, Config, Scenario};
+use crate::config::{Broadcast, Config, PublishVia, Scenario};
 use crate::control::{new_histogram, Control, Phase};
 use crate::frame::{self, Frame};
 use crate::message::{self, Stamp};
@@ -16,17 +24,22 @@ use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::timer::Timer;
 use crate::track::{Seen, SeqTracker};
-use crate::{handshake, net};
+use crate::{handshake, net, publish};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 const WAKE: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
+/// Set in the token of a publisher's HTTP connection (the rest is the publisher's key).
+const HTTP: usize = 1 << (usize::BITS - 2);
+/// Bytes read at a time from an HTTP connection (its answers are small).
+const HTTP_READ: usize = 16 * 1024;
 /// Size of the worker's read buffer: large, so one `read` takes many frames.
 const READ_BUF: usize = 256 * 1024;
 /// How long a closing connection may wait for the server to close before it is dropped.
@@ -74,6 +87,32 @@ struct Conn {
     trackers: Box<[SeqTracker]>,
     /// Set when this client publishes.
     publisher: Option<Publisher>,
+    /// A publisher's HTTP connection (`--publish-via http`).
+    http: Option<Box<HttpPub>>,
+}
+
+impl Conn {
+    /// Whether this is a publisher whose publishing has not failed.
+    fn can_publish(&self) -> bool {
+        self.publisher.is_some() && !self.http.as_ref().is_some_and(|h| h.failed)
+    }
+}
+
+/// The HTTP connection a publisher publishes through.
+#[derive(Default)]
+struct HttpPub {
+    /// The socket (`None`: not open yet, or closed by the server while idle).
+    stream: Option<TcpStream>,
+    /// Requests to send; `out[out_pos..]` is still unsent.
+    out: Vec<u8>,
+    /// How much of `out` the socket has taken.
+    out_pos: usize,
+    /// Answer bytes not yet parsed.
+    input: Vec<u8>,
+    /// Sequence numbers of the requests made and not yet answered, oldest first.
+    unanswered: VecDeque<u64>,
+    /// A request failed: the publisher has stopped.
+    failed: bool,
 }
 
 /// The sending side of a publishing client.
@@ -112,6 +151,8 @@ struct Ctx {
     pending: u32,
     /// Connections in `Closing`.
     closing: u32,
+    /// What each publish request starts with (`--publish-via http`).
+    http_head: Vec<u8>,
 }
 
 impl Ctx {
@@ -128,19 +169,61 @@ impl Ctx {
         self.phase == Phase::Run && now >= self.start_ns && now < self.end_ns
     }
 
-    /// Appends publisher `p`'s next message, meant to be sent at `intended_ns`.
-    fn publish(&mut self, p: &mut Publisher, intended_ns: u64, out: &mut Vec<u8>) {
+    /// Queues the next message of `conn`'s publisher, meant to be sent at `intended_ns`:
+    /// a frame on its WebSocket, or a request on its HTTP connection.
+    fn publish(&mut self, conn: &mut Conn, intended_ns: u64) {
+        let Some(p) = conn.publisher.as_mut() else {
+            return;
+        };
         let stamp = Stamp {
             publisher: p.id,
             seq: p.next_seq,
             intended_ns,
         };
         message::encode(stamp, &mut self.msg);
-        frame::encode_masked(frame::OP_TEXT, &self.msg, self.rng.mask(), out);
+        match conn.http.as_deref_mut() {
+            None => frame::encode_masked(frame::OP_TEXT, &self.msg, self.rng.mask(), &mut conn.out),
+            Some(h) => {
+                h.out.extend_from_slice(&self.http_head);
+                h.out.extend_from_slice(&self.msg);
+                h.unanswered.push_back(p.next_seq);
+            }
+        }
         p.next_seq += 1;
         p.in_flight += 1;
         self.stats.published += 1;
         self.ctl.published[p.id as usize].store(p.next_seq, Relaxed);
+    }
+
+    /// Closes publisher `p`'s HTTP connection `h`. Requests still unanswered are failed
+    /// publishes: the oldest for `first`, the others for `rest`. If there were any, the
+    /// publisher stops, and while publishing is on, its published count is cut to what it
+    /// sent before the oldest (the server broadcast none of it: herald discards what
+    /// follows an error answer). Without any, the close is clean.
+    fn http_down(
+        &mut self,
+        h: &mut HttpPub,
+        p: Publisher,
+        reg: &Registry,
+        first: &str,
+        rest: &str,
+    ) {
+        if let Some(mut stream) = h.stream.take() {
+            let _ = reg.deregister(&mut stream);
+        }
+        (h.out_pos, h.failed) = (0, h.failed || !h.unanswered.is_empty());
+        h.out.clear();
+        h.input.clear();
+        let Some(&oldest) = h.unanswered.front() else {
+            return;
+        };
+        self.stats.publish_error(first, 1);
+        self.stats
+            .publish_error(rest, h.unanswered.len() as u64 - 1);
+        h.unanswered.clear();
+        if self.phase == Phase::Run {
+            self.ctl.published[p.id as usize].store(oldest, Relaxed);
+        }
     }
 }
 
@@ -183,9 +266,15 @@ impl Worker {
         timer.register(poll.registry(), TIMER)?;
         let mut todo: Vec<u32> = cfg.my_clients().skip(index).step_by(cfg.threads).collect();
         todo.reverse();
-        let size = match &cfg.scenario {
-            Scenario::Broadcast(b) => b.size,
-            _ => 0,
+        let (size, http_head) = match &cfg.scenario {
+            Scenario::Broadcast(b) => match &b.via {
+                PublishVia::Http { token } => (
+                    b.size,
+                    publish::request_head(&cfg.url, token.as_deref(), b.size),
+                ),
+                PublishVia::Ws => (b.size, Vec::new()),
+            },
+            _ => (0, Vec::new()),
         };
         let ctx = Ctx {
             rng: Rng::new(now_ns() ^ (index as u64) << 48),
@@ -199,6 +288,7 @@ impl Worker {
             msg: vec![0; size],
             pending: 0,
             closing: 0,
+            http_head,
             cfg,
             ctl,
         };
@@ -277,6 +367,17 @@ impl Worker {
             self.ctx.start_ns = self.ctx.ctl.start_ns.load(Relaxed);
             self.ctx.measure_ns = self.ctx.ctl.measure_ns.load(Relaxed);
             self.ctx.end_ns = self.ctx.ctl.end_ns.load(Relaxed);
+            // Publishers' HTTP connections open now, in the 20 ms before publishing starts,
+            // not with the WebSockets: the server may time out a connection idle longer.
+            let keys: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.http.is_some() && c.state == State::Open)
+                .map(|(k, _)| k)
+                .collect();
+            for key in keys {
+                self.open_http(key);
+            }
         }
         self.ctx.phase = phase;
         if phase == Phase::Close {
@@ -334,9 +435,7 @@ impl Worker {
 
     fn open(&mut self, client: u32, now: u64) {
         let cfg = &self.ctx.cfg;
-        let local = (!cfg.local_addrs.is_empty())
-            .then(|| cfg.local_addrs[client as usize % cfg.local_addrs.len()]);
-        let mut stream = match net::connect(cfg.url.addr, local) {
+        let mut stream = match net::connect(cfg.url.addr, cfg.local_addr(client)) {
             Ok(s) => s,
             Err(e) => return self.count_failure(format!("connect: {}", net::describe(&e))),
         };
@@ -349,16 +448,20 @@ impl Worker {
         ) {
             return self.count_failure(format!("register: {}", net::describe(&e)));
         }
-        let (trackers, publisher) = match self.ctx.broadcast() {
-            Some(b) => (
-                vec![SeqTracker::default(); b.publishers as usize].into_boxed_slice(),
-                (client < b.publishers).then_some(Publisher {
-                    id: client,
-                    next_seq: 0,
-                    in_flight: 0,
-                }),
-            ),
-            None => (Box::default(), None),
+        let (trackers, publisher, http) = match self.ctx.broadcast() {
+            Some(b) => {
+                let publishes = client < b.publishers;
+                (
+                    vec![SeqTracker::default(); b.publishers as usize].into_boxed_slice(),
+                    publishes.then_some(Publisher {
+                        id: client,
+                        next_seq: 0,
+                        in_flight: 0,
+                    }),
+                    (publishes && b.via != PublishVia::Ws).then(Box::default),
+                )
+            }
+            None => (Box::default(), None, None),
         };
         entry.insert(Conn {
             stream,
@@ -371,6 +474,7 @@ impl Worker {
             frag: None,
             trackers,
             publisher,
+            http,
         });
         self.ctx.pending += 1;
     }
@@ -430,21 +534,22 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let Some(mut p) = conn.publisher else {
+            let Some(Publisher { id, .. }) = conn.publisher else {
                 continue;
             };
-            if conn.state != State::Open {
+            if conn.state != State::Open || !conn.can_publish() {
                 continue;
             }
             if saturation {
                 if !self.kicked {
                     for _ in 0..b.window {
-                        self.ctx.publish(&mut p, now, &mut conn.out);
+                        self.ctx.publish(conn, now);
                     }
                 }
             } else {
                 loop {
-                    let due = b.due_ns(self.ctx.start_ns, p.id, p.next_seq);
+                    let seq = conn.publisher.map_or(0, |p| p.next_seq);
+                    let due = b.due_ns(self.ctx.start_ns, id, seq);
                     if due > now || due >= self.ctx.end_ns {
                         if due < self.ctx.end_ns {
                             next_due = next_due.min(due);
@@ -452,13 +557,13 @@ impl Worker {
                         break;
                     }
                     self.ctx.stats.send_lag.saturating_record(now - due + 1);
-                    self.ctx.publish(&mut p, due, &mut conn.out);
+                    self.ctx.publish(conn, due);
                 }
             }
-            conn.publisher = Some(p);
             if let Err(e) = flush(conn) {
                 self.end(key, format!("write: {}", net::describe(&e)));
             }
+            self.flush_http(key);
         }
         self.kicked = true;
         next_due
@@ -542,6 +647,7 @@ impl Worker {
                 match ev.token() {
                     WAKE => {}
                     TIMER => self.timer.clear(),
+                    Token(t) if t & HTTP != 0 => self.on_http_ready(t & !HTTP, ready),
                     Token(key) => self.on_ready(key, ready, connect_only),
                 }
             }
@@ -585,8 +691,89 @@ impl Worker {
         };
         if ready.writable || !conn.out.is_empty() {
             if let Err(e) = flush(conn) {
-                self.end(key, format!("write: {}", net::describe(&e)));
+                return self.end(key, format!("write: {}", net::describe(&e)));
             }
+        }
+        if conn.http.is_some() {
+            self.flush_http(key); // what its own copies let a saturation publisher send
+        }
+    }
+
+    /// Opens publisher `key`'s HTTP connection unless it is open or failed.
+    fn open_http(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
+            return;
+        };
+        if h.stream.is_some() || h.failed {
+            return;
+        }
+        let cfg = &self.ctx.cfg;
+        let reg = self.poll.registry();
+        let opened = net::connect(cfg.url.addr, cfg.local_addr(p.id)).and_then(|mut s| {
+            let token = Token(key | HTTP);
+            reg.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
+            Ok(s)
+        });
+        match opened {
+            Ok(s) => h.stream = Some(s),
+            Err(e) => {
+                let why = format!("publish: connect: {}", net::describe(&e));
+                self.ctx.http_down(h, p, reg, &why, &why);
+            }
+        }
+    }
+
+    /// Sends what publisher `key` queued on its HTTP connection, opening it if need be.
+    fn flush_http(&mut self, key: usize) {
+        let queued = |c: &Conn| c.http.as_ref().is_some_and(|h| h.out_pos < h.out.len());
+        if !self.conns.get(key).is_some_and(queued) {
+            return;
+        }
+        self.open_http(key);
+        let conn = &mut self.conns[key];
+        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
+            return;
+        };
+        let Some(stream) = h.stream.as_mut() else {
+            return; // it failed to open (counted)
+        };
+        if let Err(e) = write_out(stream, &mut h.out, &mut h.out_pos) {
+            let why = format!("publish: write: {}", net::describe(&e));
+            self.ctx.http_down(h, p, self.poll.registry(), &why, &why);
+        }
+    }
+
+    /// Reads and checks the answers on publisher `key`'s HTTP connection, and sends what
+    /// is queued.
+    fn on_http_ready(&mut self, key: usize, ready: Ready) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
+            return;
+        };
+        if h.stream.is_none() {
+            return; // closed earlier in this batch
+        }
+        if ready.readable {
+            let reg = self.poll.registry();
+            match read_answers(h, &mut self.ctx.stats, ready.hung_up) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let why = "publish: not answered (closed by the server)";
+                    return self.ctx.http_down(h, p, reg, why, why);
+                }
+                Err(why) => {
+                    let rest = "publish: not answered (the connection ended)";
+                    return self.ctx.http_down(h, p, reg, &why, rest);
+                }
+            }
+        }
+        if ready.writable {
+            self.flush_http(key);
         }
     }
 
@@ -651,6 +838,17 @@ impl Worker {
         }
         if let Some(i) = self.publishers.iter().position(|&k| k == key) {
             self.publishers.swap_remove(i);
+        }
+        if let (Some(mut h), Some(p)) = (conn.http.take(), conn.publisher) {
+            // The last answers may still be unread (the WebSocket can end first).
+            let why = match h.stream.is_some() && !h.unanswered.is_empty() {
+                true => read_answers(&mut h, &mut self.ctx.stats, false).err(),
+                false => None,
+            };
+            let end = "publish: not answered by the end";
+            let why = why.as_deref().unwrap_or(end);
+            self.ctx
+                .http_down(&mut h, p, self.poll.registry(), why, end);
         }
     }
 
@@ -845,7 +1043,7 @@ fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
         return;
     };
     let stamp = payload
-        .strip_prefix(b.prefix.as_slice())
+        .strip_prefix(b.delivered_prefix())
         .and_then(|msg| message::decode(msg, b.size));
     let Some(tracker) = stamp.and_then(|s| conn.trackers.get_mut(s.publisher as usize)) else {
         ctx.stats.malformed += 1;
@@ -872,26 +1070,85 @@ fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
     ctx.live.saturating_record(latency);
     if let Some(p) = conn.publisher.as_mut().filter(|p| p.id == stamp.publisher) {
         p.in_flight = p.in_flight.saturating_sub(1);
-        if b.rate == 0.0 && ctx.sending(now) {
-            let mut p = *p;
-            ctx.publish(&mut p, now, &mut conn.out);
-            conn.publisher = Some(p);
+        if b.rate == 0.0 && ctx.sending(now) && conn.can_publish() {
+            ctx.publish(conn, now);
         }
     }
 }
 
-/// Writes queued bytes until done or the socket is full.
+/// Reads what publisher connection `h` has (all of it when `hung_up`) and checks every
+/// whole answer, each against the oldest unanswered request. Returns whether the server
+/// closed the connection.
+///
+/// # Errors
+/// Why the oldest unanswered request failed: an answer other than 202 (left unconsumed),
+/// a malformed answer, or a read error.
+fn read_answers(h: &mut HttpPub, stats: &mut Stats, hung_up: bool) -> Result<bool, Reason> {
+    let Some(stream) = h.stream.as_mut() else {
+        return Ok(false);
+    };
+    let (mut eof, mut broken) = (false, None);
+    loop {
+        let len = h.input.len();
+        h.input.resize(len + HTTP_READ, 0);
+        let read = stream.read(&mut h.input[len..]);
+        h.input.truncate(len + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) => eof = true,
+            Ok(n) if n == HTTP_READ || hung_up => continue,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => broken = Some(format!("publish: read: {}", net::describe(&e))),
+        }
+        break;
+    }
+    let mut pos = 0;
+    let checked = loop {
+        match publish::parse_answer(&h.input[pos..]) {
+            Ok(None) => break Ok(()),
+            Err(why) => break Err(why),
+            Ok(Some(_)) if h.unanswered.is_empty() => {
+                break Err("publish: an answer to no request".into())
+            }
+            Ok(Some((a, _))) if a.status != 202 => {
+                break Err(format!("publish: HTTP {}", a.status))
+            }
+            Ok(Some((a, used))) => {
+                pos += used;
+                h.unanswered.pop_front();
+                match a.recipients {
+                    Some(n) => {
+                        stats.publish_answers += 1;
+                        stats.recipients = (stats.recipients.0.min(n), stats.recipients.1.max(n));
+                    }
+                    None => stats.publish_error("publish: 202 without {\"recipients\":N}", 1),
+                }
+            }
+        }
+    };
+    h.input.drain(..pos);
+    checked?;
+    broken.map_or(Ok(eof), Err)
+}
+
+/// Writes a connection's queued bytes until done or the socket is full.
 fn flush(conn: &mut Conn) -> io::Result<()> {
-    while conn.out_pos < conn.out.len() {
-        match conn.stream.write(&conn.out[conn.out_pos..]) {
+    write_out(&mut conn.stream, &mut conn.out, &mut conn.out_pos)
+}
+
+/// Writes `out[*pos..]` to `stream` until done (then empties `out`) or the socket is full.
+fn write_out(stream: &mut TcpStream, out: &mut Vec<u8>, pos: &mut usize) -> io::Result<()> {
+    while *pos < out.len() {
+        match stream.write(&out[*pos..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => conn.out_pos += n,
+            Ok(n) => *pos += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    conn.out.clear();
-    conn.out_pos = 0;
+    out.clear();
+    *pos = 0;
     Ok(())
 }

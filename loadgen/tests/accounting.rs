@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::{broadcast_config, short_timing, start, start_raw, Tamper};
+use common::{broadcast_config, cli, short_timing, start, start_raw, Tamper};
 use loadgen::config::Scenario;
 use loadgen::run::run;
-use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Receiver 1 loses 10 and 11, receiver 2 gets 21 before 20, receiver 3 gets 30 twice
@@ -128,23 +127,6 @@ fn a_refusing_server_is_counted_by_status() {
         out.stats.failures.get("handshake: HTTP status 503"),
         Some(&2)
     );
-}
-
-fn cli(url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["broadcast", "--url", url, "--clients", "4", "--rate", "100"])
-        .args(["--duration", "1", "--warmup", "0", "--json", "--quiet"])
-        .args(extra)
-        .output()
-        .unwrap();
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {:?} stderr {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code(), json)
 }
 
 #[test]

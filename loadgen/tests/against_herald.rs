@@ -1,10 +1,13 @@
 //! loadgen against herald itself: its parser reads herald's encoder, and a short
-//! end-to-end run against an in-process herald loses nothing.
+//! end-to-end run against an in-process herald loses nothing, whether the publisher sends
+//! on its WebSocket or through `POST /publish`.
 
 mod common;
 
-use common::{broadcast_config, short_timing};
+use common::{broadcast_config, cli, short_timing};
+use loadgen::config::{Config, PublishVia, Scenario};
 use loadgen::frame;
+use loadgen::report::problems;
 use std::net::TcpListener;
 use std::thread;
 
@@ -35,13 +38,21 @@ fn parses_heralds_encoded_frames() {
     assert_eq!(pos + used, wire.len());
 }
 
-/// Runs `body` against a herald serving on 127.0.0.1:0, then shuts herald down.
+/// The token the in-process herald takes publishes with.
+const TOKEN: &str = "s3cret";
+
+/// Runs `body` against a herald serving on 127.0.0.1:0 (`POST /publish` enabled with
+/// [`TOKEN`]), then shuts herald down.
 fn with_herald(body: impl FnOnce(String)) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     let shutdown = herald::Shutdown::new();
     let handle = shutdown.clone();
-    let server = thread::spawn(move || herald::run(listener, herald::Config::default(), handle));
+    let cfg = herald::Config {
+        publish_token: Some(TOKEN.into()),
+        ..herald::Config::default()
+    };
+    let server = thread::spawn(move || herald::run(listener, cfg, handle));
     body(url);
     shutdown.trigger();
     server.join().unwrap().unwrap();
@@ -63,5 +74,70 @@ fn herald_delivers_everything_in_order() {
         assert!(paced.published >= 450, "{}", paced.published);
         assert_eq!(loadgen::report::problems(&paced), Vec::<String>::new());
         assert_eq!(paced.stats.latency.len(), paced.published * 50);
+    });
+}
+
+/// `cfg` publishing through `POST /publish` with `token`.
+fn via_http(mut cfg: Config, token: &str) -> Config {
+    if let Scenario::Broadcast(b) = &mut cfg.scenario {
+        b.via = PublishVia::Http {
+            token: Some(token.into()),
+        };
+    }
+    cfg
+}
+
+#[test]
+fn herald_delivers_http_publishes_in_order() {
+    with_herald(|url| {
+        let cfg = via_http(broadcast_config(&url, 200, 0.0, 16), TOKEN);
+        let saturated = loadgen::run::run(cfg, short_timing(1.0)).unwrap();
+        let s = &saturated.stats;
+        assert_eq!(s.connected, 200);
+        assert!(saturated.published > 16);
+        assert!(saturated.drained);
+        assert_eq!(problems(&saturated), Vec::<String>::new());
+        assert_eq!(s.delivered, saturated.published * 200);
+        assert_eq!((s.lost, s.reordered, s.malformed), (0, 0, 0));
+        assert_eq!(
+            s.publish_answers, saturated.published,
+            "every publish got its 202"
+        );
+        assert_eq!(s.recipients, (200, 200), "each reached every client");
+
+        let cfg = via_http(broadcast_config(&url, 50, 500.0, 0), TOKEN);
+        let paced = loadgen::run::run(cfg, short_timing(1.0)).unwrap();
+        assert!(paced.published >= 450, "{}", paced.published);
+        assert_eq!(problems(&paced), Vec::<String>::new());
+        assert_eq!(paced.stats.latency.len(), paced.published * 50);
+        assert_eq!(paced.stats.publish_answers, paced.published);
+    });
+}
+
+#[test]
+fn a_wrong_token_fails_the_run() {
+    with_herald(|url| {
+        let cfg = via_http(broadcast_config(&url, 20, 0.0, 16), "wrong");
+        let out = loadgen::run::run(cfg, short_timing(0.5)).unwrap();
+        let s = &out.stats;
+        assert_eq!(out.published, 0, "herald broadcast none of it");
+        assert_eq!((s.delivered, s.lost, s.malformed), (0, 0, 0));
+        assert_eq!(s.publish_errors.get("publish: HTTP 401"), Some(&1));
+        assert_eq!(
+            s.publish_failed(),
+            16,
+            "the 401, then herald closed: the rest of the window went unanswered"
+        );
+        assert!(problems(&out).contains(&"16 publishes failed".to_string()));
+
+        let (code, json) = cli(&url, &["--publish-via", "http", "--token", "wrong"]);
+        assert_eq!(code, Some(1));
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["publish_via"], "http");
+        assert_eq!(json["publish"]["errors"]["publish: HTTP 401"], 1);
+
+        let (code, json) = cli(&url, &["--publish-via", "http", "--token", TOKEN]);
+        assert_eq!((code, &json["ok"]), (Some(0), &true.into()), "{json}");
+        assert_eq!(json["publish"]["answered_202"], json["published"]);
     });
 }

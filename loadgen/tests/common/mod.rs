@@ -3,10 +3,11 @@
 
 #![allow(dead_code)] // each test file uses a part
 
-use loadgen::config::{Broadcast, Config, Scenario};
+use loadgen::config::{Broadcast, Config, PublishVia, Scenario};
 use loadgen::frame;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -187,6 +188,7 @@ pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Conf
             rate,
             window,
             prefix: PREFIX.as_bytes().to_vec(),
+            via: PublishVia::Ws,
         }),
         shard: (0, 1),
     }
@@ -202,4 +204,23 @@ pub fn short_timing(secs: f64) -> loadgen::run::Timing {
         server_pid: None,
         live: false,
     }
+}
+
+/// Runs the `loadgen` binary: a 1-second `broadcast` of 4 clients at 100 messages/s
+/// against `url`, plus `extra`; returns its exit status and JSON report.
+pub fn cli(url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["broadcast", "--url", url, "--clients", "4", "--rate", "100"])
+        .args(["--duration", "1", "--warmup", "0", "--json", "--quiet"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), json)
 }
