@@ -697,9 +697,9 @@ impl Conn {
 }
 
 /// Writes through `sendmsg(2)` rather than `writev(2)`: the socket call
-/// skips the VFS layer (file position lock, iovec import through
-/// `vfs_writev`), which profiles showed as about a tenth of the kernel's
-/// cost per write on loopback.
+/// skips the VFS layer (`fdget_pos`, `vfs_writev`), about 8% of herald's
+/// time in a `perf` profile of loadgen scenario (c); an A/B run of that
+/// scenario measured about 4% less CPU per delivery.
 struct SendMsg<'a>(&'a TcpStream);
 
 impl Write for SendMsg<'_> {

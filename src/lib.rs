@@ -3,7 +3,7 @@
 //! Every message any client sends goes to every open client as
 //! `Message from server: <message>`, on one thread and one `mio` poll loop.
 //! A broadcast is encoded once ([`frame`]) and queued as a shared handle on
-//! every recipient's [`queue::WriteQueue`], which leaves in one `writev` per
+//! every recipient's [`queue::WriteQueue`], which leaves in one vectored write (`sendmsg`) per
 //! connection per loop iteration.
 //!
 //! `main` only parses the command line; tests and embedders call [`run`]

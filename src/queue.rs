@@ -1,7 +1,7 @@
 //! The per-connection write queue.
 //!
 //! A FIFO of shared [`Frame`] handles plus an offset into the front one.
-//! Flushing gathers up to [`MAX_IOVECS`] frames into one `writev`, so many
+//! Flushing gathers up to [`MAX_IOVECS`] frames into one vectored write, so many
 //! broadcasts queued in one loop iteration leave in one syscall, and a
 //! partial write resumes exactly where it stopped.
 //!
@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use crate::frame::Frame;
 
-/// How many frames one `writev` carries at most. Linux allows 1024; past a
+/// How many frames one vectored write carries at most. Linux allows 1024; past a
 /// few dozen small frames the syscall cost is already amortised.
 pub const MAX_IOVECS: usize = 64;
 

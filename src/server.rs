@@ -2,7 +2,7 @@
 //!
 //! Each iteration: poll → handle every event (accept, read, write) → the
 //! end-of-iteration phase, which fans this iteration's broadcasts out to
-//! every open connection and flushes each with one `writev`, flushes the
+//! every open connection and flushes each with one vectored `sendmsg`, flushes the
 //! other connections that queued bytes, and only then removes the
 //! connections marked doomed. Slab keys are tokens and are reused, so a
 //! connection is never removed mid-batch.
@@ -550,7 +550,7 @@ impl Server {
 
     /// Queues every broadcast of this iteration for every open connection
     /// (handles only: no copy, no allocation per recipient) and flushes
-    /// each with one `writev`; then answers this iteration's publishes.
+    /// each with one vectored write; then answers this iteration's publishes.
     fn fan_out(&mut self, now: Instant) {
         let batch: usize = self.outbox.iter().map(|f| f.len()).sum();
         let count = self.outbox.len();
