@@ -66,9 +66,13 @@ pub(crate) enum Pending {
         /// Whether the connection stays open.
         keep_alive: bool,
     },
-    /// Answer 202 with the recipients of the publish in this iteration's outbox.
+    /// Answer 202 with the recipients, once per publish of this connection
+    /// in this iteration's outbox.
     Published {
-        /// Whether the connection stays open.
+        /// Publishes waiting for their answer (pipelined ones are routed in
+        /// the same pass, so they share one fan-out).
+        count: u32,
+        /// Whether the connection stays open after the last of them.
         keep_alive: bool,
     },
 }
@@ -370,7 +374,12 @@ impl Conn {
                 body.buf.extend_from_slice(&data[..take]);
                 if body.buf.len() == body.len {
                     let rest = data[take..].to_vec();
-                    self.publish(rest, ctx);
+                    if let State::Body(body) = std::mem::replace(&mut self.state, State::Http(rest))
+                    {
+                        let frame = publish_frame(&body.buf, body.binary);
+                        self.published(frame, body.keep_alive, ctx);
+                        self.route_request(ctx);
+                    }
                 }
             }
             State::Open(ws) => {
@@ -402,19 +411,35 @@ impl Conn {
         }
     }
 
-    /// Routes the request head in the `Http` buffer, as often as complete
-    /// pipelined requests allow.
+    /// Whether another pipelined request may be routed now.
+    fn may_route(&self) -> bool {
+        match self.pending {
+            None => true,
+            // More publishes may join the same fan-out; anything else waits,
+            // so that answers leave in request order.
+            Some(Pending::Published { keep_alive, .. }) => keep_alive,
+            Some(Pending::Metrics { .. }) => false,
+        }
+    }
+
+    /// Routes the requests in the `Http` buffer, as many as are complete
+    /// and may be answered in order, then drops the bytes they used.
     fn route_request(&mut self, ctx: &mut Ctx<'_>) {
-        while self.pending.is_none() {
-            let State::Http(head) = &mut self.state else {
+        let mut pos = 0;
+        while self.may_route() {
+            let State::Http(buf) = &mut self.state else {
                 return;
             };
-            if head.is_empty() {
-                return;
+            let input = &buf[pos..];
+            if input.is_empty() {
+                break;
             }
-            let route = http::route(head, ctx.route);
+            let route = http::route(input, ctx.route);
+            if self.pending.is_some() && !matches!(route, Route::Publish { .. }) {
+                break;
+            }
             match route {
-                Route::Incomplete => return,
+                Route::Incomplete => break,
                 Route::Upgrade { response } => {
                     tracing::debug!(peer = %self.peer, "upgrade");
                     self.queue.push(Frame::from_vec(response));
@@ -434,7 +459,7 @@ impl Conn {
                     body,
                     keep_alive,
                 } => {
-                    head.drain(..head_len);
+                    pos += head_len;
                     match what {
                         Resource::Page => self.queue.push(http::page_response(body, keep_alive)),
                         Resource::Health => self.queue.push(http::text_response(
@@ -462,16 +487,22 @@ impl Conn {
                     binary,
                     keep_alive,
                 } => {
-                    let rest = head.split_off(head_len.min(head.len()));
-                    self.state = State::Body(Box::new(Body {
-                        buf: Vec::with_capacity(body_len),
-                        len: body_len,
-                        binary,
-                        keep_alive,
-                    }));
-                    // The bytes after the head belong to the body (and maybe
-                    // to the next request).
-                    self.on_body_bytes(rest, ctx);
+                    let start = pos + head_len;
+                    if buf.len() - start < body_len {
+                        // The body is still arriving.
+                        let mut partial = Vec::with_capacity(body_len);
+                        partial.extend_from_slice(&buf[start..]);
+                        self.state = State::Body(Box::new(Body {
+                            buf: partial,
+                            len: body_len,
+                            binary,
+                            keep_alive,
+                        }));
+                        return;
+                    }
+                    let frame = publish_frame(&buf[start..start + body_len], binary);
+                    pos = start + body_len;
+                    self.published(frame, keep_alive, ctx);
                 }
                 Route::Reject(status, why) => {
                     tracing::debug!(peer = %self.peer, status = status.code(), why, "rejected");
@@ -485,29 +516,15 @@ impl Conn {
                 }
             }
         }
-    }
-
-    /// Feeds bytes that followed a publish head into its body.
-    fn on_body_bytes(&mut self, rest: Vec<u8>, ctx: &mut Ctx<'_>) {
-        let State::Body(body) = &mut self.state else {
-            return;
-        };
-        let take = (body.len - body.buf.len()).min(rest.len());
-        body.buf.extend_from_slice(&rest[..take]);
-        if body.buf.len() == body.len {
-            self.publish(rest[take..].to_vec(), ctx);
-        } else {
-            debug_assert!(take == rest.len());
+        if let State::Http(buf) = &mut self.state {
+            buf.drain(..pos.min(buf.len()));
         }
     }
 
-    /// A publish body is complete: broadcast it; `rest` is what followed it.
-    fn publish(&mut self, rest: Vec<u8>, ctx: &mut Ctx<'_>) {
-        let State::Body(body) = std::mem::replace(&mut self.state, State::Http(rest)) else {
-            return;
-        };
-        let opcode = if body.binary { OP_BINARY } else { OP_TEXT };
-        if !body.binary && std::str::from_utf8(&body.buf).is_err() {
+    /// A publish body is complete: queue its broadcast (the 202 waits for
+    /// the fan-out, which counts the recipients), or reject it.
+    fn published(&mut self, frame: Option<Frame>, keep_alive: bool, ctx: &mut Ctx<'_>) {
+        let Some(frame) = frame else {
             *ctx.stats.rejected.entry(400).or_default() += 1;
             self.finish_with(
                 http::error_response(Status::BadRequest, "a text body must be valid UTF-8"),
@@ -515,31 +532,36 @@ impl Conn {
                 ctx.now,
             );
             return;
-        }
-        ctx.outbox.push(frame::encode(opcode, b"", &body.buf));
+        };
+        ctx.outbox.push(frame);
         ctx.stats.publishes += 1;
-        // The 202 waits for the fan-out, which counts the recipients; the
-        // server then closes the connection unless it is kept alive.
-        self.pending = Some(Pending::Published {
-            keep_alive: body.keep_alive,
-        });
+        let count = match self.pending {
+            Some(Pending::Published { count, .. }) => count + 1,
+            _ => 1,
+        };
+        self.pending = Some(Pending::Published { count, keep_alive });
     }
 
-    /// Queues the answer to a request the server finished, then waits for
-    /// the next request or closes.
+    /// Queues the answer to each of `count` requests the server finished
+    /// (all kept alive but perhaps the last), then waits for the next
+    /// request or closes.
     pub fn answer_pending(
         &mut self,
-        response: Frame,
+        answer: impl Fn(bool) -> Frame,
+        count: u32,
         keep_alive: bool,
         now: Instant,
         cfg: &Config,
     ) {
         self.pending = None;
+        for _ in 1..count {
+            self.queue.push(answer(true));
+        }
         if keep_alive {
-            self.queue.push(response);
+            self.queue.push(answer(true));
             self.next_request(true, now, cfg);
         } else {
-            self.finish_with(response, CloseReason::Normal, now);
+            self.finish_with(answer(false), CloseReason::Normal, now);
         }
     }
 
@@ -735,6 +757,17 @@ fn read_messages(
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// The broadcast frame for a publish body; `None` for a text body that is
+/// not UTF-8.
+fn publish_frame(body: &[u8], binary: bool) -> Option<Frame> {
+    if binary {
+        Some(frame::encode(OP_BINARY, b"", body))
+    } else {
+        std::str::from_utf8(body).ok()?;
+        Some(frame::encode(OP_TEXT, b"", body))
     }
 }
 

@@ -414,13 +414,20 @@ impl Server {
         match conn.pending {
             Some(Pending::Metrics { body, keep_alive }) => {
                 let text = self.render_metrics();
-                let mut response =
-                    http::response("200 OK", metrics::CONTENT_TYPE, text.as_bytes(), keep_alive);
-                if !body {
-                    response.truncate(response.len() - text.len());
-                }
+                let answer = |keep_alive: bool| {
+                    let mut response = http::response(
+                        "200 OK",
+                        metrics::CONTENT_TYPE,
+                        text.as_bytes(),
+                        keep_alive,
+                    );
+                    if !body {
+                        response.truncate(response.len() - text.len());
+                    }
+                    Frame::from_vec(response)
+                };
                 let now = Instant::now();
-                self.conns[k].answer_pending(Frame::from_vec(response), keep_alive, now, &self.cfg);
+                self.conns[k].answer_pending(answer, 1, keep_alive, now, &self.cfg);
                 // Pipelined requests after it wait in the buffer.
                 self.unread.push(k);
             }
@@ -601,15 +608,17 @@ impl Server {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
-            if let Some(Pending::Published { keep_alive }) = conn.pending {
+            if let Some(Pending::Published { count, keep_alive }) = conn.pending {
                 let body = format!("{{\"recipients\":{recipients}}}\n");
-                let response = http::response(
-                    "202 Accepted",
-                    "application/json",
-                    body.as_bytes(),
-                    keep_alive,
-                );
-                conn.answer_pending(Frame::from_vec(response), keep_alive, now, &self.cfg);
+                let answer = |keep_alive: bool| {
+                    Frame::from_vec(http::response(
+                        "202 Accepted",
+                        "application/json",
+                        body.as_bytes(),
+                        keep_alive,
+                    ))
+                };
+                conn.answer_pending(answer, count, keep_alive, now, &self.cfg);
                 if !conn.blocked {
                     self.stats.bytes_written += conn.flush() as u64;
                 }
