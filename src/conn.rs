@@ -830,3 +830,15 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    /// The slab holds one `Conn` per connection: keep it small (the README
+    /// states memory per idle connection).
+    #[test]
+    fn a_connection_stays_small() {
+        let size = std::mem::size_of::<super::Conn>();
+        eprintln!("size_of::<Conn>() = {size}");
+        assert!(size <= 192, "Conn grew to {size} bytes");
+    }
+}
