@@ -525,10 +525,16 @@ impl Server {
     }
 
     /// Fans out this iteration's broadcasts, flushes, then removes the doomed.
+    ///
+    /// # Invariants
+    /// On return the outbox, the flush list and the removal list are empty:
+    /// no frame, flush or removal is carried into the next iteration, and
+    /// every slab key removed here was last used by this iteration's events.
     fn end_of_iteration(&mut self, now: Instant) {
         if !self.outbox.is_empty() {
             self.fan_out(now);
         }
+        debug_assert!(self.outbox.is_empty(), "fan-out left frames behind");
         for k in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
@@ -553,6 +559,7 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut { conn.stream });
             tracing::info!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
         }
+        debug_assert!(self.dirty.is_empty() && self.doomed.is_empty());
     }
 
     /// Queues every broadcast of this iteration for every open connection
