@@ -407,7 +407,15 @@ impl Conn {
         }
         if self.queue.queued() > ctx.cfg.max_queued_bytes && !self.is_closing() {
             ctx.stats.slow_consumers += 1;
-            self.close_slow(ctx.cfg.max_queued_bytes, ctx.now);
+            if matches!(self.state, State::Open(_)) {
+                self.close_slow(ctx.cfg.max_queued_bytes, ctx.now);
+            } else {
+                // An HTTP client pipelining requests faster than it reads
+                // the answers: no close frame to give it, just the end.
+                tracing::warn!(peer = %self.peer, "HTTP client not reading its answers: closed");
+                self.reason = CloseReason::SlowConsumer;
+                self.doomed = true;
+            }
         }
     }
 
