@@ -509,6 +509,11 @@ impl Conn {
                         return;
                     }
                     let frame = publish_frame(&buf[start..start + body_len], binary);
+                    if frame.is_none() && self.pending.is_some() {
+                        // Its 400 must follow the 202s still owed: route it
+                        // again once they are sent.
+                        break;
+                    }
                     pos = start + body_len;
                     self.published(frame, keep_alive, ctx);
                 }

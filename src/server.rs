@@ -566,7 +566,10 @@ impl Server {
     /// (handles only: no copy, no allocation per recipient) and flushes
     /// each with one vectored write; then answers this iteration's publishes.
     fn fan_out(&mut self, now: Instant) {
-        let batch: usize = self.outbox.iter().map(|f| f.len()).sum();
+        // The iteration's frames, joined once: each recipient gets one
+        // handle (one queue entry, one iovec), whatever the count.
+        let shared = Frame::concat(&self.outbox);
+        let batch = shared.len();
         let count = self.outbox.len();
         let limit = self.cfg.max_queued_bytes;
         let drop_policy = self.cfg.slow_consumer == SlowConsumer::Drop;
@@ -588,9 +591,7 @@ impl Server {
                     conn.dropped = 0;
                 }
                 recipients += 1;
-                for frame in &self.outbox {
-                    conn.queue.push(frame.clone());
-                }
+                conn.queue.push(shared.clone());
             } else if drop_policy {
                 conn.dropped = conn.dropped.saturating_add(count as u32);
                 self.stats.dropped_messages += count as u64;

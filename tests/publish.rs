@@ -669,3 +669,26 @@ fn the_environment_variable_enables_publishing_in_the_binary() {
     let herald = EnvHerald::start(None);
     expect_rejected(herald.addr, req(env_token).as_bytes(), 404, "no token set");
 }
+
+#[test]
+fn a_rejected_publish_pipelined_after_a_good_one_is_answered_after_its_202() {
+    let server = start(&[]);
+    let addr = server.addr;
+    let mut clients = connect_many(addr, 2);
+    // One write: a valid publish, then a text body that is not UTF-8.
+    let mut both = publish_request(Some("text/plain"), b"kept");
+    both.extend_from_slice(&publish_request(Some("text/plain"), b"\xff\xfe"));
+    let mut s = tcp(addr);
+    s.write_all(&both).unwrap();
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut raw);
+    let raw = String::from_utf8_lossy(&raw);
+    assert_each_receives(&mut clients, &["kept".to_string()]);
+    let accepted = raw.find("HTTP/1.1 202 ");
+    let rejected = raw.find("HTTP/1.1 400 ");
+    assert!(
+        matches!((accepted, rejected), (Some(a), Some(r)) if a < r),
+        "expected the 202 for the broadcast message, then the 400: {raw:?}"
+    );
+    assert_nothing_was_broadcast(addr, &mut clients);
+}
