@@ -328,6 +328,7 @@ impl Server {
         if let Err(e) = sockopt::apply(&stream, &self.cfg.socket) {
             tracing::debug!(%peer, error = %e, "socket option not applied");
         }
+        let tick = self.tick(now);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -338,7 +339,6 @@ impl Server {
             tracing::warn!(%peer, error = %e, "register failed");
             return;
         }
-        let tick = now.duration_since(self.epoch).as_secs() as u32;
         let mut conn = Conn::new(stream, peer, now + self.cfg.handshake_timeout, tick);
         if over {
             self.stats.over_limit += 1;
