@@ -35,7 +35,7 @@ fn fan_out(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 for q in queues.iter_mut() {
-                    q.push(frame.clone());
+                    q.push(frame.clone(), herald::queue::Kind::Broadcast);
                 }
                 // Drain so the queues keep a steady size; a sink write is
                 // the cheapest stand-in for the socket.
@@ -57,7 +57,7 @@ fn flush(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(frames), |b| {
             b.iter(|| {
                 for _ in 0..frames {
-                    q.push(frame.clone());
+                    q.push(frame.clone(), herald::queue::Kind::Broadcast);
                 }
                 q.flush(&mut Sink).unwrap()
             })

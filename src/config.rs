@@ -79,6 +79,21 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = SlowConsumer::Close)]
     pub slow_consumer: SlowConsumer,
 
+    /// Frames per second one WebSocket client may send (data, fragments and
+    /// control frames alike); past it the client is not read until it has
+    /// allowance again. 0 disables.
+    #[arg(long, value_name = "MSGS", default_value_t = 1000)]
+    pub client_rate: u32,
+
+    /// Frames a WebSocket client may send at once before --client-rate paces it.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub client_burst: u32,
+
+    /// Bytes per second read from one WebSocket client at most (a second's
+    /// worth may come at once); 0 disables.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "4MiB")]
+    pub client_bandwidth: usize,
+
     /// Fragments one message may arrive in at most; more gets close 1009.
     #[arg(long, default_value_t = 4096)]
     pub max_fragments: usize,
@@ -125,6 +140,12 @@ pub struct Config {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// How often to log a summary line at info (connections opened and closed
+    /// by reason, rejections, slow and throttled clients), when anything
+    /// happened; per-connection lines are at debug. 0 disables.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub log_summary_interval: Duration,
 
     #[command(flatten)]
     /// Socket options for the listener and every accepted socket.
@@ -268,7 +289,8 @@ impl Config {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         format!(
             "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
-             slow_consumer={:?} max_fragments={} ping_interval={:?} idle_timeout={:?} \
+             slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
+             max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} \
              handshake_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
@@ -279,6 +301,9 @@ impl Config {
             self.max_message_size,
             self.max_queued_bytes,
             self.slow_consumer,
+            self.client_rate,
+            self.client_burst,
+            self.client_bandwidth,
             self.max_fragments,
             self.ping_interval,
             self.idle_timeout,
@@ -345,5 +370,7 @@ mod tests {
         assert_eq!(c.max_queued_bytes, 4 << 20);
         assert!(c.socket.nodelay);
         assert_eq!(c.mode, Mode::Broadcast);
+        assert_eq!((c.client_rate, c.client_burst), (1000, 2000));
+        assert_eq!(c.client_bandwidth, 4 << 20);
     }
 }

@@ -11,14 +11,18 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Mode};
-use crate::frame::{self, Frame, OP_BINARY, OP_TEXT};
+use crate::frame::{self, Frame, Outbox, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::http::{self, Resource, Route, RouteConfig, Status};
-use crate::queue::{Flushed, WriteQueue};
+use crate::queue::{Flushed, Kind, WriteQueue};
 use crate::server::Stats;
 
 /// How long a connection may take to drain its last bytes and see the peer
 /// close, once herald has decided to close it.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Bytes read at once from a connection waiting for a request head: two
+/// heads' worth, so a pipelining client's buffered requests cost little.
+const HTTP_READ: usize = 2 * http::MAX_HEAD_LEN;
 
 /// Where a connection is in its life.
 pub(crate) enum State {
@@ -52,6 +56,57 @@ pub(crate) struct Body {
 pub(crate) struct Ws {
     ctx: WebSocketContext,
     fragments: FragmentGuard,
+    allowance: Allowance,
+}
+
+/// The smallest frame a client can send: a 2-byte header and the 4-byte
+/// mask every client frame carries (an unmasked one ends the connection).
+const MIN_CLIENT_FRAME: usize = 6;
+
+/// Two token buckets, over frames (`--client-rate`, `--client-burst`) and
+/// over bytes (`--client-bandwidth`), refilled by the time since the last
+/// read. A client without allowance is not read: its input waits in its
+/// socket (TCP backpressure), nothing is dropped.
+struct Allowance {
+    frames: f64,
+    bytes: f64,
+    at: Instant,
+}
+
+impl Allowance {
+    fn new(cfg: &Config, now: Instant) -> Self {
+        Allowance {
+            frames: f64::from(cfg.client_burst.max(1)),
+            bytes: cfg.client_bandwidth as f64,
+            at: now,
+        }
+    }
+
+    /// Bytes that may be read now, at most `cap`: 0 means none. Each frame
+    /// takes at least [`MIN_CLIENT_FRAME`] bytes, so reading no more than
+    /// that many per frame token keeps the frame count within the bucket.
+    fn available(&mut self, cfg: &Config, now: Instant, cap: usize) -> usize {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        let mut cap = cap;
+        if cfg.client_rate > 0 {
+            let burst = f64::from(cfg.client_burst.max(1));
+            self.frames = (self.frames + dt * f64::from(cfg.client_rate)).min(burst);
+            cap = cap.min((self.frames.max(0.0) as usize).saturating_mul(MIN_CLIENT_FRAME));
+        }
+        if cfg.client_bandwidth > 0 {
+            let per_second = cfg.client_bandwidth as f64;
+            self.bytes = (self.bytes + dt * per_second).min(per_second);
+            cap = cap.min(self.bytes.max(0.0) as usize);
+        }
+        cap
+    }
+
+    /// Takes what a read used.
+    fn charge(&mut self, frames: u32, bytes: usize) {
+        self.frames -= f64::from(frames);
+        self.bytes -= bytes as f64;
+    }
 }
 
 /// A request the server must finish, since it needs more than this
@@ -154,6 +209,10 @@ pub(crate) struct Conn {
     /// Messages dropped for this client (`--slow-consumer drop`) since it
     /// was last told.
     pub dropped: u32,
+    /// Last second (since the server started) the socket took bytes or
+    /// the queue was empty: a client that takes nothing while bytes wait
+    /// for it is silent too.
+    pub last_drained: u32,
     /// Why the connection is closing, once it is.
     pub reason: CloseReason,
     /// It became a WebSocket at some point (shutdown waits for these).
@@ -171,6 +230,13 @@ pub(crate) struct Conn {
     pub dirty: bool,
     /// The last flush hit `WouldBlock`: wait for a writable event.
     pub blocked: bool,
+    /// Listed in the loop's read list (budget spent, or throttled): read
+    /// from there, not on its events, so it is listed at most once.
+    pub unread: bool,
+    /// Reading stopped because the connection may not take input now (its
+    /// queue is full, an HTTP answer has not left, a request is pending);
+    /// the loop lists it for reading once that changes.
+    pub held: bool,
 }
 
 /// What the loop lends a connection while it handles input.
@@ -182,7 +248,7 @@ pub(crate) struct Ctx<'a> {
     /// tungstenite's limits, derived from `cfg`.
     pub ws_config: &'a WebSocketConfig,
     /// Broadcasts encoded in this iteration, fanned out at its end.
-    pub outbox: &'a mut Vec<Frame>,
+    pub outbox: &'a mut Outbox,
     /// Cached clock for this iteration.
     pub now: Instant,
     /// Counters.
@@ -217,7 +283,14 @@ impl Read for Io<'_> {
 
 impl Write for Io<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.queue.push(Frame::from_bytes(buf));
+        // One call carries one whole frame (tungstenite's write buffer is
+        // 0, so it writes each frame as soon as it is formatted).
+        let kind = if buf.first() == Some(&(0x80 | OP_PONG)) {
+            Kind::Pong
+        } else {
+            Kind::Own
+        };
+        self.queue.push(Frame::from_bytes(buf), kind);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -229,15 +302,24 @@ impl Write for Io<'_> {
 /// frame headers in the byte stream tungstenite is fed (tungstenite
 /// reassembles without a limit on their number, and a flood of empty
 /// fragments costs CPU without costing bytes).
+///
+/// It also counts every frame header it completes, for `--client-rate`.
 #[derive(Default)]
 struct FragmentGuard {
     header: [u8; 14],
     have: u8,
     skip: u64,
     fragments: u32,
+    /// Frame headers completed since the last [`FragmentGuard::take_frames`].
+    frames: u32,
 }
 
 impl FragmentGuard {
+    /// Frames seen since the last call.
+    fn take_frames(&mut self) -> u32 {
+        std::mem::take(&mut self.frames)
+    }
+
     /// Follows `data`; false once a message has more than `max` fragments.
     fn scan(&mut self, mut data: &[u8], max: usize) -> bool {
         loop {
@@ -282,6 +364,7 @@ impl FragmentGuard {
                 n => n as u64,
             };
             self.have = 0;
+            self.frames = self.frames.saturating_add(1);
             if opcode < 8 {
                 if opcode == 0 || !fin {
                     self.fragments = self.fragments.saturating_add(1);
@@ -309,6 +392,7 @@ impl Conn {
             pending: None,
             last_seen: tick,
             dropped: 0,
+            last_drained: tick,
             reason: CloseReason::Normal,
             was_ws: false,
             ws_closing: false,
@@ -317,6 +401,8 @@ impl Conn {
             doomed: false,
             dirty: false,
             blocked: false,
+            unread: false,
+            held: false,
         }
     }
 
@@ -331,19 +417,37 @@ impl Conn {
         matches!(self.state, State::Open(_)) && !self.ws_closing
     }
 
-    /// Whether the socket should be read now.
-    pub fn wants_input(&self) -> bool {
-        !self.doomed && !self.peer_eof && self.pending.is_none()
+    /// Whether the socket should be read now: not while a request waits
+    /// for the server, nor while an HTTP answer has not left (pipelined
+    /// requests are answered one at a time, as the client reads), nor while
+    /// the queue costs more than `limit` (`--max-queued-bytes`).
+    pub fn wants_input(&self, limit: usize) -> bool {
+        !self.doomed
+            && !self.peer_eof
+            && self.pending.is_none()
+            && match self.state {
+                State::Http(_) => self.queue.is_empty(),
+                State::Open(_) => self.queue.cost() <= limit,
+                State::Body(_) | State::Closing { .. } => true,
+            }
     }
 
-    /// Whether this connection is closing or closed.
-    pub fn is_closing(&self) -> bool {
-        self.doomed || matches!(self.state, State::Closing { .. })
+    /// Whether the socket should be read now, and how much: `Some(0)` when
+    /// a WebSocket client is past its `--client-rate` or
+    /// `--client-bandwidth` allowance, `cap` when it is not limited.
+    pub fn read_allowance(&mut self, cfg: &Config, now: Instant, cap: usize) -> usize {
+        match &mut self.state {
+            State::Open(ws) => ws.allowance.available(cfg, now, cap),
+            // Pipelined requests wait in the buffer while their answers
+            // leave one at a time; a small read keeps that buffer small.
+            State::Http(_) => cap.min(HTTP_READ),
+            _ => cap,
+        }
     }
 
     /// Queues `response` as this connection's last bytes.
     pub fn finish_with(&mut self, response: Frame, reason: CloseReason, now: Instant) {
-        self.queue.push(response);
+        self.queue.push(response, Kind::Own);
         self.begin_closing(reason, now);
     }
 
@@ -390,6 +494,7 @@ impl Conn {
                     );
                     self.close_with(1009, &why, CloseReason::ProtocolError, ctx.now);
                 } else {
+                    ws.allowance.charge(ws.fragments.take_frames(), data.len());
                     match read_messages(&mut ws.ctx, data, &mut self.queue, ctx) {
                         Ok(()) => {}
                         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
@@ -405,18 +510,9 @@ impl Conn {
             }
             State::Closing { .. } => {}
         }
-        if self.queue.queued() > ctx.cfg.max_queued_bytes && !self.is_closing() {
-            ctx.stats.slow_consumers += 1;
-            if matches!(self.state, State::Open(_)) {
-                self.close_slow(ctx.cfg.max_queued_bytes, ctx.now);
-            } else {
-                // An HTTP client pipelining requests faster than it reads
-                // the answers: no close frame to give it, just the end.
-                tracing::warn!(peer = %self.peer, "HTTP client not reading its answers: closed");
-                self.reason = CloseReason::SlowConsumer;
-                self.doomed = true;
-            }
-        }
+        // What this input made herald queue for the client itself (pongs,
+        // echoes, HTTP answers) is bounded without closing anyone: past
+        // `--max-queued-bytes` the client is not read until it drains.
     }
 
     /// Whether another pipelined request may be routed now.
@@ -434,7 +530,9 @@ impl Conn {
     /// and may be answered in order, then drops the bytes they used.
     fn route_request(&mut self, ctx: &mut Ctx<'_>) {
         let mut pos = 0;
-        while self.may_route() {
+        // An answer still in the queue holds the next request back, so a
+        // client that pipelines without reading costs one answer.
+        while self.may_route() && self.queue.is_empty() {
             let State::Http(buf) = &mut self.state else {
                 return;
             };
@@ -450,11 +548,12 @@ impl Conn {
                 Route::Incomplete => break,
                 Route::Upgrade { response } => {
                     tracing::debug!(peer = %self.peer, "upgrade");
-                    self.queue.push(Frame::from_vec(response));
+                    self.queue.push(Frame::from_vec(response), Kind::Own);
                     let ws = WebSocketContext::new(Role::Server, Some(*ctx.ws_config));
                     self.state = State::Open(Box::new(Ws {
                         ctx: ws,
                         fragments: FragmentGuard::default(),
+                        allowance: Allowance::new(ctx.cfg, ctx.now),
                     }));
                     self.was_ws = true;
                     self.deadline = None;
@@ -469,17 +568,22 @@ impl Conn {
                 } => {
                     pos += head_len;
                     match what {
-                        Resource::Page => self.queue.push(http::page_response(body, keep_alive)),
-                        Resource::Health => self.queue.push(http::text_response(
-                            !ctx.route.draining,
-                            if ctx.route.draining {
-                                "shutting down\n"
-                            } else {
-                                "ok\n"
-                            },
-                            body,
-                            keep_alive,
-                        )),
+                        Resource::Page => self
+                            .queue
+                            .push(http::page_response(body, keep_alive), Kind::Own),
+                        Resource::Health => self.queue.push(
+                            http::text_response(
+                                !ctx.route.draining,
+                                if ctx.route.draining {
+                                    "shutting down\n"
+                                } else {
+                                    "ok\n"
+                                },
+                                body,
+                                keep_alive,
+                            ),
+                            Kind::Own,
+                        ),
                         Resource::Metrics => {
                             // Answered (and, without keep-alive, closed) by
                             // the server, which sees every connection.
@@ -568,10 +672,10 @@ impl Conn {
     ) {
         self.pending = None;
         for _ in 1..count {
-            self.queue.push(answer(true));
+            self.queue.push(answer(true), Kind::Own);
         }
         if keep_alive {
-            self.queue.push(answer(true));
+            self.queue.push(answer(true), Kind::Own);
             self.next_request(true, now, cfg);
         } else {
             self.finish_with(answer(false), CloseReason::Normal, now);
@@ -622,11 +726,12 @@ impl Conn {
         self.finish_with(frame::encode_close(code, why), reason, now);
     }
 
-    /// Closes a client whose queue passed `limit`: what it has not started
-    /// receiving is dropped, and a close 1008 goes after the partial frame.
+    /// Closes a client whose broadcast backlog would pass `limit`: the
+    /// broadcasts it has not started receiving are dropped (herald's own
+    /// answers stay), and a close 1008 goes after them.
     pub fn close_slow(&mut self, limit: usize, now: Instant) {
-        tracing::warn!(peer = %self.peer, queued = self.queue.queued(), limit, "slow consumer closed");
-        self.queue.discard_unsent();
+        tracing::debug!(peer = %self.peer, backlog = self.queue.backlog(), limit, "slow consumer closed");
+        self.queue.discard_broadcasts();
         let why = format!("slow consumer: more than {limit} bytes queued");
         self.close_with(1008, &why, CloseReason::SlowConsumer, now);
     }
@@ -700,11 +805,34 @@ impl Conn {
     }
 
     /// Writes what the queue holds; when a closing connection has drained,
-    /// shuts its write side (or dooms it if the peer is gone too). Returns
-    /// the bytes written.
-    pub fn flush(&mut self) -> usize {
+    /// shuts its write side (or dooms it if the peer is gone too). A client
+    /// that lost messages under `--slow-consumer drop` is told as soon as
+    /// its queue drains. Returns the bytes written.
+    pub fn flush(&mut self, tick: u32) -> usize {
+        let mut written = self.flush_once(tick);
+        if self.dropped > 0 && self.queue.is_empty() && self.is_open() {
+            self.queue_drop_notice();
+            written += self.flush_once(tick);
+        }
+        written
+    }
+
+    /// Queues `herald: N messages dropped` for a client that lost messages.
+    pub fn queue_drop_notice(&mut self) {
+        let notice = format!("herald: {} messages dropped", self.dropped);
+        self.queue
+            .push(frame::encode(OP_TEXT, b"", notice.as_bytes()), Kind::Own);
+        self.dropped = 0;
+    }
+
+    fn flush_once(&mut self, tick: u32) -> usize {
         let before = self.queue.queued();
-        match self.queue.flush(&mut SendMsg(&self.stream)) {
+        let result = self.queue.flush(&mut SendMsg(&self.stream));
+        let written = before - self.queue.queued();
+        if written > 0 || self.queue.is_empty() {
+            self.last_drained = tick;
+        }
+        match result {
             Ok(Flushed::Empty) => {
                 self.blocked = false;
                 if let State::Closing { write_shut } = &mut self.state {
@@ -727,7 +855,7 @@ impl Conn {
                 }
             }
         }
-        before - self.queue.queued()
+        written
     }
 }
 
@@ -798,7 +926,7 @@ fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, opcode: u8, payload: &[u8]) 
             };
             ctx.outbox.push(frame::encode(opcode, prefix, payload));
         }
-        Mode::Echo => own.push(frame::encode(opcode, b"", payload)),
+        Mode::Echo => own.push(frame::encode(opcode, b"", payload), Kind::Own),
     }
 }
 

@@ -17,6 +17,10 @@ pub const OP_TEXT: u8 = 0x1;
 pub const OP_BINARY: u8 = 0x2;
 /// WebSocket opcode of a close frame.
 pub const OP_CLOSE: u8 = 0x8;
+/// WebSocket opcode of a ping frame.
+pub const OP_PING: u8 = 0x9;
+/// WebSocket opcode of a pong frame.
+pub const OP_PONG: u8 = 0xA;
 
 /// Largest header a server frame can have: 2 bytes plus a 64-bit length.
 pub const MAX_HEADER_LEN: usize = 10;
@@ -65,6 +69,50 @@ impl Deref for Frame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The broadcasts encoded in one loop iteration, waiting for fan-out, and
+/// their size, which bounds how much more input the iteration takes.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    frames: Vec<Frame>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Adds one encoded broadcast.
+    #[inline]
+    pub fn push(&mut self, frame: Frame) {
+        self.bytes += frame.len();
+        self.frames.push(frame);
+    }
+
+    /// Bytes of the frames waiting.
+    #[inline]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Frames waiting.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no frame is waiting.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Joins the waiting frames into one (see [`Frame::concat`]) and
+    /// empties the outbox, keeping its capacity.
+    pub fn take_joined(&mut self) -> Frame {
+        let joined = Frame::concat(&self.frames);
+        self.frames.clear();
+        self.bytes = 0;
+        joined
     }
 }
 

@@ -139,6 +139,11 @@ pub fn render(stats: &Stats, gauges: Gauges, iterations: &Histogram) -> String {
         c(stats.dropped_messages),
     );
     r.register(
+        "client_throttled",
+        "Reads deferred because a client was past --client-rate or --client-bandwidth",
+        c(stats.throttled),
+    );
+    r.register(
         "over_limit",
         "Connections turned away at the connection or descriptor limit",
         c(stats.over_limit),

@@ -5,10 +5,19 @@
 //! broadcasts queued in one loop iteration leave in one syscall, and a
 //! partial write resumes exactly where it stopped.
 //!
+//! Each entry knows what it is ([`Kind`]): broadcast data may be discarded
+//! for a client that fell behind, while herald's own answers (a 101, an
+//! HTTP response, a pong, a close frame) never are. At most one pong is
+//! owed at a time: a newer ping's pong replaces an unsent one (RFC 6455
+//! §5.5.3 allows answering only the latest ping).
+//!
 //! # Invariants
-//! * `queued` equals the sum of the lengths of the frames minus `offset`.
-//! * `offset < frames[0].len()` whenever the queue is not empty: a fully
-//!   written frame is popped at once.
+//! * `queued` equals the sum of the lengths of the entries minus `offset`,
+//!   and `backlog` the same over broadcast entries only.
+//! * `offset < entries[0].len()` whenever the queue is not empty: a fully
+//!   written entry is popped at once.
+//! * `pong`, when set, is the absolute index of the one pong entry not yet
+//!   started; no other unstarted pong is queued.
 //! * Bytes only ever leave from the front, so frames are never interleaved:
 //!   whatever enters the queue (a broadcast, a pong, a close reply) reaches
 //!   the socket whole and in order.
@@ -23,6 +32,25 @@ use crate::frame::Frame;
 /// few dozen small frames the syscall cost is already amortised.
 pub const MAX_IOVECS: usize = 64;
 
+/// What one queue entry costs in memory besides its bytes: the deque slot,
+/// the shared allocation's counts and the allocator's own overhead. Counted
+/// against `--max-queued-bytes`, so a flood of tiny frames is charged what
+/// it really costs, not 2 bytes each.
+pub const ENTRY_COST: usize = 64;
+
+/// What a queue entry is, which decides whether it may be discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Broadcast data shared with other recipients: may be discarded for a
+    /// slow consumer.
+    Broadcast,
+    /// herald's own answer to this client (a handshake or HTTP response, a
+    /// close frame, a keepalive ping, a notice): never discarded.
+    Own,
+    /// A pong: never discarded, and replaced by a newer one while unsent.
+    Pong,
+}
+
 /// The outcome of [`WriteQueue::flush`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
@@ -32,15 +60,29 @@ pub enum Flushed {
     Blocked,
 }
 
+#[derive(Debug)]
+struct Entry {
+    frame: Frame,
+    kind: Kind,
+}
+
 /// A FIFO of encoded frames waiting for one socket.
 #[derive(Debug, Default)]
 pub struct WriteQueue {
-    /// Frames not yet fully written, oldest first.
-    frames: VecDeque<Frame>,
-    /// Bytes of `frames[0]` already written.
+    /// Entries not yet fully written, oldest first.
+    entries: VecDeque<Entry>,
+    /// Bytes of `entries[0]` already written.
     offset: usize,
-    /// Unwritten bytes across all frames.
+    /// Unwritten bytes across all entries.
     queued: usize,
+    /// Unwritten bytes of broadcast entries.
+    backlog: usize,
+    /// Broadcast entries queued.
+    broadcasts: u32,
+    /// Absolute index of `entries[0]` (entries popped so far, wrapping).
+    head: u32,
+    /// Absolute index of the unstarted pong, if one is owed.
+    pong: Option<u32>,
 }
 
 impl WriteQueue {
@@ -51,9 +93,22 @@ impl WriteQueue {
 
     /// Appends a frame handle (a reference-count bump, no copy).
     #[inline]
-    pub fn push(&mut self, frame: Frame) {
+    pub fn push(&mut self, frame: Frame, kind: Kind) {
+        if kind == Kind::Pong {
+            if let Some(at) = self.pong {
+                let i = at.wrapping_sub(self.head) as usize;
+                let old = std::mem::replace(&mut self.entries[i].frame, frame);
+                self.queued = self.queued - old.len() + self.entries[i].frame.len();
+                return;
+            }
+            self.pong = Some(self.head.wrapping_add(self.entries.len() as u32));
+        }
         self.queued += frame.len();
-        self.frames.push_back(frame);
+        if kind == Kind::Broadcast {
+            self.backlog += frame.len();
+            self.broadcasts += 1;
+        }
+        self.entries.push_back(Entry { frame, kind });
     }
 
     /// Unwritten bytes.
@@ -62,21 +117,60 @@ impl WriteQueue {
         self.queued
     }
 
+    /// What the queue costs in memory: its unwritten bytes plus
+    /// [`ENTRY_COST`] per entry.
+    #[inline]
+    pub fn cost(&self) -> usize {
+        self.queued + self.entries.len() * ENTRY_COST
+    }
+
+    /// What the unwritten broadcast entries cost, as [`WriteQueue::cost`]
+    /// counts it: the measure of a client falling behind.
+    #[inline]
+    pub fn backlog(&self) -> usize {
+        self.backlog + self.broadcasts as usize * ENTRY_COST
+    }
+
     /// Whether nothing is waiting.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Drops every frame not yet started, keeping a partly written front
-    /// frame so the byte stream stays well-framed. Used before a final close
-    /// frame is queued for a client that stopped reading.
-    pub fn discard_unsent(&mut self) {
-        let keep = usize::from(self.offset > 0);
-        self.frames.truncate(keep);
-        self.queued = self.frames.front().map_or(0, |f| f.len() - self.offset);
-        if self.frames.is_empty() {
-            self.frames.shrink_to_fit();
+    /// Drops every broadcast entry not yet started, keeping herald's own
+    /// answers and a partly written front entry, so the byte stream stays
+    /// well-framed and a client is never left without its 101 or its pong.
+    /// Used before a final close frame is queued for a client that fell
+    /// behind.
+    pub fn discard_broadcasts(&mut self) {
+        let started = self.offset > 0;
+        let mut i = 0;
+        self.entries.retain(|e| {
+            let keep = e.kind != Kind::Broadcast || (i == 0 && started);
+            i += 1;
+            keep
+        });
+        self.queued = 0;
+        self.backlog = 0;
+        self.broadcasts = 0;
+        self.pong = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            let left = e.frame.len() - if i == 0 { self.offset } else { 0 };
+            self.queued += left;
+            match e.kind {
+                Kind::Broadcast => {
+                    self.backlog += left;
+                    self.broadcasts += 1;
+                }
+                Kind::Pong if i > 0 || self.offset == 0 => {
+                    self.pong = Some(self.head.wrapping_add(i as u32));
+                }
+                _ => {}
+            }
+        }
+        if self.entries.is_empty() {
+            self.offset = 0;
+            self.entries.shrink_to_fit();
         }
     }
 
@@ -86,16 +180,16 @@ impl WriteQueue {
     /// Any error of `w` other than `WouldBlock` and `Interrupted`; a write of
     /// zero bytes is reported as `WriteZero`.
     pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
-        while !self.frames.is_empty() {
+        while !self.entries.is_empty() {
             let written = {
                 // Only the slices in use are initialised: a flush of one
                 // frame (the common case under light load) should not pay
                 // for zeroing a whole batch.
                 let mut slices = [MaybeUninit::<IoSlice<'_>>::uninit(); MAX_IOVECS];
                 let mut n = 0;
-                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                for (slot, entry) in slices.iter_mut().zip(self.entries.iter()) {
                     let start = if n == 0 { self.offset } else { 0 };
-                    slot.write(IoSlice::new(&frame[start..]));
+                    slot.write(IoSlice::new(&entry.frame[start..]));
                     n += 1;
                 }
                 // SAFETY: the first `n` elements were initialised just above,
@@ -113,8 +207,8 @@ impl WriteQueue {
             self.advance(written);
         }
         // A drained queue gives back memory a burst made it take.
-        if self.frames.capacity() > 64 {
-            self.frames.shrink_to(16);
+        if self.entries.capacity() > 64 {
+            self.entries.shrink_to(16);
         }
         Ok(Flushed::Empty)
     }
@@ -124,21 +218,37 @@ impl WriteQueue {
         debug_assert!(n <= self.queued);
         if n == self.queued {
             // The common case: the socket took everything.
-            self.frames.clear();
+            self.head = self.head.wrapping_add(self.entries.len() as u32);
+            self.entries.clear();
             self.offset = 0;
             self.queued = 0;
+            self.backlog = 0;
+            self.broadcasts = 0;
+            self.pong = None;
             return;
         }
         self.queued -= n;
         while n > 0 {
-            let front = self.frames[0].len() - self.offset;
-            if n >= front {
-                n -= front;
+            let front = &self.entries[0];
+            let left = front.frame.len() - self.offset;
+            let step = n.min(left);
+            if front.kind == Kind::Broadcast {
+                self.backlog -= step;
+            }
+            if self.pong == Some(self.head) {
+                // Started: a newer pong must not replace it mid-write.
+                self.pong = None;
+            }
+            n -= step;
+            if step == left {
+                if front.kind == Kind::Broadcast {
+                    self.broadcasts -= 1;
+                }
                 self.offset = 0;
-                self.frames.pop_front();
+                self.entries.pop_front();
+                self.head = self.head.wrapping_add(1);
             } else {
-                self.offset += n;
-                n = 0;
+                self.offset += step;
             }
         }
     }
@@ -189,6 +299,90 @@ mod tests {
         }
     }
 
+    const KINDS: [Kind; 3] = [Kind::Broadcast, Kind::Own, Kind::Broadcast];
+
+    /// The backlog recomputed from the entries, to check the running count.
+    fn backlog_of(q: &WriteQueue) -> usize {
+        q.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == Kind::Broadcast)
+            .map(|(i, e)| e.frame.len() - if i == 0 { q.offset } else { 0 } + ENTRY_COST)
+            .sum()
+    }
+
+    fn pong(payload: &[u8]) -> Frame {
+        crate::frame::encode(crate::frame::OP_PONG, b"", payload)
+    }
+
+    #[test]
+    fn one_pong_is_owed_at_a_time() {
+        let (frames, _) = frames();
+        let mut q = WriteQueue::new();
+        q.push(frames[5].clone(), Kind::Broadcast);
+        for i in 0..10_000u32 {
+            q.push(pong(&i.to_be_bytes()), Kind::Pong);
+        }
+        q.push(frames[6].clone(), Kind::Broadcast);
+        q.push(pong(b"last"), Kind::Pong);
+        assert_eq!(q.entries.len(), 3, "pongs coalesce into one entry");
+        let mut expected = frames[5].to_vec();
+        expected.extend_from_slice(&pong(b"last"));
+        expected.extend_from_slice(&frames[6]);
+        assert_eq!(q.queued(), expected.len());
+        // A pong being written is not replaced: the next one queues behind.
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: frames[5].len() + 1,
+            calls: 0,
+        };
+        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        q.push(pong(b"newer"), Kind::Pong);
+        q.push(pong(b"newest"), Kind::Pong);
+        expected.extend_from_slice(&pong(b"newest"));
+        while q.flush(&mut w).unwrap() == Flushed::Blocked {}
+        assert_eq!(w.out, expected);
+        assert_eq!((q.queued(), q.backlog(), q.cost()), (0, 0, 0));
+    }
+
+    #[test]
+    fn cost_counts_every_entry() {
+        let mut q = WriteQueue::new();
+        let f = crate::frame::encode(crate::frame::OP_TEXT, b"", b"");
+        for _ in 0..100 {
+            q.push(f.clone(), Kind::Broadcast);
+        }
+        q.push(f.clone(), Kind::Own);
+        assert_eq!(q.queued(), 101 * 2);
+        assert_eq!(q.cost(), 101 * (2 + ENTRY_COST));
+        assert_eq!(q.backlog(), 100 * (2 + ENTRY_COST));
+    }
+
+    #[test]
+    fn discard_keeps_herald_s_own_answers() {
+        let (frames, _) = frames();
+        let mut q = WriteQueue::new();
+        q.push(
+            Frame::from_bytes(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            Kind::Own,
+        );
+        q.push(frames[3].clone(), Kind::Broadcast);
+        q.push(pong(b"p"), Kind::Pong);
+        q.push(frames[4].clone(), Kind::Broadcast);
+        q.discard_broadcasts();
+        q.push(pong(b"q"), Kind::Pong);
+        assert_eq!(q.backlog(), 0);
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: 1000,
+            calls: 0,
+        };
+        while q.flush(&mut w).unwrap() == Flushed::Blocked {}
+        let mut expected = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        expected.extend_from_slice(&pong(b"q"));
+        assert_eq!(w.out, expected);
+    }
+
     fn frames() -> (Vec<Frame>, Vec<u8>) {
         let mut all = Vec::new();
         let frames: Vec<Frame> = (0..200)
@@ -207,8 +401,8 @@ mod tests {
         for step in [1, 2, 3, 7, 64, 1000] {
             let (frames, expected) = frames();
             let mut q = WriteQueue::new();
-            for f in &frames {
-                q.push(f.clone());
+            for (i, f) in frames.iter().enumerate() {
+                q.push(f.clone(), KINDS[i % 3]);
             }
             assert_eq!(q.queued(), expected.len());
             let mut w = Trickle {
@@ -219,6 +413,7 @@ mod tests {
             let mut rounds = 0;
             while q.flush(&mut w).unwrap() == Flushed::Blocked {
                 assert_eq!(q.queued(), expected.len() - w.out.len());
+                assert_eq!(q.backlog(), backlog_of(&q));
                 rounds += 1;
                 assert!(rounds < 1_000_000);
             }
@@ -233,7 +428,7 @@ mod tests {
         let (frames, _) = frames();
         let mut q = WriteQueue::new();
         for f in &frames[1..10] {
-            q.push(f.clone());
+            q.push(f.clone(), Kind::Broadcast);
         }
         let first = frames[1].clone();
         let mut w = Trickle {
@@ -242,8 +437,9 @@ mod tests {
             calls: 0,
         };
         assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
-        q.discard_unsent();
-        q.push(crate::frame::encode_close(1008, "slow"));
+        q.discard_broadcasts();
+        assert_eq!(q.backlog(), backlog_of(&q));
+        q.push(crate::frame::encode_close(1008, "slow"), Kind::Own);
         while q.flush(&mut w).unwrap() == Flushed::Blocked {}
         let mut expected = first.to_vec();
         expected.extend_from_slice(&crate::frame::encode_close(1008, "slow"));
@@ -262,7 +458,10 @@ mod tests {
             }
         }
         let mut q = WriteQueue::new();
-        q.push(crate::frame::encode(crate::frame::OP_TEXT, b"", b"x"));
+        q.push(
+            crate::frame::encode(crate::frame::OP_TEXT, b"", b"x"),
+            Kind::Own,
+        );
         assert_eq!(
             q.flush(&mut Zero).unwrap_err().kind(),
             io::ErrorKind::WriteZero

@@ -7,7 +7,7 @@
 //! connections marked doomed. Slab keys are tokens and are reused, so a
 //! connection is never removed mid-batch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpListener as StdListener;
@@ -26,8 +26,9 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::{Config, SlowConsumer};
 use crate::conn::{CloseReason, Conn, Ctx, Pending, State};
-use crate::frame::{self, Frame, OP_TEXT};
+use crate::frame::{self, Frame, Outbox, OP_PING, OP_TEXT};
 use crate::http::{self, RouteConfig, Status};
+use crate::queue::{Kind, ENTRY_COST};
 use crate::{feed, metrics, sockopt, Shutdown};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -40,7 +41,24 @@ const READ_BUF_LEN: usize = 64 * 1024;
 /// Bytes read from one connection per iteration before the others get a
 /// turn; the rest is read in the next iteration (edge-triggered readiness
 /// will not report it again).
-const READ_BUDGET: usize = 256 * 1024;
+const READ_BUDGET: usize = 128 * 1024;
+
+/// Bytes read from all connections in one iteration: past it, connections
+/// with input wait for the next iteration, where they are served first. So
+/// an iteration's work is bounded whatever the clients send.
+const ITERATION_INPUT: usize = 1024 * 1024;
+
+/// One iteration's joined broadcast batch is kept under
+/// `--max-queued-bytes` divided by this: past it, input waits in the
+/// senders' sockets for the next iteration, so a client that reads as fast
+/// as the kernel lets it never holds a batch near the limit.
+const BATCH_FRACTION: usize = 4;
+
+/// The smallest read worth a syscall: one minimal client frame.
+const MIN_READ: usize = 6;
+
+/// How often clients past their rate allowance are looked at again.
+const THROTTLE_TICK: Duration = Duration::from_millis(10);
 
 /// How often deadlines are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
@@ -84,6 +102,9 @@ pub struct Stats {
     pub queued_high_water: usize,
     /// Loop iterations.
     pub iterations: u64,
+    /// Reads deferred because a client was past `--client-rate` or
+    /// `--client-bandwidth`.
+    pub throttled: u64,
     /// Connections closed, indexed by `CloseReason as usize`.
     pub closed: [u64; CloseReason::ALL.len()],
     /// Requests answered with an error status, by status code.
@@ -100,16 +121,35 @@ pub(crate) struct Server {
     /// The loop-owned buffer every socket is read into.
     read_buf: Vec<u8>,
     /// Broadcasts encoded in this iteration.
-    outbox: Vec<Frame>,
+    outbox: Outbox,
+    /// The most outbox bytes an iteration takes input for.
+    batch_cap: usize,
+    /// How many bytes of broadcast one byte of input can become at most (a
+    /// 6-byte empty frame becomes a header plus the prefix): reads are
+    /// sized so the batch stays under `batch_cap`.
+    expansion: usize,
+    /// Input this iteration may still read, across all connections.
+    input_left: usize,
     /// Connections whose publish is answered once the outbox is fanned out.
     publish_acks: Vec<usize>,
     /// Connections with bytes to flush in the end phase.
     dirty: Vec<usize>,
     /// Connections to remove in the end phase.
     doomed: Vec<usize>,
-    /// Connections with input left to handle (read budget spent, or a
-    /// pipelined request waiting).
-    unread: Vec<usize>,
+    /// Connections to read first in the next iteration, in order (budget
+    /// spent, iteration bound reached, or input held back until now);
+    /// each is listed once (`Conn::unread`).
+    unread: VecDeque<usize>,
+    /// The list being read in this iteration (swapped with `unread`, so
+    /// neither allocates per iteration).
+    carry: VecDeque<usize>,
+    /// Connections past their rate allowance, looked at every
+    /// `THROTTLE_TICK` (also flagged `Conn::unread`).
+    throttled: Vec<usize>,
+    /// When `throttled` is looked at next.
+    throttle_check: Instant,
+    /// The feed was not drained to the end (the batch was full).
+    feed_pending: bool,
     /// The keepalive ping, encoded once.
     ping: Frame,
     shutdown: Shutdown,
@@ -126,6 +166,8 @@ pub(crate) struct Server {
     epoch: Instant,
     last_sweep: Instant,
     last_keepalive: u32,
+    /// When the last summary line was logged, and the counters then.
+    last_summary: (Instant, Stats),
     stats: Stats,
     iteration_time: Histogram,
 }
@@ -165,6 +207,9 @@ impl Server {
             draining: false,
         };
         let now = Instant::now();
+        // Output per message is at most a 10-byte header, the prefix and the
+        // payload; input at least a 6-byte header and the same payload.
+        let expansion = (10 + cfg.prefix.len()).div_ceil(MIN_READ).max(1);
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -172,12 +217,19 @@ impl Server {
             route,
             ws_config,
             read_buf: vec![0; READ_BUF_LEN],
-            outbox: Vec::new(),
+            outbox: Outbox::default(),
+            batch_cap: (cfg.max_queued_bytes / BATCH_FRACTION).max(MIN_READ),
+            expansion,
+            input_left: ITERATION_INPUT,
             publish_acks: Vec::new(),
             dirty: Vec::new(),
             doomed: Vec::new(),
-            unread: Vec::new(),
-            ping: frame::encode(0x9, b"", b""),
+            unread: VecDeque::new(),
+            carry: VecDeque::new(),
+            throttled: Vec::new(),
+            throttle_check: now,
+            feed_pending: false,
+            ping: frame::encode(OP_PING, b"", b""),
             shutdown,
             _waker: waker,
             signals,
@@ -188,6 +240,7 @@ impl Server {
             epoch: now,
             last_sweep: now,
             last_keepalive: 0,
+            last_summary: (now, Stats::default()),
             stats: Stats::default(),
             iteration_time: metrics::iteration_histogram(),
             cfg,
@@ -206,10 +259,14 @@ impl Server {
             self.begin_shutdown(Instant::now());
         }
         loop {
-            let timeout = if self.unread.is_empty() {
-                SWEEP_INTERVAL
-            } else {
+            let timeout = if !self.unread.is_empty() || self.feed_pending {
                 Duration::ZERO
+            } else if !self.throttled.is_empty() {
+                self.throttle_check
+                    .saturating_duration_since(Instant::now())
+                    .min(SWEEP_INTERVAL)
+            } else {
+                SWEEP_INTERVAL
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -217,6 +274,11 @@ impl Server {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            self.input_left = ITERATION_INPUT;
+            self.read_carried(now);
+            if self.feed_pending {
+                self.drain_feed();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -235,7 +297,8 @@ impl Server {
                     Token(k) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
-                        if readable {
+                        // A listed connection is read from its list, in turn.
+                        if readable && self.conns.get(k).is_some_and(|c| !c.unread) {
                             self.read_conn(k, now);
                         }
                         if event.is_writable() {
@@ -246,9 +309,6 @@ impl Server {
                         }
                     }
                 }
-            }
-            for k in std::mem::take(&mut self.unread) {
-                self.read_conn(k, now);
             }
             if now.duration_since(self.last_sweep) >= SWEEP_INTERVAL {
                 self.last_sweep = now;
@@ -263,6 +323,23 @@ impl Server {
                     tracing::info!(left = self.conns.len(), "shutdown complete");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Reads the connections listed last iteration, oldest first, and the
+    /// throttled ones when their tick comes: round robin, so a connection
+    /// left over by the budget is served before newer input.
+    fn read_carried(&mut self, now: Instant) {
+        std::mem::swap(&mut self.unread, &mut self.carry);
+        if !self.throttled.is_empty() && now >= self.throttle_check {
+            self.throttle_check = now + THROTTLE_TICK;
+            self.carry.extend(self.throttled.drain(..));
+        }
+        while let Some(k) = self.carry.pop_front() {
+            if let Some(conn) = self.conns.get_mut(k) {
+                conn.unread = false;
+                self.read_conn(k, now);
             }
         }
     }
@@ -305,13 +382,13 @@ impl Server {
         let shed = matches!(accepted, Some(Ok(_)));
         if let Some(Ok((mut stream, peer))) = accepted {
             self.stats.over_limit += 1;
-            tracing::warn!(%peer, "out of file descriptors: connection refused with 503");
+            tracing::debug!(%peer, "out of file descriptors: connection refused with 503");
             let busy = http::error_response(Status::Unavailable, "server out of file descriptors");
             let _ = std::io::Write::write(&mut stream, &busy);
         }
         self.spare_fd = File::open("/dev/null").ok();
         if self.spare_fd.is_none() {
-            tracing::warn!("out of file descriptors; accepting paused");
+            tracing::debug!("out of file descriptors; accepting paused");
             self.accept_paused = Some(now + SWEEP_INTERVAL);
         }
         shed
@@ -343,7 +420,7 @@ impl Server {
         if over {
             self.stats.over_limit += 1;
             *self.stats.rejected.entry(503).or_default() += 1;
-            tracing::warn!(%peer, limit = self.cfg.max_connections, "connection limit reached");
+            tracing::debug!(%peer, limit = self.cfg.max_connections, "connection limit reached");
             conn.finish_with(
                 http::error_response(Status::Unavailable, "connection limit reached"),
                 CloseReason::Limit,
@@ -351,16 +428,20 @@ impl Server {
             );
             conn.deadline = Some(now + Duration::from_secs(1));
         } else {
-            tracing::info!(%peer, "connect");
+            tracing::debug!(%peer, "connect");
         }
         entry.insert(conn);
         self.mark_dirty(key);
     }
 
     /// Handles `k`'s pipelined input, then reads it until `WouldBlock`,
-    /// EOF, a request the server must finish, or its budget.
+    /// EOF, a request the server must finish, or a bound: its budget, the
+    /// iteration's input or batch bound (then it is listed to be read first
+    /// next iteration), its rate allowance (then it waits for its tick), or
+    /// a full queue (then it is held until the queue drains).
     fn read_conn(&mut self, k: usize, now: Instant) {
         let tick = self.tick(now);
+        let limit = self.cfg.max_queued_bytes;
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut total = 0;
         while let Some(conn) = self.conns.get_mut(k) {
@@ -373,10 +454,32 @@ impl Server {
                 stats: &mut self.stats,
             };
             conn.resume(&mut ctx);
-            if !conn.wants_input() {
+            if !conn.wants_input(limit) {
+                conn.held = true;
                 break;
             }
-            match conn.stream.read(&mut buf) {
+            let room = self.batch_cap.saturating_sub(ctx.outbox.bytes()) / self.expansion;
+            let cap = READ_BUF_LEN
+                .min(READ_BUDGET - total)
+                .min(self.input_left)
+                .min(room);
+            if cap < MIN_READ {
+                if !conn.unread {
+                    conn.unread = true;
+                    self.unread.push_back(k);
+                }
+                break;
+            }
+            let cap = conn.read_allowance(&self.cfg, now, cap);
+            if cap == 0 {
+                ctx.stats.throttled += 1;
+                if !conn.unread {
+                    conn.unread = true;
+                    self.throttled.push(k);
+                }
+                break;
+            }
+            match conn.stream.read(&mut buf[..cap]) {
                 Ok(0) => {
                     conn.on_eof(now);
                     break;
@@ -386,10 +489,7 @@ impl Server {
                     conn.pinged = false;
                     conn.on_input(&buf[..n], &mut ctx);
                     total += n;
-                    if total >= READ_BUDGET {
-                        self.unread.push(k);
-                        break;
-                    }
+                    self.input_left -= n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -427,9 +527,9 @@ impl Server {
                     Frame::from_vec(response)
                 };
                 let now = Instant::now();
+                // Pipelined requests after it wait in the buffer until the
+                // answer has left (the connection is held till then).
                 self.conns[k].answer_pending(answer, 1, keep_alive, now, &self.cfg);
-                // Pipelined requests after it wait in the buffer.
-                self.unread.push(k);
             }
             Some(Pending::Published { .. }) if !self.publish_acks.contains(&k) => {
                 self.publish_acks.push(k);
@@ -450,10 +550,16 @@ impl Server {
         metrics::render(&self.stats, gauges, &self.iteration_time)
     }
 
-    /// Moves lines from `--feed` into the outbox.
+    /// Moves lines from `--feed` into the outbox, until the batch is full;
+    /// the rest waits in the feed's bounded channel for the next iteration.
     fn drain_feed(&mut self) {
+        self.feed_pending = false;
         let Some(rx) = &self.feed else { return };
         loop {
+            if self.outbox.bytes() >= self.batch_cap {
+                self.feed_pending = true;
+                return;
+            }
             match rx.try_recv() {
                 Ok(line) => {
                     self.stats.feed_lines += 1;
@@ -500,11 +606,16 @@ impl Server {
                 touched = true;
             } else if keepalive && conn.is_open() {
                 let silent = tick.saturating_sub(conn.last_seen);
-                if idle_on && silent >= idle_after {
+                // Taking nothing while bytes wait is silence too, whatever
+                // the client sends (a ping a second must not keep a client
+                // that never reads).
+                let stalled =
+                    !conn.queue.is_empty() && tick.saturating_sub(conn.last_drained) >= idle_after;
+                if idle_on && (silent >= idle_after || stalled) {
                     conn.close_ws(CloseCode::Away, "idle timeout", CloseReason::Idle, now);
                     touched = true;
                 } else if ping_on && silent >= ping_after && !conn.pinged {
-                    conn.queue.push(self.ping.clone());
+                    conn.queue.push(self.ping.clone(), Kind::Own);
                     conn.pinged = true;
                     touched = true;
                 }
@@ -513,6 +624,10 @@ impl Server {
                 conn.dirty = true;
                 self.dirty.push(k);
             }
+        }
+        let every = self.cfg.log_summary_interval;
+        if !every.is_zero() && now.duration_since(self.last_summary.0) >= every {
+            self.log_summary(now);
         }
         if matches!(self.accept_paused, Some(t) if now >= t) {
             self.accept_paused = None;
@@ -535,6 +650,8 @@ impl Server {
             self.fan_out(now);
         }
         debug_assert!(self.outbox.is_empty(), "fan-out left frames behind");
+        let tick = self.tick(now);
+        let limit = self.cfg.max_queued_bytes;
         for k in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
@@ -542,8 +659,9 @@ impl Server {
             conn.dirty = false;
             let must_shut = matches!(conn.state, State::Closing { write_shut: false });
             if !conn.doomed && !conn.blocked && (!conn.queue.is_empty() || must_shut) {
-                self.stats.bytes_written += conn.flush() as u64;
+                self.stats.bytes_written += conn.flush(tick) as u64;
             }
+            relist_if_ready(conn, k, &mut self.unread, limit);
             if conn.doomed {
                 self.doomed.push(k);
             }
@@ -553,24 +671,84 @@ impl Server {
                 continue;
             }
             let conn = self.conns.remove(k);
-            self.unread.retain(|&u| u != k);
+            if conn.unread {
+                self.unread.retain(|&u| u != k);
+                self.throttled.retain(|&u| u != k);
+            }
             self.publish_acks.retain(|&u| u != k);
             self.stats.closed[conn.reason as usize] += 1;
             let _ = self.poll.registry().deregister(&mut { conn.stream });
-            tracing::info!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
+            tracing::debug!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
         }
         debug_assert!(self.dirty.is_empty() && self.doomed.is_empty());
+        debug_assert!(
+            self.unread
+                .iter()
+                .chain(&self.throttled)
+                .all(|&k| self.conns.get(k).is_some_and(|c| c.unread)),
+            "a listed connection is gone or unflagged"
+        );
+        debug_assert!(
+            self.outbox.bytes() == 0 && self.carry.is_empty(),
+            "input carried past its iteration"
+        );
+    }
+
+    /// Logs, at info, what happened since the last summary: connections
+    /// opened and closed by reason, requests rejected by status, slow,
+    /// dropped and throttled clients. Nothing when nothing happened, and
+    /// never a line per client, whatever the clients do.
+    fn log_summary(&mut self, now: Instant) {
+        let (_, before) = &self.last_summary;
+        let s = &self.stats;
+        let closed: Vec<String> = CloseReason::ALL
+            .iter()
+            .filter_map(|r| {
+                let n = s.closed[*r as usize] - before.closed[*r as usize];
+                (n > 0).then(|| format!("{}={n}", r.name()))
+            })
+            .collect();
+        let rejected: Vec<String> = s
+            .rejected
+            .iter()
+            .filter_map(|(status, n)| {
+                let n = n - before.rejected.get(status).copied().unwrap_or(0);
+                (n > 0).then(|| format!("{status}={n}"))
+            })
+            .collect();
+        let opened = s.accepted - before.accepted;
+        let slow = s.slow_consumers - before.slow_consumers;
+        let dropped = s.dropped_messages - before.dropped_messages;
+        let throttled = s.throttled - before.throttled;
+        let over_limit = s.over_limit - before.over_limit;
+        if opened + slow + dropped + throttled + over_limit > 0 || !closed.is_empty() {
+            let websockets = self.conns.iter().filter(|(_, c)| c.is_open()).count();
+            tracing::info!(
+                opened,
+                closed = %if closed.is_empty() { "0".into() } else { closed.join(",") },
+                rejected = %if rejected.is_empty() { "0".into() } else { rejected.join(",") },
+                over_limit,
+                slow,
+                dropped,
+                throttled,
+                open = self.conns.len(),
+                websockets,
+                "summary"
+            );
+        }
+        self.last_summary = (now, self.stats.clone());
     }
 
     /// Queues every broadcast of this iteration for every open connection
     /// (handles only: no copy, no allocation per recipient) and flushes
     /// each with one vectored write; then answers this iteration's publishes.
     fn fan_out(&mut self, now: Instant) {
+        let count = self.outbox.len();
         // The iteration's frames, joined once: each recipient gets one
         // handle (one queue entry, one iovec), whatever the count.
-        let shared = Frame::concat(&self.outbox);
-        let batch = shared.len();
-        let count = self.outbox.len();
+        let shared = self.outbox.take_joined();
+        let batch = shared.len() + ENTRY_COST;
+        let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
         let drop_policy = self.cfg.slow_consumer == SlowConsumer::Drop;
         let mut recipients = 0u64;
@@ -579,19 +757,19 @@ impl Server {
             if !conn.is_open() {
                 continue;
             }
-            // Slow means: bytes from earlier iterations are still unsent and
-            // this batch would take them past the limit. A client whose
-            // queue is empty keeps up, so even a batch larger than the limit
+            // Slow means: broadcasts from earlier iterations are still
+            // unsent and this batch would take them past the limit. Its own
+            // 101, pongs and pings never make a client slow, and one with no
+            // backlog keeps up, so even a batch larger than the limit
             // (whose frames every recipient shares) is queued for it.
-            if conn.queue.is_empty() || conn.queue.queued() + batch <= limit {
-                if conn.dropped > 0 && conn.queue.is_empty() {
-                    let notice = format!("herald: {} messages dropped", conn.dropped);
-                    conn.queue
-                        .push(frame::encode(OP_TEXT, b"", notice.as_bytes()));
-                    conn.dropped = 0;
+            let backlog = conn.queue.backlog();
+            if backlog == 0 || backlog + batch <= limit {
+                if conn.dropped > 0 {
+                    // Where the gap is, before what follows it.
+                    conn.queue_drop_notice();
                 }
                 recipients += 1;
-                conn.queue.push(shared.clone());
+                conn.queue.push(shared.clone(), Kind::Broadcast);
             } else if drop_policy {
                 conn.dropped = conn.dropped.saturating_add(count as u32);
                 self.stats.dropped_messages += count as u64;
@@ -600,8 +778,9 @@ impl Server {
                 conn.close_slow(limit, now);
             }
             if !conn.blocked {
-                self.stats.bytes_written += conn.flush() as u64;
+                self.stats.bytes_written += conn.flush(tick) as u64;
             }
+            relist_if_ready(conn, k, &mut self.unread, limit);
             queued_total += conn.queue.queued();
             if conn.doomed {
                 self.doomed.push(k);
@@ -610,7 +789,6 @@ impl Server {
         self.stats.queued_high_water = self.stats.queued_high_water.max(queued_total);
         self.stats.broadcasts += count as u64;
         self.stats.deliveries += recipients * count as u64;
-        self.outbox.clear();
 
         for k in std::mem::take(&mut self.publish_acks) {
             let Some(conn) = self.conns.get_mut(k) else {
@@ -626,12 +804,13 @@ impl Server {
                         keep_alive,
                     ))
                 };
+                // Pipelined requests after them wait in the buffer until
+                // the answers have left (the connection is held till then).
                 conn.answer_pending(answer, count, keep_alive, now, &self.cfg);
                 if !conn.blocked {
-                    self.stats.bytes_written += conn.flush() as u64;
+                    self.stats.bytes_written += conn.flush(tick) as u64;
                 }
-                // Pipelined requests after it wait in the buffer.
-                self.unread.push(k);
+                relist_if_ready(conn, k, &mut self.unread, limit);
             }
         }
     }
@@ -663,6 +842,19 @@ impl Server {
                 State::Closing { .. } => {}
             }
             self.mark_dirty(k);
+        }
+    }
+}
+
+/// Lists a held connection for reading once it may take input again (its
+/// queue drained, its answer left): readiness is edge-triggered, so the
+/// input it left in its socket would otherwise never be reported again.
+fn relist_if_ready(conn: &mut Conn, k: usize, unread: &mut VecDeque<usize>, limit: usize) {
+    if conn.held && conn.wants_input(limit) {
+        conn.held = false;
+        if !conn.unread {
+            conn.unread = true;
+            unread.push_back(k);
         }
     }
 }

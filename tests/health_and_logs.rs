@@ -239,10 +239,13 @@ fn healthz_answers_503_while_shutting_down() {
 }
 
 /// Runs one session against the binary: a client connects, sends
-/// `messages`, reads them back and closes politely; then SIGTERM. Returns
+/// `messages`, reads them back and closes politely; then, once the close
+/// is logged (the debug line, or the next info summary), SIGTERM. Returns
 /// the client's address (herald's `peer`) and every stderr line.
 fn session(flags: &[&str], rust_log: Option<&str>, messages: &[&str]) -> (String, Vec<String>) {
-    let mut herald = Herald::start(flags, rust_log);
+    let mut flags = flags.to_vec();
+    flags.extend(["--log-summary-interval", "200ms"]);
+    let mut herald = Herald::start(&flags, rust_log);
     let mut ws = connect(herald.addr);
     let peer = ws.get_ref().local_addr().expect("local_addr").to_string();
     for m in messages {
@@ -250,9 +253,15 @@ fn session(flags: &[&str], rust_log: Option<&str>, messages: &[&str]) -> (String
         assert_eq!(recv_text(&mut ws), format!("{PREFIX}{m}"));
     }
     close_politely(ws);
-    herald.expect_line("the client's disconnect", |l| {
-        l.contains("disconnect") && l.contains(&peer)
-    });
+    if rust_log.is_some_and(|l| l.contains("debug")) {
+        herald.expect_line("the client's disconnect", |l| {
+            l.contains("disconnect") && l.contains(&peer)
+        });
+    } else {
+        herald.expect_line("a summary with the close", |l| {
+            l.contains("summary") && l.contains("normal=1")
+        });
+    }
     herald.sigterm();
     let (status, log) = herald.wait_exit(WAIT);
     assert!(status.success(), "exit status {status:?}; log: {log:#?}");
@@ -275,7 +284,7 @@ fn field<'a>(event: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'
 }
 
 #[test]
-fn json_logs_are_one_object_a_line_with_connect_and_disconnect() {
+fn json_logs_are_one_object_a_line_with_a_summary_and_no_line_per_client() {
     let (peer, log) = session(&["--log-format", "json"], None, &["one", "two"]);
     let events = json_lines(&log);
     for e in &events {
@@ -290,18 +299,30 @@ fn json_logs_are_one_object_a_line_with_connect_and_disconnect() {
             .collect()
     };
     assert_eq!(named("herald listening").len(), 1, "{log:#?}");
-    let connects: Vec<_> = named("connect")
-        .into_iter()
-        .filter(|e| field(e, "peer") == Some(peer.as_str()))
-        .collect();
-    assert_eq!(connects.len(), 1, "connect of {peer}: {log:#?}");
-    assert_eq!(connects[0]["level"], "INFO");
-    let disconnects: Vec<_> = named("disconnect")
-        .into_iter()
-        .filter(|e| field(e, "peer") == Some(peer.as_str()))
-        .collect();
-    assert_eq!(disconnects.len(), 1, "disconnect of {peer}: {log:#?}");
-    assert_eq!(field(disconnects[0], "reason"), Some("normal"));
+    // At info a client is counted in a summary, not logged by itself.
+    assert!(named("connect").is_empty(), "{log:#?}");
+    assert!(named("disconnect").is_empty(), "{log:#?}");
+    assert!(log.iter().all(|l| !l.contains(&peer)), "{log:#?}");
+    let summaries = named("summary");
+    assert!(!summaries.is_empty(), "{log:#?}");
+    assert_eq!(summaries[0]["level"], "INFO");
+    let total = |name: &str| -> u64 {
+        summaries
+            .iter()
+            .map(|e| {
+                e["fields"][name]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{name} in {e:?}"))
+            })
+            .sum()
+    };
+    assert_eq!(total("opened"), 1, "{log:#?}");
+    assert!(
+        summaries
+            .iter()
+            .any(|e| field(e, "closed") == Some("normal=1")),
+        "{log:#?}"
+    );
     // The default level (info) has no line per message, nor any debug line.
     assert!(named("message").is_empty(), "{log:#?}");
     assert!(
@@ -314,10 +335,19 @@ fn json_logs_are_one_object_a_line_with_connect_and_disconnect() {
 }
 
 #[test]
-fn rust_log_debug_adds_a_line_per_message() {
+fn rust_log_debug_adds_a_line_per_client_and_per_message() {
     let sent = ["one", "two", "a third message"];
-    let (_, log) = session(&["--log-format", "json"], Some("debug"), &sent);
+    let (peer, log) = session(&["--log-format", "json"], Some("debug"), &sent);
     let events = json_lines(&log);
+    for (what, reason) in [("connect", None), ("disconnect", Some("normal"))] {
+        let lines: Vec<_> = events
+            .iter()
+            .filter(|e| field(e, "message") == Some(what) && field(e, "peer") == Some(&peer))
+            .collect();
+        assert_eq!(lines.len(), 1, "{what} of {peer}: {log:#?}");
+        assert_eq!(lines[0]["level"], "DEBUG");
+        assert_eq!(field(lines[0], "reason"), reason);
+    }
     let per_message: Vec<_> = events
         .iter()
         .filter(|e| field(e, "message") == Some("message"))
@@ -333,16 +363,12 @@ fn rust_log_debug_adds_a_line_per_message() {
 fn text_logs_are_key_value_lines() {
     let (peer, log) = session(&[], None, &["hi"]);
     assert!(
-        log.iter()
-            .any(|l| l.contains(" connect ") && l.contains(&format!("peer={peer}"))),
+        log.iter().any(|l| l.contains(" summary ")
+            && l.contains("opened=1")
+            && l.contains("closed=normal=1")),
         "{log:#?}"
     );
-    assert!(
-        log.iter().any(|l| l.contains(" disconnect ")
-            && l.contains(&format!("peer={peer}"))
-            && l.contains("reason=normal")),
-        "{log:#?}"
-    );
+    assert!(log.iter().all(|l| !l.contains(&peer)), "{log:#?}");
     assert!(
         log.iter().all(|l| !l.trim_start().starts_with('{')),
         "JSON in the text format: {log:#?}"
