@@ -261,10 +261,7 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
     }
     let content_length = match h.get("content-length") {
         None => None,
-        Some(v) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
+        Some(v) => match canonical_decimal(trim_ows(v)) {
             Some(n) => Some(n),
             None => return Route::Reject(Status::BadRequest, "invalid Content-Length"),
         },
@@ -479,6 +476,34 @@ pub fn origin_allowed(origin: &[u8], patterns: &[String]) -> bool {
     })
 }
 
+/// `1*DIGIT` with no sign and no leading zero (but `0` itself), within
+/// `u64`. Stricter than `str::parse`, which takes `+5`: a proxy that reads
+/// a length differently from us is how requests get smuggled.
+fn canonical_decimal(digits: &[u8]) -> Option<u64> {
+    match digits {
+        [] => None,
+        [b'0', _, ..] => None,
+        _ => digits.iter().try_fold(0u64, |n, &d| {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }),
+    }
+}
+
+/// `v` without the optional whitespace (SP, HTAB) around a field value
+/// (RFC 9110 §5.6.3); not `trim`, which also eats Unicode spaces.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
 /// A 16-byte nonce in base64: 22 alphabet characters and `==`.
 fn is_valid_key(key: &[u8]) -> bool {
     key.len() == 24
@@ -661,6 +686,72 @@ mod tests {
             ..c
         };
         assert_eq!(code(&upgrade(""), &strict), 403);
+    }
+
+    #[test]
+    fn content_length_is_canonical_digits() {
+        let c = cfg();
+        let publish = |v: &str| {
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+                 Content-Length: {v}\r\n\r\n"
+            )
+        };
+        for v in [
+            "+5",
+            "-5",
+            "005",
+            "00",
+            "0x5",
+            "5 5",
+            "5,5",
+            "\u{a0}5",
+            "5\u{3000}",
+            "\u{ff15}",
+            "\u{665}",
+            "",
+            "18446744073709551616",
+        ] {
+            for req in [
+                publish(v),
+                format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n"),
+            ] {
+                assert_eq!(
+                    route(req.as_bytes(), &c),
+                    Route::Reject(Status::BadRequest, "invalid Content-Length"),
+                    "{v:?}"
+                );
+            }
+        }
+        for (v, n) in [("5", 5), (" \t5\t ", 5), ("0", 0), ("1024", 1024)] {
+            match route(publish(v).as_bytes(), &c) {
+                Route::Publish { body_len, .. } => assert_eq!(body_len, n, "{v:?}"),
+                other => panic!("{v:?}: {other:?}"),
+            }
+        }
+        assert_eq!(code(&publish("18446744073709551615"), &c), 413);
+        assert_eq!(
+            code("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", &c),
+            200
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_is_refused() {
+        let c = cfg();
+        let te = "Transfer-Encoding: chunked\r\n";
+        assert_eq!(
+            code(&format!("GET / HTTP/1.1\r\nHost: x\r\n{te}\r\n"), &c),
+            400
+        );
+        assert_eq!(code(&upgrade(te), &c), 400);
+        let publish = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n{te}\
+             Content-Length: 2\r\n\r\n"
+        );
+        assert_eq!(code(&publish, &c), 411);
+        let identity = publish.replace("chunked", "identity");
+        assert_eq!(code(&identity, &c), 411);
     }
 
     #[test]

@@ -117,6 +117,13 @@ fn absurd_or_repeated_content_length_and_bodies_on_get_are_400() {
         "1e3",
         "5 5",
         "",
+        // What lenient parsers read as 5 or 0, and a proxy may not.
+        "+5",
+        "005",
+        "00",
+        "\u{a0}5",
+        "5\u{3000}",
+        "\u{ff15}",
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
         w.expect(req.as_bytes(), 400, "invalid Content-Length");

@@ -3,7 +3,8 @@
 //! bytes; a valid upgrade upgrades whatever else the request carries, in
 //! any order and any letter case; any truncation of a valid head waits for
 //! more; bytes after an upgrade head are refused; the head limits hold at
-//! any size. (`fuzz/` runs the same entry point under libFuzzer.)
+//! any size; `Content-Length` is canonical digits or 400. (`fuzz/` runs
+//! the same entry point under libFuzzer.)
 
 use herald::http::{origin_allowed, route, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN};
 use proptest::prelude::*;
@@ -148,6 +149,37 @@ fn with_header_value(head: &str, name: &str, value: &str) -> String {
             _ => line.to_owned(),
         })
         .collect()
+}
+
+/// A `Content-Length` value that is not `1*DIGIT` in canonical form,
+/// though lenient parsers (Rust's `str::trim` and `parse`, for one) read
+/// many of them as a number.
+fn not_canonical_digits() -> impl Strategy<Value = String> {
+    let unicode_space = select(vec![
+        "\u{a0}", "\u{3000}", "\u{2009}", "\u{85}", "\u{feff}", "\u{200b}", "\u{1680}",
+    ]);
+    let other_digit = select(vec![
+        "\u{665}",
+        "\u{ff15}",
+        "\u{96b}",
+        "\u{9e6}",
+        "\u{1d7d3}",
+    ]);
+    prop_oneof![
+        "[+-][0-9]{1,5}",
+        "0[0-9]{1,5}",
+        (unicode_space, "[0-9]{1,5}", any::<bool>()).prop_map(|(sp, d, before)| if before {
+            format!("{sp}{d}")
+        } else {
+            format!("{d}{sp}")
+        }),
+        ("[0-9]{0,3}", other_digit, "[0-9]{0,3}").prop_map(|(a, d, b)| format!("{a}{d}{b}")),
+        "[1-9][0-9]{0,3}[ \t]{1,3}[0-9]{1,3}",
+        "0[xX][0-9a-f]{1,4}|[0-9]{1,3}[a-fA-F]",
+        "[0-9]{1,3}[.e,][0-9]{1,3}|[0-9], [0-9]",
+        "[1-9][0-9]{20,25}",
+        "[ \t]{0,3}",
+    ]
 }
 
 /// Checks what holds of any decision, whatever the input.
@@ -313,10 +345,15 @@ proptest! {
     #[test]
     fn a_content_length_on_a_get_is_refused_unless_zero(value in "[ -~]{0,24}") {
         let head = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
-        let expected = match value.trim().parse::<u64>() {
-            Ok(0) => None,
-            Ok(_) => Some("a GET request has no body"),
-            Err(_) => Some("invalid Content-Length"),
+        // Digits only, after optional whitespace (SP, HTAB) is trimmed.
+        let digits = value.trim_matches([' ', '\t']);
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        let expected = match digits.parse::<u64>() {
+            Ok(0) if canonical => None,
+            Ok(_) if canonical => Some("a GET request has no body"),
+            _ => Some("invalid Content-Length"),
         };
         match (route(head.as_bytes(), &config()), expected) {
             (Route::Get { .. }, None) => {}
@@ -359,6 +396,47 @@ proptest! {
                 route(with_origin(o).as_bytes(), &cfg),
                 Route::Reject(Status::Forbidden, "origin not allowed")
             );
+        }
+    }
+
+    #[test]
+    fn a_content_length_that_is_not_canonical_digits_is_400(value in not_canonical_digits()) {
+        for head in [
+            format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n"),
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
+                 Content-Length: {value}\r\n\r\n"
+            ),
+        ] {
+            prop_assert_eq!(
+                route(head.as_bytes(), &config()),
+                Route::Reject(Status::BadRequest, "invalid Content-Length"),
+                "{:?}", value
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_content_length_digits_are_read_up_to_the_limit(
+        n in prop_oneof![0u64..=2048, any::<u64>()],
+        before in "[ \t]{0,2}",
+        after in "[ \t]{0,2}",
+    ) {
+        let value = format!("{before}{n}{after}");
+        let publish = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
+             Content-Length: {value}\r\n\r\n"
+        );
+        match route(publish.as_bytes(), &config()) {
+            Route::Publish { body_len, .. } => prop_assert_eq!(body_len as u64, n),
+            Route::Reject(Status::PayloadTooLarge, _) => prop_assert!(n > 1024),
+            other => prop_assert!(false, "{:?}: {:?}", value, other),
+        }
+        let get = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
+        match route(get.as_bytes(), &config()) {
+            Route::Get { .. } => prop_assert_eq!(n, 0),
+            Route::Reject(Status::BadRequest, "a GET request has no body") => prop_assert!(n > 0),
+            other => prop_assert!(false, "{:?}: {:?}", value, other),
         }
     }
 
