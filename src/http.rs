@@ -256,8 +256,8 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
     if version == 1 && h.get("host").is_none() {
         return Route::Reject(Status::BadRequest, "missing Host header");
     }
-    if h.count("content-length") > 1 {
-        return Route::Reject(Status::BadRequest, "repeated Content-Length");
+    if let Some(why) = h.repeated_singleton() {
+        return Route::Reject(Status::BadRequest, why);
     }
     let content_length = match h.get("content-length") {
         None => None,
@@ -524,11 +524,21 @@ impl<'b> Headers<'_, 'b> {
             .map(|h| h.value)
     }
 
-    fn count(&self, name: &str) -> usize {
-        self.0
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .count()
+    /// The reason to refuse a request that repeats a header the front door
+    /// reads once: which copy counts is where a proxy and herald could
+    /// disagree. RFC 9112 §3.2 (`Host`) and RFC 6455 §11.3 (the WebSocket
+    /// headers) allow one of each.
+    fn repeated_singleton(&self) -> Option<&'static str> {
+        const SINGLETONS: [(&str, &str); 4] = [
+            ("host", "repeated Host"),
+            ("content-length", "repeated Content-Length"),
+            ("sec-websocket-key", "repeated Sec-WebSocket-Key"),
+            ("sec-websocket-version", "repeated Sec-WebSocket-Version"),
+        ];
+        SINGLETONS.iter().find_map(|&(name, why)| {
+            let mut copies = self.0.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
+            (copies.next().is_some() && copies.next().is_some()).then_some(why)
+        })
     }
 
     /// Whether any header `name` lists `token` among its comma-separated values.
@@ -686,6 +696,39 @@ mod tests {
             ..c
         };
         assert_eq!(code(&upgrade(""), &strict), 403);
+    }
+
+    #[test]
+    fn repeated_headers_the_front_door_reads_are_400() {
+        let c = cfg();
+        let cases = [
+            (upgrade("Host: y\r\n"), "repeated Host"),
+            (
+                "GET /healthz HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n".into(),
+                "repeated Host",
+            ),
+            (
+                upgrade(&format!("Sec-WebSocket-Key: {KEY}\r\n")),
+                "repeated Sec-WebSocket-Key",
+            ),
+            (
+                upgrade("sec-websocket-version: 13\r\n"),
+                "repeated Sec-WebSocket-Version",
+            ),
+            (
+                upgrade("Content-Length: 0\r\nContent-Length: 0\r\n"),
+                "repeated Content-Length",
+            ),
+        ];
+        for (req, why) in cases {
+            assert_eq!(
+                route(req.as_bytes(), &c),
+                Route::Reject(Status::BadRequest, why),
+                "{req:?}"
+            );
+        }
+        // Other headers may repeat.
+        assert_eq!(code(&upgrade("Upgrade: websocket\r\n"), &c), 101);
     }
 
     #[test]

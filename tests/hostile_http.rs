@@ -153,6 +153,31 @@ fn absurd_or_repeated_content_length_and_bodies_on_get_are_400() {
 }
 
 #[test]
+fn a_repeated_host_or_websocket_header_is_400() {
+    let mut w = Watched::start(&[]);
+    w.expect(
+        b"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n",
+        400,
+        "repeated Host",
+    );
+    let repeated = [
+        ("Host: localhost\r\n", "repeated Host"),
+        (
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            "repeated Sec-WebSocket-Key",
+        ),
+        (
+            "Sec-WebSocket-Version: 13\r\n",
+            "repeated Sec-WebSocket-Version",
+        ),
+    ];
+    for (line, reason) in repeated {
+        w.expect(upgrade_request("13", line).as_bytes(), 400, reason);
+    }
+    w.assert_undisturbed();
+}
+
+#[test]
 fn oversized_heads_and_header_floods_are_431_without_waiting_for_the_end() {
     let mut w = Watched::start(&["--handshake-timeout", "60s"]);
     // A request line that never ends: answered once 8 KiB are in.

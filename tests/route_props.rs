@@ -3,8 +3,9 @@
 //! bytes; a valid upgrade upgrades whatever else the request carries, in
 //! any order and any letter case; any truncation of a valid head waits for
 //! more; bytes after an upgrade head are refused; the head limits hold at
-//! any size; `Content-Length` is canonical digits or 400. (`fuzz/` runs
-//! the same entry point under libFuzzer.)
+//! any size; a header read once (`Host`, the WebSocket key and version)
+//! is refused when repeated; `Content-Length` is canonical digits or 400.
+//! (`fuzz/` runs the same entry point under libFuzzer.)
 
 use herald::http::{origin_allowed, route, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN};
 use proptest::prelude::*;
@@ -395,6 +396,41 @@ proptest! {
             prop_assert_eq!(
                 route(with_origin(o).as_bytes(), &cfg),
                 Route::Reject(Status::Forbidden, "origin not allowed")
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_host_key_or_version_is_400(
+        (head, key) in upgrade_head(5),
+        get in get_head(),
+        other_key in key(),
+        which in 0usize..3,
+        same in any::<bool>(),
+        first in any::<bool>(),
+    ) {
+        let (name, value, other, why) = [
+            ("host", "localhost:8080", "evil.example", "repeated Host"),
+            ("sec-websocket-key", key.as_str(), other_key.as_str(), "repeated Sec-WebSocket-Key"),
+            ("sec-websocket-version", "13", "8", "repeated Sec-WebSocket-Version"),
+        ][which];
+        let again = format!("{name}: {}\r\n", if same { value } else { other });
+        // Before or after the original line.
+        let repeat = |h: &str| if first {
+            h.replacen("\r\n", &format!("\r\n{again}"), 1)
+        } else {
+            h.replacen("\r\n\r\n", &format!("\r\n{again}\r\n"), 1)
+        };
+        prop_assert_eq!(
+            route(repeat(&head).as_bytes(), &config()),
+            Route::Reject(Status::BadRequest, why),
+            "{:?}", repeat(&head)
+        );
+        if which == 0 {
+            // Not only on upgrades: RFC 9112 §3.2.
+            prop_assert_eq!(
+                route(repeat(&get).as_bytes(), &config()),
+                Route::Reject(Status::BadRequest, why)
             );
         }
     }
