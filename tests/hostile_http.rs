@@ -153,15 +153,21 @@ fn absurd_or_repeated_content_length_and_bodies_on_get_are_400() {
 }
 
 #[test]
-fn a_repeated_host_or_websocket_header_is_400() {
-    let mut w = Watched::start(&[]);
+fn a_repeated_host_origin_or_websocket_header_is_400() {
+    let mut w = Watched::start(&["--allow-origin", "*.good.org"]);
     w.expect(
         b"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n",
         400,
         "repeated Host",
     );
+    // Extra lines for an upgrade that already carries one Host, one key
+    // and one version, and no Origin.
     let repeated = [
         ("Host: localhost\r\n", "repeated Host"),
+        (
+            "Origin: https://a.good.org\r\norigin: https://a.good.org\r\n",
+            "repeated Origin",
+        ),
         (
             "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
             "repeated Sec-WebSocket-Key",
@@ -171,8 +177,8 @@ fn a_repeated_host_or_websocket_header_is_400() {
             "repeated Sec-WebSocket-Version",
         ),
     ];
-    for (line, reason) in repeated {
-        w.expect(upgrade_request("13", line).as_bytes(), 400, reason);
+    for (extra, reason) in repeated {
+        w.expect(upgrade_request("13", extra).as_bytes(), 400, reason);
     }
     w.assert_undisturbed();
 }

@@ -3,9 +3,11 @@
 //! bytes; a valid upgrade upgrades whatever else the request carries, in
 //! any order and any letter case; any truncation of a valid head waits for
 //! more; bytes after an upgrade head are refused; the head limits hold at
-//! any size; a header read once (`Host`, the WebSocket key and version)
-//! is refused when repeated; `Content-Length` is canonical digits or 400.
-//! (`fuzz/` runs the same entry point under libFuzzer.)
+//! any size; an `Origin` matches a pattern only if it is
+//! `scheme://host[:port]` and nothing else; a header read once (`Host`,
+//! `Origin`, the WebSocket key and version) is refused when repeated;
+//! `Content-Length` is canonical digits or 400. (`fuzz/` runs the same
+//! entry point under libFuzzer.)
 
 use herald::http::{origin_allowed, route, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN};
 use proptest::prelude::*;
@@ -150,6 +152,56 @@ fn with_header_value(head: &str, name: &str, value: &str) -> String {
             _ => line.to_owned(),
         })
         .collect()
+}
+
+/// `head` with an `Origin` header added at the end.
+fn with_origin(head: &str, origin: &str) -> String {
+    head.replacen("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"), 1)
+}
+
+/// A URI scheme, usually http or https, in any letter case.
+fn scheme() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => select(vec!["http", "https"]).prop_map(str::to_owned),
+        1 => "[a-zA-Z][a-zA-Z0-9+.-]{0,8}",
+    ]
+}
+
+/// A DNS name of two to four labels, the last not numeric (else it is
+/// read as an IPv4 address).
+fn dns_name() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec("[a-z0-9_]([a-z0-9_-]{0,12}[a-z0-9_])?", 1..=3),
+        "[a-z][a-z0-9-]{0,5}",
+    )
+        .prop_map(|(mut labels, tld)| {
+            labels.push(tld);
+            labels.join(".")
+        })
+}
+
+/// A host as browsers serialise it: a DNS name, IPv4, or bracketed IPv6.
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => dns_name(),
+        1 => any::<[u8; 4]>().prop_map(|a| std::net::Ipv4Addr::from(a).to_string()),
+        1 => any::<[u16; 8]>().prop_map(|a| format!("[{}]", std::net::Ipv6Addr::from(a))),
+    ]
+}
+
+/// An origin with a DNS host, as (origin, host, the host's parent domain).
+fn dns_origin() -> impl Strategy<Value = (String, String, String)> {
+    (
+        scheme(),
+        "[a-z0-9]{1,10}",
+        dns_name(),
+        prop::option::of(1u16..),
+    )
+        .prop_map(|(scheme, label, domain, port)| {
+            let host = format!("{label}.{domain}");
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            (format!("{scheme}://{host}{port}"), host, domain)
+        })
 }
 
 /// A `Content-Length` value that is not `1*DIGIT` in canonical form,
@@ -385,8 +437,7 @@ proptest! {
             format!("{scheme}://{label}.{domain}.evil{port}"),
         ];
         let cfg = RouteConfig { allow_origins: vec![pattern], ..config() };
-        let with_origin =
-            |o: &str| head.replacen("\r\n\r\n", &format!("\r\nOrigin: {o}\r\n\r\n"), 1);
+        let with_origin = |o: &str| with_origin(&head, o);
         for o in &allowed {
             prop_assert!(origin_allowed(o.as_bytes(), &cfg.allow_origins), "{}", o);
             assert_upgrades(&with_origin(o), &key, &cfg)?;
@@ -396,6 +447,113 @@ proptest! {
             prop_assert_eq!(
                 route(with_origin(o).as_bytes(), &cfg),
                 Route::Reject(Status::Forbidden, "origin not allowed")
+            );
+        }
+    }
+
+    #[test]
+    fn a_well_formed_origin_matches_its_exact_host_and_suffix_patterns(
+        (head, key) in upgrade_head(5),
+        scheme in scheme(),
+        host in host(),
+        port in prop::option::of(1u16..),
+        other_port in 1u16..,
+    ) {
+        prop_assume!(port != Some(other_port));
+        let at = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
+        let origin = format!("{scheme}://{host}{}", at(port));
+        let yes = |p: &str| origin_allowed(origin.as_bytes(), &[p.to_owned()]);
+        // The exact origin, in any case, written as a URL or not.
+        prop_assert!(yes(&origin), "{} / itself", origin);
+        prop_assert!(yes(&origin.to_ascii_uppercase()), "{}", origin);
+        prop_assert!(yes(&format!("{origin}/")), "{}", origin);
+        // Another port, or none where there is one, is another origin.
+        let moved = format!("{scheme}://{host}{}", at(Some(other_port)));
+        prop_assert!(!yes(&moved), "{} / {}", origin, moved);
+        if port.is_some() {
+            prop_assert!(!yes(&format!("{scheme}://{host}")), "{}", origin);
+        }
+        // The host, whatever the scheme and port; not another host.
+        prop_assert!(yes(&host), "{} / {}", origin, host);
+        prop_assert!(yes(&host.to_ascii_uppercase()), "{} / {}", origin, host);
+        prop_assert!(!yes(&format!("x{host}")), "{}", origin);
+        // A suffix pattern: any proper parent domain, never the host itself.
+        prop_assert!(!yes(&format!("*.{host}")), "{}", origin);
+        if let Some((_, parent)) = host.split_once('.').filter(|_| !host.starts_with('[')) {
+            prop_assert!(yes(&format!("*.{parent}")), "{} / *.{}", origin, parent);
+        }
+        let exact = RouteConfig { allow_origins: vec![origin.clone()], ..config() };
+        let head = with_origin(&head, &origin);
+        assert_upgrades(&head, &key, &exact)?;
+        let elsewhere = RouteConfig { allow_origins: vec!["*.elsewhere.example".into()], ..config() };
+        prop_assert_eq!(
+            route(head.as_bytes(), &elsewhere),
+            Route::Reject(Status::Forbidden, "origin not allowed")
+        );
+    }
+
+    #[test]
+    fn anything_but_scheme_host_and_port_matches_no_pattern(
+        (head, _) in upgrade_head(5),
+        (origin, host, domain) in dns_origin(),
+        evil in dns_name(),
+        junk in select(vec![
+            "?", "#", "/", "@", "\\", " ", "\t", "%2e", "?x", "#x", "/path", "/?x=1",
+            "\u{a0}", "\u{3000}", "\u{e9}", "\u{ff0e}", "\u{200b}",
+        ]),
+        tail in select(vec!["/", "/path", "?", "?x", "#", "#x", "@", ":", "\u{a0}", "%20", "\\"]),
+        form in 0usize..6,
+        at in any::<prop::sample::Index>(),
+        port in select(vec!["0", "65536", "99999", "", "080", "+80", " 80", "8a", "80:80", "0x50"]),
+    ) {
+        let (scheme, rest) = origin.split_once("://").unwrap();
+        let not_an_origin = match form {
+            // The forms: the raw text ends with the allowed suffix.
+            0 => format!("{scheme}://{evil}{junk}.{domain}"),
+            // Anything after the authority, a trailing slash included
+            // (whitespace there is optional whitespace, not part of it).
+            1 => format!("{origin}{tail}"),
+            // Userinfo: the host is right, but an origin has none.
+            2 => format!("{scheme}://{evil}@{rest}"),
+            // Junk anywhere inside (the edges are optional whitespace).
+            3 => {
+                let i = 1 + at.index(origin.len() - 1);
+                format!("{}{junk}{}", &origin[..i], &origin[i..])
+            }
+            // A port that is not 1 to 65535 in canonical digits.
+            4 => format!("{scheme}://{host}:{port}"),
+            _ => "null".to_owned(),
+        };
+        let patterns = vec![origin.clone(), host.clone(), format!("*.{domain}")];
+        prop_assert!(
+            !origin_allowed(not_an_origin.as_bytes(), &patterns),
+            "{:?} allowed by {:?}", not_an_origin, patterns
+        );
+        let cfg = RouteConfig { allow_origins: patterns, ..config() };
+        prop_assert_eq!(
+            route(with_origin(&head, &not_an_origin).as_bytes(), &cfg),
+            Route::Reject(Status::Forbidden, "origin not allowed"),
+            "{:?}", not_an_origin
+        );
+    }
+
+    #[test]
+    fn two_origin_headers_are_400_whatever_their_values(
+        (head, _) in upgrade_head(5),
+        names in (any_case("Origin"), any_case("Origin")),
+        first in prop_oneof![dns_origin().prop_map(|o| o.0), value()],
+        second in prop_oneof![dns_origin().prop_map(|o| o.0), value()],
+        same in any::<bool>(),
+        patterns in select(vec![vec![], vec!["*.example.com".to_owned()]]),
+    ) {
+        let second = if same { first.clone() } else { second };
+        let lines = format!("{}: {first}\r\n{}: {second}\r\n", names.0, names.1);
+        let head = head.replacen("\r\n\r\n", &format!("\r\n{lines}\r\n"), 1);
+        for require_origin in [false, true] {
+            let cfg = RouteConfig { allow_origins: patterns.clone(), require_origin, ..config() };
+            prop_assert_eq!(
+                route(head.as_bytes(), &cfg),
+                Route::Reject(Status::BadRequest, "repeated Origin")
             );
         }
     }
