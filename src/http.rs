@@ -18,7 +18,8 @@ pub const MAX_HEADERS: usize = 64;
 /// What the front door needs to know besides the bytes.
 #[derive(Debug, Clone, Default)]
 pub struct RouteConfig {
-    /// Allowed browser origins (`--allow-origin`); empty allows all.
+    /// Allowed browser origins (`--allow-origin`), as [`origin_allowed`]
+    /// matches them; empty allows all.
     pub allow_origins: Vec<String>,
     /// Reject upgrades without `Origin`.
     pub require_origin: bool,
@@ -256,15 +257,12 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
     if version == 1 && h.get("host").is_none() {
         return Route::Reject(Status::BadRequest, "missing Host header");
     }
-    if h.count("content-length") > 1 {
-        return Route::Reject(Status::BadRequest, "repeated Content-Length");
+    if let Some(why) = h.repeated_singleton() {
+        return Route::Reject(Status::BadRequest, why);
     }
     let content_length = match h.get("content-length") {
         None => None,
-        Some(v) => match std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
+        Some(v) => match canonical_decimal(trim_ows(v)) {
             Some(n) => Some(n),
             None => return Route::Reject(Status::BadRequest, "invalid Content-Length"),
         },
@@ -449,34 +447,150 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Whether `origin` matches one of the `--allow-origin` patterns: an exact
-/// origin (`https://a.example`), a host (`a.example`), or a suffix pattern
-/// (`*.example`, which does not match `example` itself). No patterns: all.
+/// Whether `origin` (an `Origin` header value) matches one of the
+/// `--allow-origin` patterns. No patterns: any value, even one that is not
+/// an origin, is allowed.
+///
+/// The value must be an origin as browsers serialise it (RFC 6454 §6.2):
+/// `scheme://host[:port]`, the host a DNS name (letters, digits, `-`, `_`),
+/// an IPv4 address or a bracketed IPv6 address, the port 1 to 65535 without
+/// leading zeros; optional whitespace (SP, HTAB) around it. Anything else,
+/// `null` included, matches no pattern. The patterns:
+///
+/// - an exact origin, `https://a.example` (a trailing `/` is ignored):
+///   scheme and host compared case-insensitively, the port exactly, an
+///   absent port matching only an absent port;
+/// - a host, `a.example`: that host, whatever the scheme and port;
+/// - a suffix pattern, `*.example`: any host ending in `.example`, not
+///   `example` itself.
+///
+/// A pattern that does not fit its form matches nothing.
 pub fn origin_allowed(origin: &[u8], patterns: &[String]) -> bool {
     if patterns.is_empty() {
         return true;
     }
-    let Ok(origin) = std::str::from_utf8(origin.trim_ascii()) else {
+    let Some(origin) = Origin::parse(origin) else {
         return false;
     };
-    let host = origin
-        .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("");
-    patterns.iter().any(|p| {
-        if let Some(suffix) = p.strip_prefix("*.") {
-            host.len() > suffix.len() + 1
-                && host
-                    .to_ascii_lowercase()
-                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
-        } else if p.contains("://") {
-            origin.eq_ignore_ascii_case(p.trim_end_matches('/'))
-        } else {
-            host.eq_ignore_ascii_case(p)
+    patterns.iter().any(|p| origin.matches(p))
+}
+
+/// An origin, parsed: the parts patterns are compared with.
+struct Origin<'a> {
+    scheme: &'a str,
+    /// IPv6 addresses keep their brackets.
+    host: &'a str,
+    port: Option<u16>,
+}
+
+impl<'a> Origin<'a> {
+    /// `scheme://host[:port]` and nothing else (see [`origin_allowed`]).
+    fn parse(value: &'a [u8]) -> Option<Self> {
+        let value = trim_ows(value);
+        // Visible ASCII only: no whitespace inside, no control characters,
+        // nothing a lenient reader might normalise into something else.
+        if !value.iter().all(u8::is_ascii_graphic) {
+            return None;
         }
-    })
+        let value = std::str::from_utf8(value).ok()?;
+        let (scheme, authority) = value.split_once("://")?;
+        let scheme_ok = scheme.as_bytes().first()?.is_ascii_alphabetic()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        if !scheme_ok {
+            return None;
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(rest) => {
+                let (address, after) = rest.split_once(']')?;
+                address.parse::<std::net::Ipv6Addr>().ok()?;
+                (&authority[..address.len() + 2], after)
+            }
+            None => {
+                let end = authority.find(':').unwrap_or(authority.len());
+                let (host, after) = authority.split_at(end);
+                if !is_dns_name_or_ipv4(host) {
+                    return None;
+                }
+                (host, after)
+            }
+        };
+        // A path, query, fragment or userinfo leaves a `/`, `?`, `#` or `@`
+        // in the host or the port, and neither takes one.
+        let port = match port {
+            "" => None,
+            p => {
+                let n = canonical_decimal(p.strip_prefix(':')?.as_bytes())?;
+                Some(u16::try_from(n).ok().filter(|&n| n != 0)?)
+            }
+        };
+        Some(Origin { scheme, host, port })
+    }
+
+    fn matches(&self, pattern: &str) -> bool {
+        if let Some(suffix) = pattern.strip_prefix("*.") {
+            // The host is ASCII, so any byte index into it is a char boundary.
+            let Some(cut) = self.host.len().checked_sub(suffix.len() + 1) else {
+                return false;
+            };
+            let (head, tail) = self.host.split_at(cut);
+            !head.is_empty() && tail.starts_with('.') && tail[1..].eq_ignore_ascii_case(suffix)
+        } else if pattern.contains("://") {
+            // Written as a URL (`https://a.example/`), still an origin.
+            Origin::parse(pattern.trim_end_matches('/').as_bytes()).is_some_and(|p| {
+                p.scheme.eq_ignore_ascii_case(self.scheme)
+                    && p.host.eq_ignore_ascii_case(self.host)
+                    && p.port == self.port
+            })
+        } else {
+            self.host.eq_ignore_ascii_case(pattern)
+        }
+    }
+}
+
+/// Dot-separated labels of letters, digits, `-` and `_` (browsers allow
+/// `_`, and it cannot delimit anything); all-digit last label: IPv4, in
+/// the dotted-decimal form browsers serialise.
+fn is_dns_name_or_ipv4(host: &str) -> bool {
+    let labels_ok = host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let last = host.rsplit('.').next().unwrap_or_default();
+    labels_ok
+        && (!last.bytes().all(|b| b.is_ascii_digit()) || host.parse::<std::net::Ipv4Addr>().is_ok())
+}
+
+/// `1*DIGIT` with no sign and no leading zero (but `0` itself), within
+/// `u64`. Stricter than `str::parse`, which takes `+5`: a proxy that reads
+/// a length differently from us is how requests get smuggled.
+fn canonical_decimal(digits: &[u8]) -> Option<u64> {
+    match digits {
+        [] => None,
+        [b'0', _, ..] => None,
+        _ => digits.iter().try_fold(0u64, |n, &d| {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        }),
+    }
+}
+
+/// `v` without the optional whitespace (SP, HTAB) around a field value
+/// (RFC 9110 §5.6.3); not `trim`, which also eats Unicode spaces.
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
 }
 
 /// A 16-byte nonce in base64: 22 alphabet characters and `==`.
@@ -499,11 +613,22 @@ impl<'b> Headers<'_, 'b> {
             .map(|h| h.value)
     }
 
-    fn count(&self, name: &str) -> usize {
-        self.0
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .count()
+    /// The reason to refuse a request that repeats a header the front door
+    /// reads once: which copy counts is where a proxy and herald could
+    /// disagree. RFC 9112 §3.2 (`Host`), RFC 6454 §7.3 (`Origin`) and
+    /// RFC 6455 §11.3 (the WebSocket headers) allow one of each.
+    fn repeated_singleton(&self) -> Option<&'static str> {
+        const SINGLETONS: [(&str, &str); 5] = [
+            ("host", "repeated Host"),
+            ("content-length", "repeated Content-Length"),
+            ("origin", "repeated Origin"),
+            ("sec-websocket-key", "repeated Sec-WebSocket-Key"),
+            ("sec-websocket-version", "repeated Sec-WebSocket-Version"),
+        ];
+        SINGLETONS.iter().find_map(|&(name, why)| {
+            let mut copies = self.0.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
+            (copies.next().is_some() && copies.next().is_some()).then_some(why)
+        })
     }
 
     /// Whether any header `name` lists `token` among its comma-separated values.
@@ -648,6 +773,56 @@ mod tests {
         assert!(origin_allowed(b"http://localhost:8080", &pats));
         assert!(!origin_allowed(b"null", &pats));
         assert!(origin_allowed(b"https://anything", &[]));
+        assert!(origin_allowed(b"null", &[]));
+
+        // The issue's bypasses: the raw text ends with an allowed host.
+        for not_an_origin in [
+            "https://evil.com?.good.org",
+            "https://evil.com#.good.org",
+            "https://evil.com/.good.org",
+            "https://evil.com@a.good.org",
+            "https://evil.com\\.good.org",
+            "https://a.good.org/",
+            "https://a.good.org:0",
+            "https://a.good.org:65536",
+            "https://a.good.org:080",
+            "https://a.good.org:",
+            "https://a..good.org",
+            "https:// a.good.org",
+            "ht tps://a.good.org",
+            "1https://a.good.org",
+            "https:/a.good.org",
+            "https://a.good.org\u{a0}",
+            "https://a.g\u{f6}od.org",
+            "https://[::1",
+            "https://[::1]x",
+            "https://[a.good.org]",
+            "https://1.2.3.999",
+            "https://chat.example.com:443",
+            "http://localhost:8080/",
+        ] {
+            assert!(
+                !origin_allowed(not_an_origin.as_bytes(), &pats),
+                "{not_an_origin:?}"
+            );
+        }
+        for origin in [
+            "HTTPS://A.GOOD.ORG:65535",
+            " https://a.good.org\t",
+            "https://my_host.good.org",
+            "chrome-extension+x.1://a.good.org",
+        ] {
+            assert!(origin_allowed(origin.as_bytes(), &pats), "{origin:?}");
+        }
+        // Literal addresses: IPv6 bracketed, compared as written.
+        let ips: Vec<String> = vec!["[::1]".into(), "http://127.0.0.1:8080/".into()];
+        assert!(origin_allowed(b"http://[::1]:8080", &ips));
+        assert!(origin_allowed(b"http://127.0.0.1:8080", &ips));
+        assert!(!origin_allowed(b"http://127.0.0.1", &ips));
+        assert!(!origin_allowed(b"http://[::2]", &ips));
+        // A pattern that is not an origin matches nothing.
+        let bad: Vec<String> = vec!["https://a.good.org/path".into()];
+        assert!(!origin_allowed(b"https://a.good.org", &bad));
 
         let c = RouteConfig {
             allow_origins: pats,
@@ -661,6 +836,114 @@ mod tests {
             ..c
         };
         assert_eq!(code(&upgrade(""), &strict), 403);
+        let two = upgrade("Origin: https://x.good.org\r\nOrigin: https://x.good.org\r\n");
+        assert_eq!(
+            route(two.as_bytes(), &strict),
+            Route::Reject(Status::BadRequest, "repeated Origin")
+        );
+        assert_eq!(
+            route(two.as_bytes(), &cfg()),
+            Route::Reject(Status::BadRequest, "repeated Origin")
+        );
+    }
+
+    #[test]
+    fn repeated_headers_the_front_door_reads_are_400() {
+        let c = cfg();
+        let cases = [
+            (upgrade("Host: y\r\n"), "repeated Host"),
+            (
+                "GET /healthz HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n".into(),
+                "repeated Host",
+            ),
+            (
+                upgrade(&format!("Sec-WebSocket-Key: {KEY}\r\n")),
+                "repeated Sec-WebSocket-Key",
+            ),
+            (
+                upgrade("sec-websocket-version: 13\r\n"),
+                "repeated Sec-WebSocket-Version",
+            ),
+            (
+                upgrade("Content-Length: 0\r\nContent-Length: 0\r\n"),
+                "repeated Content-Length",
+            ),
+        ];
+        for (req, why) in cases {
+            assert_eq!(
+                route(req.as_bytes(), &c),
+                Route::Reject(Status::BadRequest, why),
+                "{req:?}"
+            );
+        }
+        // Other headers may repeat.
+        assert_eq!(code(&upgrade("Upgrade: websocket\r\n"), &c), 101);
+    }
+
+    #[test]
+    fn content_length_is_canonical_digits() {
+        let c = cfg();
+        let publish = |v: &str| {
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+                 Content-Length: {v}\r\n\r\n"
+            )
+        };
+        for v in [
+            "+5",
+            "-5",
+            "005",
+            "00",
+            "0x5",
+            "5 5",
+            "5,5",
+            "\u{a0}5",
+            "5\u{3000}",
+            "\u{ff15}",
+            "\u{665}",
+            "",
+            "18446744073709551616",
+        ] {
+            for req in [
+                publish(v),
+                format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n"),
+            ] {
+                assert_eq!(
+                    route(req.as_bytes(), &c),
+                    Route::Reject(Status::BadRequest, "invalid Content-Length"),
+                    "{v:?}"
+                );
+            }
+        }
+        for (v, n) in [("5", 5), (" \t5\t ", 5), ("0", 0), ("1024", 1024)] {
+            match route(publish(v).as_bytes(), &c) {
+                Route::Publish { body_len, .. } => assert_eq!(body_len, n, "{v:?}"),
+                other => panic!("{v:?}: {other:?}"),
+            }
+        }
+        assert_eq!(code(&publish("18446744073709551615"), &c), 413);
+        assert_eq!(
+            code("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", &c),
+            200
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_is_refused() {
+        let c = cfg();
+        let te = "Transfer-Encoding: chunked\r\n";
+        assert_eq!(
+            code(&format!("GET / HTTP/1.1\r\nHost: x\r\n{te}\r\n"), &c),
+            400
+        );
+        assert_eq!(code(&upgrade(te), &c), 400);
+        let publish = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n{te}\
+             Content-Length: 2\r\n\r\n"
+        );
+        assert_eq!(code(&publish, &c), 411);
+        let identity = publish.replace("chunked", "identity");
+        assert_eq!(code(&identity, &c), 411);
     }
 
     #[test]

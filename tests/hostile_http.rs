@@ -117,6 +117,13 @@ fn absurd_or_repeated_content_length_and_bodies_on_get_are_400() {
         "1e3",
         "5 5",
         "",
+        // What lenient parsers read as 5 or 0, and a proxy may not.
+        "+5",
+        "005",
+        "00",
+        "\u{a0}5",
+        "5\u{3000}",
+        "\u{ff15}",
     ] {
         let req = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
         w.expect(req.as_bytes(), 400, "invalid Content-Length");
@@ -142,6 +149,37 @@ fn absurd_or_repeated_content_length_and_bodies_on_get_are_400() {
         400,
         "a GET request has no body",
     );
+    w.assert_undisturbed();
+}
+
+#[test]
+fn a_repeated_host_origin_or_websocket_header_is_400() {
+    let mut w = Watched::start(&["--allow-origin", "*.good.org"]);
+    w.expect(
+        b"GET / HTTP/1.1\r\nHost: x\r\nhost: y\r\n\r\n",
+        400,
+        "repeated Host",
+    );
+    // Extra lines for an upgrade that already carries one Host, one key
+    // and one version, and no Origin.
+    let repeated = [
+        ("Host: localhost\r\n", "repeated Host"),
+        (
+            "Origin: https://a.good.org\r\norigin: https://a.good.org\r\n",
+            "repeated Origin",
+        ),
+        (
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+            "repeated Sec-WebSocket-Key",
+        ),
+        (
+            "Sec-WebSocket-Version: 13\r\n",
+            "repeated Sec-WebSocket-Version",
+        ),
+    ];
+    for (extra, reason) in repeated {
+        w.expect(upgrade_request("13", extra).as_bytes(), 400, reason);
+    }
     w.assert_undisturbed();
 }
 

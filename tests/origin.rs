@@ -56,6 +56,8 @@ fn listed_origins_upgrade_and_every_other_origin_gets_403() {
             "https://a.good.org",
             "http://a.b.good.org:8443",
             "https://A.Good.Org",
+            // Optional whitespace around the value is not part of it.
+            " https://a.good.org\t",
             // The host pattern, whatever the scheme or port.
             "http://localhost",
             "http://localhost:8080",
@@ -80,6 +82,19 @@ fn listed_origins_upgrade_and_every_other_origin_gets_403() {
             "null",
             "",
             "file://",
+            // Not origins, though the raw text ends with an allowed host.
+            "https://evil.com?.good.org",
+            "https://evil.com#.good.org",
+            "https://evil.com/.good.org",
+            "https://evil.com@a.good.org",
+            "https://a.good.org/",
+            "https://a.good.org/path",
+            "https://a.good.org:0",
+            "https://a.good.org:65536",
+            "https://a.good.org:",
+            "https ://a.good.org",
+            "https://a.good.org:80 80",
+            "http://localhost.:8080",
         ],
         403,
     );
@@ -87,6 +102,19 @@ fn listed_origins_upgrade_and_every_other_origin_gets_403() {
     assert_eq!(upgrade_status(&server, Some(b"https://\xff.good.org")), 403);
     // No Origin: not a browser, let in.
     assert_eq!(upgrade_status(&server, None), 101);
+}
+
+#[test]
+fn two_origin_headers_are_400_whatever_the_patterns() {
+    let two = "Origin: https://a.good.org\r\nOrigin: https://evil.example.com\r\n";
+    for flags in [&ALLOWED[..], &[]] {
+        let server = TestServer::start(flags);
+        for origins in [two, "Origin: null\r\norigin: null\r\n"] {
+            let resp = http_exchange(server.addr, upgrade_request("13", origins).as_bytes());
+            assert_eq!(resp.status, 400, "{flags:?} {origins:?}: {resp:?}");
+            assert_eq!(resp.text(), "repeated Origin\n");
+        }
+    }
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! bytes; a valid upgrade upgrades whatever else the request carries, in
 //! any order and any letter case; any truncation of a valid head waits for
 //! more; bytes after an upgrade head are refused; the head limits hold at
-//! any size. (`fuzz/` runs the same entry point under libFuzzer.)
+//! any size; an `Origin` matches a pattern only if it is
+//! `scheme://host[:port]` and nothing else; a header read once (`Host`,
+//! `Origin`, the WebSocket key and version) is refused when repeated;
+//! `Content-Length` is canonical digits or 400. (`fuzz/` runs the same
+//! entry point under libFuzzer.)
 
 use herald::http::{origin_allowed, route, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN};
 use proptest::prelude::*;
@@ -148,6 +152,87 @@ fn with_header_value(head: &str, name: &str, value: &str) -> String {
             _ => line.to_owned(),
         })
         .collect()
+}
+
+/// `head` with an `Origin` header added at the end.
+fn with_origin(head: &str, origin: &str) -> String {
+    head.replacen("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"), 1)
+}
+
+/// A URI scheme, usually http or https, in any letter case.
+fn scheme() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => select(vec!["http", "https"]).prop_map(str::to_owned),
+        1 => "[a-zA-Z][a-zA-Z0-9+.-]{0,8}",
+    ]
+}
+
+/// A DNS name of two to four labels, the last not numeric (else it is
+/// read as an IPv4 address).
+fn dns_name() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec("[a-z0-9_]([a-z0-9_-]{0,12}[a-z0-9_])?", 1..=3),
+        "[a-z][a-z0-9-]{0,5}",
+    )
+        .prop_map(|(mut labels, tld)| {
+            labels.push(tld);
+            labels.join(".")
+        })
+}
+
+/// A host as browsers serialise it: a DNS name, IPv4, or bracketed IPv6.
+fn host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => dns_name(),
+        1 => any::<[u8; 4]>().prop_map(|a| std::net::Ipv4Addr::from(a).to_string()),
+        1 => any::<[u16; 8]>().prop_map(|a| format!("[{}]", std::net::Ipv6Addr::from(a))),
+    ]
+}
+
+/// An origin with a DNS host, as (origin, host, the host's parent domain).
+fn dns_origin() -> impl Strategy<Value = (String, String, String)> {
+    (
+        scheme(),
+        "[a-z0-9]{1,10}",
+        dns_name(),
+        prop::option::of(1u16..),
+    )
+        .prop_map(|(scheme, label, domain, port)| {
+            let host = format!("{label}.{domain}");
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            (format!("{scheme}://{host}{port}"), host, domain)
+        })
+}
+
+/// A `Content-Length` value that is not `1*DIGIT` in canonical form,
+/// though lenient parsers (Rust's `str::trim` and `parse`, for one) read
+/// many of them as a number.
+fn not_canonical_digits() -> impl Strategy<Value = String> {
+    let unicode_space = select(vec![
+        "\u{a0}", "\u{3000}", "\u{2009}", "\u{85}", "\u{feff}", "\u{200b}", "\u{1680}",
+    ]);
+    let other_digit = select(vec![
+        "\u{665}",
+        "\u{ff15}",
+        "\u{96b}",
+        "\u{9e6}",
+        "\u{1d7d3}",
+    ]);
+    prop_oneof![
+        "[+-][0-9]{1,5}",
+        "0[0-9]{1,5}",
+        (unicode_space, "[0-9]{1,5}", any::<bool>()).prop_map(|(sp, d, before)| if before {
+            format!("{sp}{d}")
+        } else {
+            format!("{d}{sp}")
+        }),
+        ("[0-9]{0,3}", other_digit, "[0-9]{0,3}").prop_map(|(a, d, b)| format!("{a}{d}{b}")),
+        "[1-9][0-9]{0,3}[ \t]{1,3}[0-9]{1,3}",
+        "0[xX][0-9a-f]{1,4}|[0-9]{1,3}[a-fA-F]",
+        "[0-9]{1,3}[.e,][0-9]{1,3}|[0-9], [0-9]",
+        "[1-9][0-9]{20,25}",
+        "[ \t]{0,3}",
+    ]
 }
 
 /// Checks what holds of any decision, whatever the input.
@@ -313,10 +398,15 @@ proptest! {
     #[test]
     fn a_content_length_on_a_get_is_refused_unless_zero(value in "[ -~]{0,24}") {
         let head = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
-        let expected = match value.trim().parse::<u64>() {
-            Ok(0) => None,
-            Ok(_) => Some("a GET request has no body"),
-            Err(_) => Some("invalid Content-Length"),
+        // Digits only, after optional whitespace (SP, HTAB) is trimmed.
+        let digits = value.trim_matches([' ', '\t']);
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        let expected = match digits.parse::<u64>() {
+            Ok(0) if canonical => None,
+            Ok(_) if canonical => Some("a GET request has no body"),
+            _ => Some("invalid Content-Length"),
         };
         match (route(head.as_bytes(), &config()), expected) {
             (Route::Get { .. }, None) => {}
@@ -347,8 +437,7 @@ proptest! {
             format!("{scheme}://{label}.{domain}.evil{port}"),
         ];
         let cfg = RouteConfig { allow_origins: vec![pattern], ..config() };
-        let with_origin =
-            |o: &str| head.replacen("\r\n\r\n", &format!("\r\nOrigin: {o}\r\n\r\n"), 1);
+        let with_origin = |o: &str| with_origin(&head, o);
         for o in &allowed {
             prop_assert!(origin_allowed(o.as_bytes(), &cfg.allow_origins), "{}", o);
             assert_upgrades(&with_origin(o), &key, &cfg)?;
@@ -359,6 +448,189 @@ proptest! {
                 route(with_origin(o).as_bytes(), &cfg),
                 Route::Reject(Status::Forbidden, "origin not allowed")
             );
+        }
+    }
+
+    #[test]
+    fn a_well_formed_origin_matches_its_exact_host_and_suffix_patterns(
+        (head, key) in upgrade_head(5),
+        scheme in scheme(),
+        host in host(),
+        port in prop::option::of(1u16..),
+        other_port in 1u16..,
+    ) {
+        prop_assume!(port != Some(other_port));
+        let at = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
+        let origin = format!("{scheme}://{host}{}", at(port));
+        let yes = |p: &str| origin_allowed(origin.as_bytes(), &[p.to_owned()]);
+        // The exact origin, in any case, written as a URL or not.
+        prop_assert!(yes(&origin), "{} / itself", origin);
+        prop_assert!(yes(&origin.to_ascii_uppercase()), "{}", origin);
+        prop_assert!(yes(&format!("{origin}/")), "{}", origin);
+        // Another port, or none where there is one, is another origin.
+        let moved = format!("{scheme}://{host}{}", at(Some(other_port)));
+        prop_assert!(!yes(&moved), "{} / {}", origin, moved);
+        if port.is_some() {
+            prop_assert!(!yes(&format!("{scheme}://{host}")), "{}", origin);
+        }
+        // The host, whatever the scheme and port; not another host.
+        prop_assert!(yes(&host), "{} / {}", origin, host);
+        prop_assert!(yes(&host.to_ascii_uppercase()), "{} / {}", origin, host);
+        prop_assert!(!yes(&format!("x{host}")), "{}", origin);
+        // A suffix pattern: any proper parent domain, never the host itself.
+        prop_assert!(!yes(&format!("*.{host}")), "{}", origin);
+        if let Some((_, parent)) = host.split_once('.').filter(|_| !host.starts_with('[')) {
+            prop_assert!(yes(&format!("*.{parent}")), "{} / *.{}", origin, parent);
+        }
+        let exact = RouteConfig { allow_origins: vec![origin.clone()], ..config() };
+        let head = with_origin(&head, &origin);
+        assert_upgrades(&head, &key, &exact)?;
+        let elsewhere = RouteConfig { allow_origins: vec!["*.elsewhere.example".into()], ..config() };
+        prop_assert_eq!(
+            route(head.as_bytes(), &elsewhere),
+            Route::Reject(Status::Forbidden, "origin not allowed")
+        );
+    }
+
+    #[test]
+    fn anything_but_scheme_host_and_port_matches_no_pattern(
+        (head, _) in upgrade_head(5),
+        (origin, host, domain) in dns_origin(),
+        evil in dns_name(),
+        junk in select(vec![
+            "?", "#", "/", "@", "\\", " ", "\t", "%2e", "?x", "#x", "/path", "/?x=1",
+            "\u{a0}", "\u{3000}", "\u{e9}", "\u{ff0e}", "\u{200b}",
+        ]),
+        tail in select(vec!["/", "/path", "?", "?x", "#", "#x", "@", ":", "\u{a0}", "%20", "\\"]),
+        form in 0usize..6,
+        at in any::<prop::sample::Index>(),
+        port in select(vec!["0", "65536", "99999", "", "080", "+80", " 80", "8a", "80:80", "0x50"]),
+    ) {
+        let (scheme, rest) = origin.split_once("://").unwrap();
+        let not_an_origin = match form {
+            // The issue's forms: the raw text ends with the allowed suffix.
+            0 => format!("{scheme}://{evil}{junk}.{domain}"),
+            // Anything after the authority, a trailing slash included
+            // (whitespace there is optional whitespace, not part of it).
+            1 => format!("{origin}{tail}"),
+            // Userinfo: the host is right, but an origin has none.
+            2 => format!("{scheme}://{evil}@{rest}"),
+            // Junk anywhere inside (the edges are optional whitespace).
+            3 => {
+                let i = 1 + at.index(origin.len() - 1);
+                format!("{}{junk}{}", &origin[..i], &origin[i..])
+            }
+            // A port that is not 1 to 65535 in canonical digits.
+            4 => format!("{scheme}://{host}:{port}"),
+            _ => "null".to_owned(),
+        };
+        let patterns = vec![origin.clone(), host.clone(), format!("*.{domain}")];
+        prop_assert!(
+            !origin_allowed(not_an_origin.as_bytes(), &patterns),
+            "{:?} allowed by {:?}", not_an_origin, patterns
+        );
+        let cfg = RouteConfig { allow_origins: patterns, ..config() };
+        prop_assert_eq!(
+            route(with_origin(&head, &not_an_origin).as_bytes(), &cfg),
+            Route::Reject(Status::Forbidden, "origin not allowed"),
+            "{:?}", not_an_origin
+        );
+    }
+
+    #[test]
+    fn two_origin_headers_are_400_whatever_their_values(
+        (head, _) in upgrade_head(5),
+        names in (any_case("Origin"), any_case("Origin")),
+        first in prop_oneof![dns_origin().prop_map(|o| o.0), value()],
+        second in prop_oneof![dns_origin().prop_map(|o| o.0), value()],
+        same in any::<bool>(),
+        patterns in select(vec![vec![], vec!["*.example.com".to_owned()]]),
+    ) {
+        let second = if same { first.clone() } else { second };
+        let lines = format!("{}: {first}\r\n{}: {second}\r\n", names.0, names.1);
+        let head = head.replacen("\r\n\r\n", &format!("\r\n{lines}\r\n"), 1);
+        for require_origin in [false, true] {
+            let cfg = RouteConfig { allow_origins: patterns.clone(), require_origin, ..config() };
+            prop_assert_eq!(
+                route(head.as_bytes(), &cfg),
+                Route::Reject(Status::BadRequest, "repeated Origin")
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_host_key_or_version_is_400(
+        (head, key) in upgrade_head(5),
+        get in get_head(),
+        other_key in key(),
+        which in 0usize..3,
+        same in any::<bool>(),
+        first in any::<bool>(),
+    ) {
+        let (name, value, other, why) = [
+            ("host", "localhost:8080", "evil.example", "repeated Host"),
+            ("sec-websocket-key", key.as_str(), other_key.as_str(), "repeated Sec-WebSocket-Key"),
+            ("sec-websocket-version", "13", "8", "repeated Sec-WebSocket-Version"),
+        ][which];
+        let again = format!("{name}: {}\r\n", if same { value } else { other });
+        // Before or after the original line.
+        let repeat = |h: &str| if first {
+            h.replacen("\r\n", &format!("\r\n{again}"), 1)
+        } else {
+            h.replacen("\r\n\r\n", &format!("\r\n{again}\r\n"), 1)
+        };
+        prop_assert_eq!(
+            route(repeat(&head).as_bytes(), &config()),
+            Route::Reject(Status::BadRequest, why),
+            "{:?}", repeat(&head)
+        );
+        if which == 0 {
+            // Not only on upgrades: RFC 9112 §3.2.
+            prop_assert_eq!(
+                route(repeat(&get).as_bytes(), &config()),
+                Route::Reject(Status::BadRequest, why)
+            );
+        }
+    }
+
+    #[test]
+    fn a_content_length_that_is_not_canonical_digits_is_400(value in not_canonical_digits()) {
+        for head in [
+            format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n"),
+            format!(
+                "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
+                 Content-Length: {value}\r\n\r\n"
+            ),
+        ] {
+            prop_assert_eq!(
+                route(head.as_bytes(), &config()),
+                Route::Reject(Status::BadRequest, "invalid Content-Length"),
+                "{:?}", value
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_content_length_digits_are_read_up_to_the_limit(
+        n in prop_oneof![0u64..=2048, any::<u64>()],
+        before in "[ \t]{0,2}",
+        after in "[ \t]{0,2}",
+    ) {
+        let value = format!("{before}{n}{after}");
+        let publish = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
+             Content-Length: {value}\r\n\r\n"
+        );
+        match route(publish.as_bytes(), &config()) {
+            Route::Publish { body_len, .. } => prop_assert_eq!(body_len as u64, n),
+            Route::Reject(Status::PayloadTooLarge, _) => prop_assert!(n > 1024),
+            other => prop_assert!(false, "{:?}: {:?}", value, other),
+        }
+        let get = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
+        match route(get.as_bytes(), &config()) {
+            Route::Get { .. } => prop_assert_eq!(n, 0),
+            Route::Reject(Status::BadRequest, "a GET request has no body") => prop_assert!(n > 0),
+            other => prop_assert!(false, "{:?}: {:?}", value, other),
         }
     }
 
