@@ -1,12 +1,15 @@
 //! A client that never reads is closed (1008) once its queue passes
 //! `--max-queued-bytes`, its unsent messages dropped, while the clients
-//! that read get every message in order.
+//! that read get every message in order. Under `--slow-consumer drop` a
+//! client that stopped reading is told how many messages it lost as soon
+//! as it has caught up, not at the next broadcast, which may never come.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use common::{
     connect, drain, handshake, recv_text, split, Client, Ending, TestServer, PREFIX, TIMEOUT,
@@ -148,4 +151,93 @@ fn a_client_that_never_reads_is_closed_at_the_queue_limit_and_the_others_get_eve
         other => panic!("stuck client ended with {other:?}, expected close 1008"),
     }
     drop(readers);
+}
+
+/// Messages the publisher sends in the drop-notice test: 400 KiB, several
+/// times what the stopped client's socket buffers and its 64 KiB queue hold.
+const BURST: usize = 400;
+/// How soon the stopped client must hear of its losses once it reads again.
+const NOTICE_WITHIN: Duration = Duration::from_secs(3);
+
+#[test]
+fn under_the_drop_policy_the_loss_is_told_once_the_queue_drains_without_another_broadcast() {
+    let limit = LIMIT.to_string();
+    let server = TestServer::start(&[
+        "--slow-consumer",
+        "drop",
+        "--max-queued-bytes",
+        &limit,
+        "--send-buffer",
+        "8KiB",
+    ]);
+    let mut stopped = connect_with_tiny_receive_buffer(server.addr);
+    let mut publisher = connect(server.addr);
+
+    // The publisher reads its own copies, never more than WINDOW behind, so
+    // only the stopped client's queue can reach the limit.
+    for seq in 0..BURST + WINDOW {
+        if seq < BURST {
+            publisher
+                .send(Message::text(message(seq)))
+                .expect("publish");
+        }
+        if seq >= WINDOW {
+            let got = recv_text(&mut publisher);
+            assert_eq!(
+                got.strip_prefix(PREFIX),
+                Some(message(seq - WINDOW).as_str())
+            );
+        }
+    }
+    // Every message has been fanned out; from now on nothing is broadcast,
+    // as in a chat that has gone quiet.
+
+    stopped
+        .get_mut()
+        .set_read_timeout(Some(NOTICE_WITHIN))
+        .unwrap();
+    let resumed = Instant::now();
+    let mut received = Vec::new();
+    let mut dropped = 0;
+    while received.len() + dropped < BURST {
+        let text = match stopped.read() {
+            Ok(Message::Text(t)) => t.as_str().to_owned(),
+            Ok(other) => panic!("expected a text message, got {other:?}"),
+            Err(e) => panic!(
+                "no drop notice {:?} after reading again ({e}): {} of the {BURST} messages \
+                 received (last {:?}), {dropped} reported dropped",
+                resumed.elapsed(),
+                received.len(),
+                received.last(),
+            ),
+        };
+        if let Some(n) = text
+            .strip_prefix("herald: ")
+            .and_then(|t| t.strip_suffix(" messages dropped"))
+        {
+            dropped += n.parse::<usize>().expect("a count in the drop notice");
+        } else {
+            let body = text.strip_prefix(PREFIX).expect("a prefixed broadcast");
+            let seq: usize = body[..5].parse().expect("a sequence number");
+            assert_eq!(body, message(seq), "message {seq} cut or changed");
+            assert!(
+                received.last().is_none_or(|&l| l < seq),
+                "message {seq} after {:?}: out of order",
+                received.last()
+            );
+            received.push(seq);
+        }
+        assert!(
+            resumed.elapsed() < NOTICE_WITHIN,
+            "reading took over {NOTICE_WITHIN:?}"
+        );
+    }
+    eprintln!(
+        "received {} of {BURST} messages, told of {dropped} dropped, {:?} after reading again",
+        received.len(),
+        resumed.elapsed()
+    );
+    assert_eq!(received.len() + dropped, BURST);
+    assert!(dropped > 0, "nothing was dropped: no limit applied");
+    drop((stopped, publisher));
 }

@@ -421,29 +421,45 @@ pub struct HeraldProcess {
     /// Where it listens.
     pub addr: SocketAddr,
     child: Child,
+    /// Its stderr lines after the start-up line, when they are kept
+    /// ([`HeraldProcess::start_logging`]).
+    log: Option<Receiver<String>>,
 }
 
 impl HeraldProcess {
-    /// Starts the binary with `flags` on a free port and waits for its
-    /// start-up log line. A port taken between choosing and binding it is
-    /// retried with another.
+    /// Starts the binary with `flags` and `RUST_LOG=info` on a free port
+    /// and waits for its start-up log line. A port taken between choosing
+    /// and binding it is retried with another.
     pub fn start(flags: &[&str]) -> Self {
+        Self::spawn(flags, Some("info"), false)
+    }
+
+    /// Like [`HeraldProcess::start`], with `RUST_LOG` set to `rust_log` or,
+    /// for `None`, removed from its environment (herald's default level);
+    /// every later stderr line is kept for [`HeraldProcess::stop`].
+    pub fn start_logging(flags: &[&str], rust_log: Option<&str>) -> Self {
+        Self::spawn(flags, rust_log, true)
+    }
+
+    fn spawn(flags: &[&str], rust_log: Option<&str>, keep_log: bool) -> Self {
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("find a free port")
                 .port();
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-                .arg("--listen")
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+            cmd.arg("--listen")
                 .arg(addr.to_string())
                 .args(flags)
-                .env("RUST_LOG", "info")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn herald");
+                .stderr(Stdio::piped());
+            match rust_log {
+                Some(level) => cmd.env("RUST_LOG", level),
+                None => cmd.env_remove("RUST_LOG"),
+            };
+            let mut child = cmd.spawn().expect("spawn herald");
             let lines = forward_lines(child.stderr.take().expect("stderr"));
             let mut log = Vec::new();
             let deadline = Instant::now() + TIMEOUT;
@@ -451,7 +467,8 @@ impl HeraldProcess {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match lines.recv_timeout(left) {
                     Ok(line) if line.contains("herald listening") => {
-                        return HeraldProcess { addr, child };
+                        let log = keep_log.then_some(lines);
+                        return HeraldProcess { addr, child, log };
                     }
                     Ok(line) => log.push(line),
                     // stderr closed: it exited (most likely the port was taken).
@@ -485,6 +502,31 @@ impl HeraldProcess {
     pub fn wait(&mut self, within: Duration) -> ExitStatus {
         wait_child(&mut self.child, within)
             .unwrap_or_else(|| panic!("herald did not exit within {within:?}"))
+    }
+
+    /// Sends SIGTERM, waits (at most `within`) for the exit, and returns its
+    /// status with every stderr line after the start-up line. Only for a
+    /// process started with [`HeraldProcess::start_logging`].
+    pub fn stop(mut self, within: Duration) -> (ExitStatus, Vec<String>) {
+        let lines = self
+            .log
+            .take()
+            .expect("stop() needs a process started with start_logging()");
+        self.signal(libc::SIGTERM);
+        let status = self.wait(within);
+        // The process is gone, so its stderr reaches EOF and the forwarding
+        // thread hangs up once it has passed on every line.
+        let deadline = Instant::now() + TIMEOUT;
+        let mut log = Vec::new();
+        loop {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => log.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return (status, log),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("herald's stderr stayed open {TIMEOUT:?} after it exited")
+                }
+            }
+        }
     }
 }
 
