@@ -237,6 +237,9 @@ pub(crate) struct Conn {
     /// queue is full, an HTTP answer has not left, a request is pending);
     /// the loop lists it for reading once that changes.
     pub held: bool,
+    /// The socket reported an error (the peer reset it): what is still
+    /// unread was abandoned by the peer.
+    pub reset: bool,
 }
 
 /// What the loop lends a connection while it handles input.
@@ -403,6 +406,7 @@ impl Conn {
             blocked: false,
             unread: false,
             held: false,
+            reset: false,
         }
     }
 
@@ -443,6 +447,11 @@ impl Conn {
             State::Http(_) => cap.min(HTTP_READ),
             _ => cap,
         }
+    }
+
+    /// Whether this connection is closing or closed.
+    pub fn is_closing(&self) -> bool {
+        self.doomed || matches!(self.state, State::Closing { .. })
     }
 
     /// Queues `response` as this connection's last bytes.

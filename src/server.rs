@@ -54,6 +54,11 @@ const ITERATION_INPUT: usize = 1024 * 1024;
 /// as the kernel lets it never holds a batch near the limit.
 const BATCH_FRACTION: usize = 4;
 
+/// Bytes read per iteration from a connection that is closing: its input
+/// is discarded, so a client that keeps sending after its close costs
+/// little until its close deadline.
+const CLOSING_BUDGET: usize = 4 * 1024;
+
 /// The smallest read worth a syscall: one minimal client frame.
 const MIN_READ: usize = 6;
 
@@ -143,6 +148,10 @@ pub(crate) struct Server {
     /// The list being read in this iteration (swapped with `unread`, so
     /// neither allocates per iteration).
     carry: VecDeque<usize>,
+    /// Connections that spent their own budget this iteration: listed
+    /// after those the iteration's bound left unread, so that every
+    /// connection with input is read in turn.
+    spent: Vec<usize>,
     /// Connections past their rate allowance, looked at every
     /// `THROTTLE_TICK` (also flagged `Conn::unread`).
     throttled: Vec<usize>,
@@ -226,6 +235,7 @@ impl Server {
             doomed: Vec::new(),
             unread: VecDeque::new(),
             carry: VecDeque::new(),
+            spent: Vec::new(),
             throttled: Vec::new(),
             throttle_check: now,
             feed_pending: false,
@@ -298,6 +308,11 @@ impl Server {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
                         // A listed connection is read from its list, in turn.
+                        if event.is_error() {
+                            if let Some(c) = self.conns.get_mut(k) {
+                                c.reset = true;
+                            }
+                        }
                         if readable && self.conns.get(k).is_some_and(|c| !c.unread) {
                             self.read_conn(k, now);
                         }
@@ -458,9 +473,22 @@ impl Server {
                 conn.held = true;
                 break;
             }
+            // A closing connection's input is only read to find its end.
+            let budget = if conn.is_closing() {
+                CLOSING_BUDGET
+            } else {
+                READ_BUDGET
+            };
+            if total + MIN_READ > budget {
+                if !conn.unread {
+                    conn.unread = true;
+                    self.spent.push(k);
+                }
+                break;
+            }
             let room = self.batch_cap.saturating_sub(ctx.outbox.bytes()) / self.expansion;
             let cap = READ_BUF_LEN
-                .min(READ_BUDGET - total)
+                .min(budget - total)
                 .min(self.input_left)
                 .min(room);
             if cap < MIN_READ {
@@ -471,6 +499,13 @@ impl Server {
                 break;
             }
             let cap = conn.read_allowance(&self.cfg, now, cap);
+            if cap == 0 && conn.reset {
+                // Past its allowance with input a peer abandoned: not worth
+                // reading at the paced rate.
+                conn.reason = CloseReason::PeerGone;
+                conn.doomed = true;
+                break;
+            }
             if cap == 0 {
                 ctx.stats.throttled += 1;
                 if !conn.unread {
@@ -673,6 +708,7 @@ impl Server {
             let conn = self.conns.remove(k);
             if conn.unread {
                 self.unread.retain(|&u| u != k);
+                self.spent.retain(|&u| u != k);
                 self.throttled.retain(|&u| u != k);
             }
             self.publish_acks.retain(|&u| u != k);
@@ -681,6 +717,7 @@ impl Server {
             tracing::debug!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
         }
         debug_assert!(self.dirty.is_empty() && self.doomed.is_empty());
+        self.unread.extend(self.spent.drain(..));
         debug_assert!(
             self.unread
                 .iter()
