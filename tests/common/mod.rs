@@ -568,3 +568,81 @@ fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Server-to-client frames read off a raw socket in whatever pieces the
+/// kernel hands over. A read timeout loses nothing (the partial frame stays
+/// buffered for the next call), so a reader can poll with a short timeout
+/// and check a flag between reads.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Where the next unparsed frame starts in `buf`.
+    start: usize,
+    chunk: Vec<u8>,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Reads frames from `inner`.
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+            start: 0,
+            chunk: vec![0; 64 * 1024],
+        }
+    }
+
+    /// The next frame: its first header byte (FIN, RSV, opcode) and its
+    /// payload, borrowed until the next call.
+    ///
+    /// # Errors
+    /// The socket's: a timeout (call again; nothing is lost), EOF as
+    /// `UnexpectedEof` (with the bytes of any partial frame counted), a reset.
+    pub fn next_frame(&mut self) -> io::Result<(u8, &[u8])> {
+        loop {
+            if let Some((first, range)) = parse_server_frame(&self.buf[self.start..]) {
+                let at = self.start;
+                self.start += range.end;
+                return Ok((first, &self.buf[at + range.start..at + range.end]));
+            }
+            // Only unparsed bytes are kept; moving them is cheap next to
+            // the read that follows.
+            self.buf.drain(..self.start);
+            self.start = 0;
+            let n = self.inner.read(&mut self.chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("EOF with {} bytes of a frame buffered", self.buf.len()),
+                ));
+            }
+            self.buf.extend_from_slice(&self.chunk[..n]);
+        }
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+}
+
+/// The first header byte and the payload's range in `b`, if `b` starts
+/// with a complete unmasked frame; panics on a masked one.
+fn parse_server_frame(b: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
+    let (&first, rest) = b.split_first()?;
+    let (&second, rest) = rest.split_first()?;
+    assert_eq!(second & 0x80, 0, "the server masked a frame");
+    let (len, header) = match second & 0x7F {
+        126 => (
+            u16::from_be_bytes(rest.get(..2)?.try_into().unwrap()) as usize,
+            4,
+        ),
+        127 => {
+            let len = u64::from_be_bytes(rest.get(..8)?.try_into().unwrap());
+            (usize::try_from(len).expect("frame length"), 10)
+        }
+        n => (n as usize, 2),
+    };
+    assert!(len <= 64 << 20, "a {len}-byte frame from the server");
+    (b.len() >= header + len).then_some((first, header..header + len))
+}
