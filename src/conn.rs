@@ -472,7 +472,11 @@ impl Conn {
 
     /// Handles bytes read from the socket (or, with `data` empty, bytes
     /// left over from a pipelined request).
-    pub fn on_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
+    ///
+    /// Returns the WebSocket frames the input carried (0 for HTTP): the
+    /// loop's work is per frame as much as per byte.
+    pub fn on_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) -> u32 {
+        let mut frames = 0;
         match &mut self.state {
             State::Http(buf) => {
                 // Everything is kept: past a complete head come a publish
@@ -503,7 +507,8 @@ impl Conn {
                     );
                     self.close_with(1009, &why, CloseReason::ProtocolError, ctx.now);
                 } else {
-                    ws.allowance.charge(ws.fragments.take_frames(), data.len());
+                    frames = ws.fragments.take_frames();
+                    ws.allowance.charge(frames, data.len());
                     match read_messages(&mut ws.ctx, data, &mut self.queue, ctx) {
                         Ok(()) => {}
                         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
@@ -522,6 +527,7 @@ impl Conn {
         // What this input made herald queue for the client itself (pongs,
         // echoes, HTTP answers) is bounded without closing anyone: past
         // `--max-queued-bytes` the client is not read until it drains.
+        frames
     }
 
     /// Whether another pipelined request may be routed now.

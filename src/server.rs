@@ -38,15 +38,21 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 /// Size of the one read buffer every socket is read into.
 const READ_BUF_LEN: usize = 64 * 1024;
 
-/// Bytes read from one connection per iteration before the others get a
-/// turn; the rest is read in the next iteration (edge-triggered readiness
-/// will not report it again).
+/// Work read from one connection per iteration before the others get a
+/// turn, in bytes plus [`FRAME_COST`] per WebSocket frame; the rest is read
+/// in the next iteration (edge-triggered readiness will not report it
+/// again).
 const READ_BUDGET: usize = 128 * 1024;
 
-/// Bytes read from all connections in one iteration: past it, connections
+/// Work read from all connections in one iteration: past it, connections
 /// with input wait for the next iteration, where they are served first. So
 /// an iteration's work is bounded whatever the clients send.
-const ITERATION_INPUT: usize = 1024 * 1024;
+const ITERATION_INPUT: usize = 512 * 1024;
+
+/// What a frame costs the loop, in bytes of input: handling a frame costs
+/// far more than copying its bytes, so a flood of empty frames must not
+/// pass for a few bytes.
+const FRAME_COST: usize = 64;
 
 /// One iteration's joined broadcast batch is kept under
 /// `--max-queued-bytes` divided by this: past it, input waits in the
@@ -458,7 +464,7 @@ impl Server {
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
         let mut buf = std::mem::take(&mut self.read_buf);
-        let mut total = 0;
+        let mut total = 0usize;
         while let Some(conn) = self.conns.get_mut(k) {
             let mut ctx = Ctx {
                 cfg: &self.cfg,
@@ -479,7 +485,7 @@ impl Server {
             } else {
                 READ_BUDGET
             };
-            if total + MIN_READ > budget {
+            if total.saturating_add(MIN_READ) > budget {
                 if !conn.unread {
                     conn.unread = true;
                     self.spent.push(k);
@@ -488,13 +494,20 @@ impl Server {
             }
             let room = self.batch_cap.saturating_sub(ctx.outbox.bytes()) / self.expansion;
             let cap = READ_BUF_LEN
-                .min(budget - total)
+                .min(budget.saturating_sub(total))
                 .min(self.input_left)
                 .min(room);
             if cap < MIN_READ {
                 if !conn.unread {
                     conn.unread = true;
-                    self.unread.push_back(k);
+                    // One that had its turn goes behind those that had none:
+                    // the first to be read must not take the iteration's
+                    // room every time.
+                    if total > 0 {
+                        self.spent.push(k);
+                    } else {
+                        self.unread.push_back(k);
+                    }
                 }
                 break;
             }
@@ -522,9 +535,10 @@ impl Server {
                 Ok(n) => {
                     conn.last_seen = tick;
                     conn.pinged = false;
-                    conn.on_input(&buf[..n], &mut ctx);
-                    total += n;
-                    self.input_left -= n;
+                    let frames = conn.on_input(&buf[..n], &mut ctx) as usize;
+                    let work = n + frames * FRAME_COST;
+                    total += work;
+                    self.input_left = self.input_left.saturating_sub(work);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -9,12 +9,13 @@
 //! - a client upgrading during such a flood gets its `101`, not a close
 //!   frame in its place.
 //!
-//! No rate-limit flag is given: these are the limits a user runs with. Two
-//! tests add a flag that makes today's failure certain rather than likely
-//! on a loaded loopback (a fixed `--send-buffer`, a smaller
-//! `--max-queued-bytes`); each says why. The scenario bodies take the flags
-//! as a parameter, so the same floods can be rerun with other limits
-//! (`--client-rate 0 --client-bandwidth 0`).
+//! Each scenario runs twice: with the limits a user runs with (the rate
+//! limits pace a flooder), and with `--client-rate 0 --client-bandwidth 0`,
+//! where only the read budget and the bounded batch stand between one
+//! client and the others. Two scenarios add a flag that makes the failure
+//! on the code before the fix certain rather than likely on a loaded
+//! loopback (a fixed `--send-buffer`, a smaller `--max-queued-bytes`);
+//! each says why.
 //!
 //! Each test saturates the machine, so they take turns: one flood would
 //! otherwise slow the server another test measures.
@@ -224,10 +225,23 @@ pub fn pong_flood_round_trips(flags: &[&str]) -> Vec<Duration> {
     samples
 }
 
+/// The rate limits off: the flood reaches the loop, which must still bound
+/// its work per iteration.
+const UNLIMITED: [&str; 4] = ["--client-rate", "0", "--client-bandwidth", "0"];
+
 #[test]
 fn twenty_pong_flooders_do_not_slow_a_healthy_clients_round_trip() {
+    check_pong_flood(&[]);
+}
+
+#[test]
+fn twenty_pong_flooders_without_rate_limits_do_not_slow_a_healthy_clients_round_trip() {
+    check_pong_flood(&UNLIMITED);
+}
+
+fn check_pong_flood(flags: &[&str]) {
     let _serial = serial();
-    let samples = pong_flood_round_trips(&[]);
+    let samples = pong_flood_round_trips(flags);
     let p99 = quantile(&samples, 0.99);
     assert!(
         p99 < Duration::from_millis(50),
@@ -396,13 +410,24 @@ pub fn burst_to_fast_readers(flags: &[&str]) -> (u64, Vec<Seen>) {
 
 #[test]
 fn a_burst_of_tiny_messages_evicts_no_fast_reader_and_reaches_each_in_order() {
+    check_burst(&[]);
+}
+
+#[test]
+fn without_rate_limits_a_burst_still_evicts_no_fast_reader() {
+    check_burst(&UNLIMITED);
+}
+
+fn check_burst(flags: &[&str]) {
     let _serial = serial();
     // Loopback autotunes herald's send buffers to megabytes within the
     // burst, enough to hide from its queues, most of the time, how far
     // ahead of its readers one iteration's fan-out can run. A fixed send
     // buffer (the window of a real network path) makes the test see what
     // the queues see on every run.
-    let (accepted, seen) = burst_to_fast_readers(&["--send-buffer", "256KiB"]);
+    let mut flags = flags.to_vec();
+    flags.extend(["--send-buffer", "256KiB"]);
+    let (accepted, seen) = burst_to_fast_readers(&flags);
     assert!(accepted > 0, "herald accepted none of the burst");
     for (i, s) in seen.iter().enumerate() {
         assert!(
@@ -483,11 +508,25 @@ pub fn upgrades_during_flood(flags: &[&str], attempts: usize, within: Duration) 
 
 #[test]
 fn a_client_upgrading_during_a_flood_gets_its_101() {
+    check_upgrades(&[]);
+}
+
+#[test]
+fn without_rate_limits_a_client_upgrading_during_a_flood_gets_its_101_at_once() {
+    // Here the flooder takes every iteration's batch room; an upgrade must
+    // still be read in its turn (it once waited for the flood to end).
+    check_upgrades(&UNLIMITED);
+}
+
+fn check_upgrades(flags: &[&str]) {
     let _serial = serial();
     // A queue limit below one iteration's batch of the flood: the batch that
     // used to make herald drop a queued 101 along with the client.
-    let firsts =
-        upgrades_during_flood(&["--max-queued-bytes", "64KiB"], 40, Duration::from_secs(6));
+    let mut flags = flags.to_vec();
+    flags.extend(["--max-queued-bytes", "64KiB"]);
+    let started = Instant::now();
+    let firsts = upgrades_during_flood(&flags, 40, Duration::from_secs(6));
+    let took = started.elapsed();
     let mut refused = BTreeMap::<String, usize>::new();
     for f in firsts.iter().filter(|f| !f.starts_with(b"HTTP/1.1 101")) {
         *refused.entry(f.escape_ascii().to_string()).or_default() += 1;
@@ -506,4 +545,5 @@ fn a_client_upgrading_during_a_flood_gets_its_101() {
         "only {} upgrades were answered in 6 s of flood",
         firsts.len()
     );
+    assert_eq!(firsts.len(), 40, "40 upgrades took {took:?}");
 }
