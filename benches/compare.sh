@@ -22,6 +22,15 @@
 #   OUT=target/compare             where results go
 #   SKIP_BUILD=1 SKIP_INSTALL=1    reuse existing binaries / node_modules / venv
 #   HERALD=... LOADGEN=...         binaries to use (default: $CARGO_TARGET_DIR or target/)
+#   HERALD_FLAGS="--client-rate 0 --client-bandwidth 0"
+#                                  herald's flags. The default turns off its per-client rate
+#                                  limits: one publisher at window 16 sends far more than the
+#                                  1,000 frames/s a client may send by default, and these are
+#                                  saturation benchmarks, not a flood to pace.
+#   HERALD_BEFORE=path HERALD_BEFORE_FLAGS=""
+#                                  a second herald binary (say, the previous commit built beside
+#                                  this one), run as server "before" (add it to SERVERS), so that
+#                                  a change is measured against its parent in the same run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,6 +52,9 @@ PORT=${PORT:-9400}
 OUT=${OUT:-$ROOT/target/compare}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 HERALD=${HERALD:-$TARGET/release/herald}
+HERALD_FLAGS=${HERALD_FLAGS---client-rate 0 --client-bandwidth 0}
+HERALD_BEFORE=${HERALD_BEFORE:-}
+HERALD_BEFORE_FLAGS=${HERALD_BEFORE_FLAGS:-}
 LOADGEN=${LOADGEN:-$TARGET/release/loadgen}
 PEERS=$ROOT/benches/peers
 # Source addresses for loadgen: 8 of them, so TIME_WAIT left by earlier runs never
@@ -86,7 +98,11 @@ trap stop_server EXIT INT TERM
 
 start_server() { # NAME LOGFILE
     case $1 in
-        herald) taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" >"$2" 2>&1 & ;;
+        # shellcheck disable=SC2086 # the flags are words
+        herald) taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" $HERALD_FLAGS >"$2" 2>&1 & ;;
+        # shellcheck disable=SC2086
+        before) taskset -c "$SERVER_CPU" "${HERALD_BEFORE:?set HERALD_BEFORE to run server before}" \
+            --listen "127.0.0.1:$PORT" $HERALD_BEFORE_FLAGS >"$2" 2>&1 & ;;
         node) PORT=$PORT HOST=127.0.0.1 taskset -c "$SERVER_CPU" node "$PEERS/node/server.js" >"$2" 2>&1 & ;;
         python) PORT=$PORT HOST=127.0.0.1 taskset -c "$SERVER_CPU" \
             "$PEERS/python/.venv/bin/python" "$PEERS/python/server.py" >"$2" 2>&1 & ;;
@@ -154,6 +170,10 @@ CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
         "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
     echo "# server on CPU $SERVER_CPU, loadgen on CPU $LOADGEN_CPU; DURATION=$DURATION WARMUP=$WARMUP" \
         "DRAIN=$DRAIN IDLE_SECS=$IDLE_SECS RATE_C=$RATE_C; 64-byte messages, 1 publisher"
+    echo "# herald flags: ${HERALD_FLAGS:-none}"
+    if [[ " $SERVERS " == *" before "* ]]; then
+        echo "# before: $HERALD_BEFORE ${HERALD_BEFORE_FLAGS:-}"
+    fi
 } | tee "$OUT/table.txt"
 python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY' | tee -a "$OUT/table.txt"
 import json, os, sys

@@ -36,8 +36,9 @@ mkdir -p "$OUT"
 if [[ -z ${SKIP_BUILD:-} ]]; then
     cargo build --release -q -p herald -p loadgen
 fi
+# The per-client rate limits are off: the ws publisher saturates herald on purpose.
 taskset -c "$SERVER_CPU" "$TARGET/release/herald" --listen "127.0.0.1:$PORT" \
-    --publish-token "$TOKEN" >"$OUT/herald.log" 2>&1 &
+    --publish-token "$TOKEN" --client-rate 0 --client-bandwidth 0 >"$OUT/herald.log" 2>&1 &
 HERALD_PID=$!
 trap 'kill "$HERALD_PID" 2>/dev/null; wait "$HERALD_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

@@ -66,36 +66,38 @@ const MIN_CLIENT_FRAME: usize = 6;
 /// Two token buckets, over frames (`--client-rate`, `--client-burst`) and
 /// over bytes (`--client-bandwidth`), refilled by the time since the last
 /// read. A client without allowance is not read: its input waits in its
-/// socket (TCP backpressure), nothing is dropped.
+/// socket (TCP backpressure), nothing is dropped. Kept to 12 bytes, as
+/// every open WebSocket has one.
 struct Allowance {
-    frames: f64,
-    bytes: f64,
-    at: Instant,
+    frames: f32,
+    bytes: f32,
+    /// When it was last refilled, in the loop's milliseconds (wrapping).
+    at_ms: u32,
 }
 
 impl Allowance {
-    fn new(cfg: &Config, now: Instant) -> Self {
+    fn new(cfg: &Config, ms: u32) -> Self {
         Allowance {
-            frames: f64::from(cfg.client_burst.max(1)),
-            bytes: cfg.client_bandwidth as f64,
-            at: now,
+            frames: cfg.client_burst.max(1) as f32,
+            bytes: cfg.client_bandwidth as f32,
+            at_ms: ms,
         }
     }
 
     /// Bytes that may be read now, at most `cap`: 0 means none. Each frame
     /// takes at least [`MIN_CLIENT_FRAME`] bytes, so reading no more than
     /// that many per frame token keeps the frame count within the bucket.
-    fn available(&mut self, cfg: &Config, now: Instant, cap: usize) -> usize {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = now;
+    fn available(&mut self, cfg: &Config, ms: u32, cap: usize) -> usize {
+        let dt = ms.wrapping_sub(self.at_ms) as f32 / 1000.0;
+        self.at_ms = ms;
         let mut cap = cap;
         if cfg.client_rate > 0 {
-            let burst = f64::from(cfg.client_burst.max(1));
-            self.frames = (self.frames + dt * f64::from(cfg.client_rate)).min(burst);
+            let burst = cfg.client_burst.max(1) as f32;
+            self.frames = (self.frames + dt * cfg.client_rate as f32).min(burst);
             cap = cap.min((self.frames.max(0.0) as usize).saturating_mul(MIN_CLIENT_FRAME));
         }
         if cfg.client_bandwidth > 0 {
-            let per_second = cfg.client_bandwidth as f64;
+            let per_second = cfg.client_bandwidth as f32;
             self.bytes = (self.bytes + dt * per_second).min(per_second);
             cap = cap.min(self.bytes.max(0.0) as usize);
         }
@@ -104,8 +106,8 @@ impl Allowance {
 
     /// Takes what a read used.
     fn charge(&mut self, frames: u32, bytes: usize) {
-        self.frames -= f64::from(frames);
-        self.bytes -= bytes as f64;
+        self.frames -= frames as f32;
+        self.bytes -= bytes as f32;
     }
 }
 
@@ -254,6 +256,8 @@ pub(crate) struct Ctx<'a> {
     pub outbox: &'a mut Outbox,
     /// Cached clock for this iteration.
     pub now: Instant,
+    /// The same, in milliseconds since the loop started (wrapping).
+    pub ms: u32,
     /// Counters.
     pub stats: &'a mut Stats,
 }
@@ -439,9 +443,9 @@ impl Conn {
     /// Whether the socket should be read now, and how much: `Some(0)` when
     /// a WebSocket client is past its `--client-rate` or
     /// `--client-bandwidth` allowance, `cap` when it is not limited.
-    pub fn read_allowance(&mut self, cfg: &Config, now: Instant, cap: usize) -> usize {
+    pub fn read_allowance(&mut self, cfg: &Config, ms: u32, cap: usize) -> usize {
         match &mut self.state {
-            State::Open(ws) => ws.allowance.available(cfg, now, cap),
+            State::Open(ws) => ws.allowance.available(cfg, ms, cap),
             // Pipelined requests wait in the buffer while their answers
             // leave one at a time; a small read keeps that buffer small.
             State::Http(_) => cap.min(HTTP_READ),
@@ -563,12 +567,12 @@ impl Conn {
                 Route::Incomplete => break,
                 Route::Upgrade { response } => {
                     tracing::debug!(peer = %self.peer, "upgrade");
-                    self.queue.push(Frame::from_vec(response), Kind::Own);
+                    ctx.stats.bytes_written += self.send_now(&response) as u64;
                     let ws = WebSocketContext::new(Role::Server, Some(*ctx.ws_config));
                     self.state = State::Open(Box::new(Ws {
                         ctx: ws,
                         fragments: FragmentGuard::default(),
-                        allowance: Allowance::new(ctx.cfg, ctx.now),
+                        allowance: Allowance::new(ctx.cfg, ctx.ms),
                     }));
                     self.was_ws = true;
                     self.deadline = None;
@@ -828,6 +832,32 @@ impl Conn {
         if self.dropped > 0 && self.queue.is_empty() && self.is_open() {
             self.queue_drop_notice();
             written += self.flush_once(tick);
+        }
+        written
+    }
+
+    /// Writes `bytes` at once if nothing is queued before them, and queues
+    /// what the socket does not take. For the `101`: an idle WebSocket then
+    /// never allocates a queue. Returns the bytes written.
+    fn send_now(&mut self, bytes: &[u8]) -> usize {
+        let written = if self.queue.is_empty() {
+            match SendMsg(&self.stream).write(bytes) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "write failed");
+                    self.doomed = true;
+                    self.reason = CloseReason::IoError;
+                    return 0;
+                }
+            }
+        } else {
+            0
+        };
+        if written < bytes.len() {
+            self.queue
+                .push(Frame::from_bytes(&bytes[written..]), Kind::Own);
         }
         written
     }

@@ -174,6 +174,14 @@ impl WriteQueue {
         }
     }
 
+    /// Gives back the memory of an empty queue (a later push allocates it
+    /// again).
+    pub fn release_if_empty(&mut self) {
+        if self.entries.is_empty() && self.entries.capacity() > 0 {
+            self.entries = VecDeque::new();
+        }
+    }
+
     /// Writes as much as `w` takes, gathering frames into vectored writes.
     ///
     /// # Errors

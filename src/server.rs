@@ -462,6 +462,7 @@ impl Server {
     /// a full queue (then it is held until the queue drains).
     fn read_conn(&mut self, k: usize, now: Instant) {
         let tick = self.tick(now);
+        let ms = now.duration_since(self.epoch).as_millis() as u32;
         let limit = self.cfg.max_queued_bytes;
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut total = 0usize;
@@ -472,6 +473,7 @@ impl Server {
                 ws_config: &self.ws_config,
                 outbox: &mut self.outbox,
                 now,
+                ms,
                 stats: &mut self.stats,
             };
             conn.resume(&mut ctx);
@@ -511,7 +513,7 @@ impl Server {
                 }
                 break;
             }
-            let cap = conn.read_allowance(&self.cfg, now, cap);
+            let cap = conn.read_allowance(&self.cfg, ms, cap);
             if cap == 0 && conn.reset {
                 // Past its allowance with input a peer abandoned: not worth
                 // reading at the paced rate.
@@ -668,6 +670,11 @@ impl Server {
                     conn.pinged = true;
                     touched = true;
                 }
+            }
+            if keepalive {
+                // An idle connection holds no queue memory; a busy one
+                // allocates it again once a second at most.
+                conn.queue.release_if_empty();
             }
             if touched && !conn.dirty {
                 conn.dirty = true;
