@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Median of several benches/compare.sh runs, per scenario and server.
+
+    python3 benches/median.py OUT_DIR [OUT_DIR ...]
+
+Each OUT_DIR is one compare.sh run (its OUT); the servers and scenarios are read from the
+JSON files there. Rounds of one run are comparable with each other, so the median of a
+few rounds of "herald" next to "before" (SERVERS="herald before") is the fairest
+before/after figure on a noisy machine.
+"""
+import json
+import os
+import statistics
+import sys
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def figures(r):
+    lat, srv = r.get("latency") or {}, r.get("server") or {}
+    return {
+        "deliveries/s": r.get("deliveries_per_sec"),
+        "p50 ms": lat.get("p50_ms"),
+        "p99 ms": lat.get("p99_ms"),
+        "CPU ns/deliv": srv.get("cpu_ns_per_delivery"),
+        "KiB/conn": (srv.get("bytes_per_connection") or 0) / 1024 or None,
+        "lost": r.get("lost"),
+    }
+
+
+def main(dirs):
+    runs = {}
+    ratios = {}
+    for d in dirs:
+        here = {}
+        for name in os.listdir(d):
+            if name.endswith(".json"):
+                server, _, sc = name[:-5].rpartition("-")
+                r = load(os.path.join(d, name))
+                if r is not None:
+                    here[(sc, server)] = figures(r)
+        # herald over before within this round: the ratio the noise cancels in.
+        for (sc, server), f in here.items():
+            b = here.get((sc, "before"))
+            if server != "herald" or b is None:
+                continue
+            for c, better_high in (("deliveries/s", True), ("CPU ns/deliv", False),
+                                   ("p99 ms", False), ("KiB/conn", False)):
+                if f[c] and b[c]:
+                    ratio = f[c] / b[c] if better_high else b[c] / f[c]
+                    ratios.setdefault((sc, c), []).append(ratio)
+        for name in sorted(os.listdir(d)):
+            if not name.endswith(".json"):
+                continue
+            server, _, sc = name[:-5].rpartition("-")
+            r = load(os.path.join(d, name))
+            if r is not None:
+                runs.setdefault((sc, server), []).append(figures(r))
+    cols = ["deliveries/s", "p50 ms", "p99 ms", "CPU ns/deliv", "KiB/conn", "lost"]
+    print(f"median of {len(dirs)} rounds")
+    print("| scenario | server | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for (sc, server) in sorted(runs):
+        cells = []
+        for c in cols:
+            vals = [f[c] for f in runs[(sc, server)] if f[c] is not None]
+            if not vals:
+                cells.append("-")
+            elif c == "lost":
+                cells.append(str(max(vals)) + " (max)")
+            elif c in ("p50 ms", "p99 ms", "KiB/conn"):
+                cells.append(f"{statistics.median(vals):.2f}")
+            else:
+                cells.append(f"{statistics.median(vals):,.0f}")
+        print(f"| {sc} | {server} | " + " | ".join(cells) + " |")
+    if ratios:
+        print()
+        print("herald against before, median of the per-round ratios (above 1 favours herald):")
+        for sc in sorted({sc for sc, _ in ratios}):
+            parts = [f"{c} {statistics.median(v):.2f}x ({', '.join(f'{x:.2f}' for x in v)})"
+                     for (s2, c), v in sorted(ratios.items()) if s2 == sc]
+            print(f"  {sc}: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
