@@ -133,6 +133,11 @@ pub struct Config {
     #[arg(long, value_name = "PATH")]
     pub feed: Option<String>,
 
+    /// Once herald closes a connection (a close frame or a final HTTP
+    /// answer), how long the client has to take its last bytes and close.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub close_timeout: Duration,
+
     /// On SIGINT/SIGTERM, how long to wait for clients to answer close 1001.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub shutdown_timeout: Duration,
@@ -292,7 +297,7 @@ impl Config {
              slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} \
-             handshake_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
+             handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
             self.mode,
@@ -317,6 +322,7 @@ impl Config {
             },
             self.feed.as_deref().unwrap_or("-"),
             self.handshake_timeout,
+            self.close_timeout,
             self.shutdown_timeout,
             s.backlog,
             s.nodelay,

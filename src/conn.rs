@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 use tungstenite::error::ProtocolError;
@@ -15,10 +15,6 @@ use crate::frame::{self, Frame, Outbox, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::http::{self, Resource, Route, RouteConfig, Status};
 use crate::queue::{Flushed, Kind, WriteQueue};
 use crate::server::Stats;
-
-/// How long a connection may take to drain its last bytes and see the peer
-/// close, once herald has decided to close it.
-pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Bytes read at once from a connection waiting for a request head: two
 /// heads' worth, so a pipelining client's buffered requests cost little.
@@ -262,6 +258,13 @@ pub(crate) struct Ctx<'a> {
     pub stats: &'a mut Stats,
 }
 
+impl Ctx<'_> {
+    /// When a connection that starts closing now must be gone.
+    pub fn close_by(&self) -> Instant {
+        self.now + self.cfg.close_timeout
+    }
+}
+
 /// The stream tungstenite sees: reads come from the loop-owned buffer
 /// (so tungstenite's own read buffer can stay tiny), writes go to the
 /// connection's queue.
@@ -459,17 +462,20 @@ impl Conn {
     }
 
     /// Queues `response` as this connection's last bytes.
-    pub fn finish_with(&mut self, response: Frame, reason: CloseReason, now: Instant) {
+    ///
+    /// `close_by` is when the closing must be over (`--close-timeout` from
+    /// now): the connection is removed then, whatever is left.
+    pub fn finish_with(&mut self, response: Frame, reason: CloseReason, close_by: Instant) {
         self.queue.push(response, Kind::Own);
-        self.begin_closing(reason, now);
+        self.begin_closing(reason, close_by);
     }
 
     /// Stops accepting input and broadcasts; what is queued still goes out.
-    fn begin_closing(&mut self, reason: CloseReason, now: Instant) {
+    fn begin_closing(&mut self, reason: CloseReason, close_by: Instant) {
         if !matches!(self.state, State::Closing { .. }) {
             self.state = State::Closing { write_shut: false };
             self.reason = reason;
-            self.deadline = Some(now + CLOSE_TIMEOUT);
+            self.deadline = Some(close_by);
             self.pending = None;
         }
     }
@@ -509,7 +515,7 @@ impl Conn {
                         "more than {} fragments in one message",
                         ctx.cfg.max_fragments
                     );
-                    self.close_with(1009, &why, CloseReason::ProtocolError, ctx.now);
+                    self.close_with(1009, &why, CloseReason::ProtocolError, ctx.close_by());
                 } else {
                     frames = ws.fragments.take_frames();
                     ws.allowance.charge(frames, data.len());
@@ -519,10 +525,10 @@ impl Conn {
                             // Both Close frames are exchanged: the peer has
                             // nothing more to say, so once the reply is out
                             // the server closes TCP first (RFC 6455 §7.1.1).
-                            self.begin_closing(self.reason, ctx.now);
+                            self.begin_closing(self.reason, ctx.close_by());
                             self.peer_eof = true;
                         }
-                        Err(e) => self.fail(&e, ctx.now),
+                        Err(e) => self.fail(&e, ctx.close_by()),
                     }
                 }
             }
@@ -646,7 +652,7 @@ impl Conn {
                     self.finish_with(
                         http::error_response(status, why),
                         CloseReason::Rejected,
-                        ctx.now,
+                        ctx.close_by(),
                     );
                     return;
                 }
@@ -665,7 +671,7 @@ impl Conn {
             self.finish_with(
                 http::error_response(Status::BadRequest, "a text body must be valid UTF-8"),
                 CloseReason::Rejected,
-                ctx.now,
+                ctx.close_by(),
             );
             return;
         };
@@ -697,7 +703,7 @@ impl Conn {
             self.queue.push(answer(true), Kind::Own);
             self.next_request(true, now, cfg);
         } else {
-            self.finish_with(answer(false), CloseReason::Normal, now);
+            self.finish_with(answer(false), CloseReason::Normal, now + cfg.close_timeout);
         }
     }
 
@@ -706,7 +712,7 @@ impl Conn {
         if keep_alive {
             self.deadline = Some(now + cfg.handshake_timeout);
         } else {
-            self.begin_closing(CloseReason::Normal, now);
+            self.begin_closing(CloseReason::Normal, now + cfg.close_timeout);
         }
     }
 
@@ -719,13 +725,13 @@ impl Conn {
 
     /// Ends the connection after a protocol error, with the close code the
     /// RFC gives for it.
-    fn fail(&mut self, e: &WsError, now: Instant) {
+    fn fail(&mut self, e: &WsError, close_by: Instant) {
         let (code, why): (u16, String) = match e {
             WsError::Capacity(_) => (1009, "message too big".into()),
             WsError::Utf8(_) => (1007, "invalid UTF-8 in a text message".into()),
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 self.peer_eof = true;
-                self.begin_closing(CloseReason::PeerGone, now);
+                self.begin_closing(CloseReason::PeerGone, close_by);
                 return;
             }
             WsError::Protocol(p) => (1002, p.to_string()),
@@ -736,33 +742,33 @@ impl Conn {
             }
             other => (1011, other.to_string()),
         };
-        self.close_with(code, &why, CloseReason::ProtocolError, now);
+        self.close_with(code, &why, CloseReason::ProtocolError, close_by);
     }
 
     /// Sends a close frame as the last bytes, without waiting for the reply.
-    fn close_with(&mut self, code: u16, why: &str, reason: CloseReason, now: Instant) {
+    fn close_with(&mut self, code: u16, why: &str, reason: CloseReason, close_by: Instant) {
         tracing::debug!(peer = %self.peer, code, why, "closing on error");
-        self.finish_with(frame::encode_close(code, why), reason, now);
+        self.finish_with(frame::encode_close(code, why), reason, close_by);
     }
 
     /// Closes a client whose broadcast backlog would pass `limit`: the
     /// broadcasts it has not started receiving are dropped (herald's own
     /// answers stay), and a close 1008 goes after them.
-    pub fn close_slow(&mut self, limit: usize, now: Instant) {
+    pub fn close_slow(&mut self, limit: usize, close_by: Instant) {
         tracing::debug!(peer = %self.peer, backlog = self.queue.backlog(), limit, "slow consumer closed");
         self.queue.discard_broadcasts();
         let why = format!("slow consumer: more than {limit} bytes queued");
-        self.close_with(1008, &why, CloseReason::SlowConsumer, now);
+        self.close_with(1008, &why, CloseReason::SlowConsumer, close_by);
     }
 
     /// Starts the close handshake (shutdown, idle timeout); the peer has
-    /// until `CLOSE_TIMEOUT` to answer.
+    /// until `close_by` to answer.
     pub fn close_ws(
         &mut self,
         code: CloseCode,
         why: &'static str,
         reason: CloseReason,
-        now: Instant,
+        close_by: Instant,
     ) {
         if let State::Open(ws) = &mut self.state {
             let mut io = Io {
@@ -778,25 +784,25 @@ impl Conn {
             let _ = ws.ctx.close(&mut io, Some(frame));
             self.ws_closing = true;
             self.reason = reason;
-            self.deadline = Some(now + CLOSE_TIMEOUT);
+            self.deadline = Some(close_by);
         }
     }
 
     /// The peer closed its side.
-    pub fn on_eof(&mut self, now: Instant) {
+    pub fn on_eof(&mut self, close_by: Instant) {
         self.peer_eof = true;
         let reason = match &self.state {
             State::Open(ws) if ws.ctx.can_write() => CloseReason::PeerGone,
             _ => self.reason,
         };
-        self.begin_closing(reason, now);
+        self.begin_closing(reason, close_by);
         if self.queue.is_empty() {
             self.doomed = true;
         }
     }
 
     /// A deadline passed. Returns the status sent, if any.
-    pub fn on_deadline(&mut self, now: Instant) -> Option<u16> {
+    pub fn on_deadline(&mut self, close_by: Instant) -> Option<u16> {
         match &self.state {
             State::Http(head) if head.is_empty() => {
                 // An idle kept-alive connection: nothing to say.
@@ -809,7 +815,7 @@ impl Conn {
                 self.finish_with(
                     http::error_response(status, "request not received in time"),
                     CloseReason::Timeout,
-                    now,
+                    close_by,
                 );
                 Some(status.code())
             }

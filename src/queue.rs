@@ -7,17 +7,19 @@
 //!
 //! Each entry knows what it is ([`Kind`]): broadcast data may be discarded
 //! for a client that fell behind, while herald's own answers (a 101, an
-//! HTTP response, a pong, a close frame) never are. At most one pong is
-//! owed at a time: a newer ping's pong replaces an unsent one (RFC 6455
-//! §5.5.3 allows answering only the latest ping).
+//! HTTP response, a pong, a close frame) never are. At most
+//! [`MAX_WAITING_PONGS`] pongs wait at once: past that, a newer ping's pong
+//! replaces the newest one not yet started (RFC 6455 §5.5.3 allows
+//! answering only the latest ping).
 //!
 //! # Invariants
 //! * `queued` equals the sum of the lengths of the entries minus `offset`,
 //!   and `backlog` the same over broadcast entries only.
 //! * `offset < entries[0].len()` whenever the queue is not empty: a fully
 //!   written entry is popped at once.
-//! * `pong`, when set, is the absolute index of the one pong entry not yet
-//!   started; no other unstarted pong is queued.
+//! * `waiting_pongs` counts the pong entries not yet started (at most
+//!   [`MAX_WAITING_PONGS`]), and `pong`, set exactly when it is not zero, is
+//!   the absolute index of the newest of them.
 //! * Bytes only ever leave from the front, so frames are never interleaved:
 //!   whatever enters the queue (a broadcast, a pong, a close reply) reaches
 //!   the socket whole and in order.
@@ -38,6 +40,12 @@ pub const MAX_IOVECS: usize = 64;
 /// it really costs, not 2 bytes each.
 pub const ENTRY_COST: usize = 64;
 
+/// Pongs that may wait unsent at once, each answering its own ping. A
+/// client that pings and reads gets every pong (Autobahn's case 2.10 checks
+/// that ten pings get ten pongs); one that pings without reading costs at
+/// most this many.
+pub const MAX_WAITING_PONGS: u8 = 16;
+
 /// What a queue entry is, which decides whether it may be discarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -47,7 +55,8 @@ pub enum Kind {
     /// herald's own answer to this client (a handshake or HTTP response, a
     /// close frame, a keepalive ping, a notice): never discarded.
     Own,
-    /// A pong: never discarded, and replaced by a newer one while unsent.
+    /// A pong: never discarded; replaced by a newer one while unsent once
+    /// [`MAX_WAITING_PONGS`] wait.
     Pong,
 }
 
@@ -81,8 +90,10 @@ pub struct WriteQueue {
     broadcasts: u32,
     /// Absolute index of `entries[0]` (entries popped so far, wrapping).
     head: u32,
-    /// Absolute index of the unstarted pong, if one is owed.
+    /// Absolute index of the newest pong not yet started, if any.
     pong: Option<u32>,
+    /// Pong entries not yet started.
+    waiting_pongs: u8,
 }
 
 impl WriteQueue {
@@ -95,13 +106,14 @@ impl WriteQueue {
     #[inline]
     pub fn push(&mut self, frame: Frame, kind: Kind) {
         if kind == Kind::Pong {
-            if let Some(at) = self.pong {
+            if let (Some(at), MAX_WAITING_PONGS..) = (self.pong, self.waiting_pongs) {
                 let i = at.wrapping_sub(self.head) as usize;
                 let old = std::mem::replace(&mut self.entries[i].frame, frame);
                 self.queued = self.queued - old.len() + self.entries[i].frame.len();
                 return;
             }
             self.pong = Some(self.head.wrapping_add(self.entries.len() as u32));
+            self.waiting_pongs += 1;
         }
         self.queued += frame.len();
         if kind == Kind::Broadcast {
@@ -154,6 +166,7 @@ impl WriteQueue {
         self.backlog = 0;
         self.broadcasts = 0;
         self.pong = None;
+        self.waiting_pongs = 0;
         for (i, e) in self.entries.iter().enumerate() {
             let left = e.frame.len() - if i == 0 { self.offset } else { 0 };
             self.queued += left;
@@ -164,6 +177,7 @@ impl WriteQueue {
                 }
                 Kind::Pong if i > 0 || self.offset == 0 => {
                     self.pong = Some(self.head.wrapping_add(i as u32));
+                    self.waiting_pongs += 1;
                 }
                 _ => {}
             }
@@ -233,6 +247,7 @@ impl WriteQueue {
             self.backlog = 0;
             self.broadcasts = 0;
             self.pong = None;
+            self.waiting_pongs = 0;
             return;
         }
         self.queued -= n;
@@ -240,12 +255,16 @@ impl WriteQueue {
             let front = &self.entries[0];
             let left = front.frame.len() - self.offset;
             let step = n.min(left);
-            if front.kind == Kind::Broadcast {
-                self.backlog -= step;
-            }
-            if self.pong == Some(self.head) {
-                // Started: a newer pong must not replace it mid-write.
-                self.pong = None;
+            match front.kind {
+                Kind::Broadcast => self.backlog -= step,
+                Kind::Pong if self.offset == 0 => {
+                    // Started: a newer pong must not replace it mid-write.
+                    self.waiting_pongs -= 1;
+                    if self.pong == Some(self.head) {
+                        self.pong = None;
+                    }
+                }
+                _ => {}
             }
             n -= step;
             if step == left {
@@ -324,33 +343,45 @@ mod tests {
     }
 
     #[test]
-    fn one_pong_is_owed_at_a_time() {
+    fn pongs_wait_up_to_the_cap_then_the_newest_is_replaced() {
         let (frames, _) = frames();
         let mut q = WriteQueue::new();
         q.push(frames[5].clone(), Kind::Broadcast);
+        let cap = u32::from(MAX_WAITING_PONGS);
         for i in 0..10_000u32 {
             q.push(pong(&i.to_be_bytes()), Kind::Pong);
         }
         q.push(frames[6].clone(), Kind::Broadcast);
         q.push(pong(b"last"), Kind::Pong);
-        assert_eq!(q.entries.len(), 3, "pongs coalesce into one entry");
+        assert_eq!(
+            q.entries.len(),
+            2 + cap as usize,
+            "pongs past the cap coalesce"
+        );
+        // Every ping up to the cap gets its own pong; the last one waiting
+        // answers the latest ping.
         let mut expected = frames[5].to_vec();
+        for i in 0..cap - 1 {
+            expected.extend_from_slice(&pong(&i.to_be_bytes()));
+        }
         expected.extend_from_slice(&pong(b"last"));
         expected.extend_from_slice(&frames[6]);
         assert_eq!(q.queued(), expected.len());
-        // A pong being written is not replaced: the next one queues behind.
+        // A pong being written is not replaced: newer ones queue behind.
         let mut w = Trickle {
             out: Vec::new(),
             step: frames[5].len() + 1,
             calls: 0,
         };
         assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(q.waiting_pongs, MAX_WAITING_PONGS - 1);
         q.push(pong(b"newer"), Kind::Pong);
         q.push(pong(b"newest"), Kind::Pong);
         expected.extend_from_slice(&pong(b"newest"));
         while q.flush(&mut w).unwrap() == Flushed::Blocked {}
         assert_eq!(w.out, expected);
         assert_eq!((q.queued(), q.backlog(), q.cost()), (0, 0, 0));
+        assert_eq!((q.waiting_pongs, q.pong), (0, None));
     }
 
     #[test]
@@ -387,6 +418,7 @@ mod tests {
         };
         while q.flush(&mut w).unwrap() == Flushed::Blocked {}
         let mut expected = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
+        expected.extend_from_slice(&pong(b"p"));
         expected.extend_from_slice(&pong(b"q"));
         assert_eq!(w.out, expected);
     }

@@ -445,9 +445,9 @@ impl Server {
             conn.finish_with(
                 http::error_response(Status::Unavailable, "connection limit reached"),
                 CloseReason::Limit,
-                now,
+                // Turned away: a second is enough to take its 503.
+                now + self.cfg.close_timeout.min(Duration::from_secs(1)),
             );
-            conn.deadline = Some(now + Duration::from_secs(1));
         } else {
             tracing::debug!(%peer, "connect");
         }
@@ -531,7 +531,7 @@ impl Server {
             }
             match conn.stream.read(&mut buf[..cap]) {
                 Ok(0) => {
-                    conn.on_eof(now);
+                    conn.on_eof(now + self.cfg.close_timeout);
                     break;
                 }
                 Ok(n) => {
@@ -651,7 +651,7 @@ impl Server {
         for (k, conn) in self.conns.iter_mut() {
             let mut touched = false;
             if matches!(conn.deadline, Some(d) if now >= d) {
-                if let Some(status) = conn.on_deadline(now) {
+                if let Some(status) = conn.on_deadline(now + self.cfg.close_timeout) {
                     *self.stats.rejected.entry(status).or_default() += 1;
                 }
                 touched = true;
@@ -663,7 +663,12 @@ impl Server {
                 let stalled =
                     !conn.queue.is_empty() && tick.saturating_sub(conn.last_drained) >= idle_after;
                 if idle_on && (silent >= idle_after || stalled) {
-                    conn.close_ws(CloseCode::Away, "idle timeout", CloseReason::Idle, now);
+                    conn.close_ws(
+                        CloseCode::Away,
+                        "idle timeout",
+                        CloseReason::Idle,
+                        now + self.cfg.close_timeout,
+                    );
                     touched = true;
                 } else if ping_on && silent >= ping_after && !conn.pinged {
                     conn.queue.push(self.ping.clone(), Kind::Own);
@@ -833,7 +838,7 @@ impl Server {
                 self.stats.dropped_messages += count as u64;
             } else {
                 self.stats.slow_consumers += 1;
-                conn.close_slow(limit, now);
+                conn.close_slow(limit, now + self.cfg.close_timeout);
             }
             if !conn.blocked {
                 self.stats.bytes_written += conn.flush(tick) as u64;
@@ -890,12 +895,12 @@ impl Server {
                     CloseCode::Away,
                     "server shutting down",
                     CloseReason::Shutdown,
-                    now,
+                    now + self.cfg.close_timeout,
                 ),
                 State::Http(_) | State::Body(_) => conn.finish_with(
                     http::error_response(Status::Unavailable, "server shutting down"),
                     CloseReason::Shutdown,
-                    now,
+                    now + self.cfg.close_timeout,
                 ),
                 State::Closing { .. } => {}
             }

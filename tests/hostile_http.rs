@@ -271,3 +271,33 @@ fn after_a_rejection_whatever_else_the_client_sends_is_ignored() {
     w.expect(&req, 404, "no such path");
     w.assert_undisturbed();
 }
+
+#[test]
+fn a_rejected_client_that_never_closes_is_dropped_at_the_close_timeout() {
+    let server = common::TestServer::start(&["--close-timeout", "300ms"]);
+    let addr = server.addr;
+    let mut stuck = common::tcp(addr);
+    stuck.write_all(b"garbage\r\n\r\n").unwrap();
+    let (head, _) = read_head(&mut stuck).unwrap();
+    assert_eq!(status_of(&head), 400, "{head}");
+    // It keeps its end open and says nothing: herald waits --close-timeout
+    // for its EOF, then drops it (the default, 3 s, would outlast this).
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "the silent client is dropped",
+        || {
+            // The scrape's own connection is the one left open.
+            (metric(addr, "herald_connections_open") == 1).then_some(())
+        },
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "dropped before its timeout"
+    );
+    assert_eq!(
+        metric(addr, "herald_connections_closed_total{reason=\"rejected\"}"),
+        1
+    );
+    drop(stuck);
+}
