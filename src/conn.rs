@@ -83,14 +83,17 @@ impl Allowance {
     /// Bytes that may be read now, at most `cap`: 0 means none. Each frame
     /// takes at least [`MIN_CLIENT_FRAME`] bytes, so reading no more than
     /// that many per frame token keeps the frame count within the bucket.
-    fn available(&mut self, cfg: &Config, ms: u32, cap: usize) -> usize {
+    fn available(&mut self, cfg: &Config, ms: u32, cap: usize, payload_left: u64) -> usize {
         let dt = ms.wrapping_sub(self.at_ms) as f32 / 1000.0;
         self.at_ms = ms;
         let mut cap = cap;
         if cfg.client_rate > 0 {
             let burst = cfg.client_burst.max(1) as f32;
             self.frames = (self.frames + dt * cfg.client_rate as f32).min(burst);
-            cap = cap.min((self.frames.max(0.0) as usize).saturating_mul(MIN_CLIENT_FRAME));
+            // Bytes of the frame in progress cannot start a frame: only what
+            // lies past them needs frame tokens.
+            let tokens = (self.frames.max(0.0) as usize).saturating_mul(MIN_CLIENT_FRAME);
+            cap = cap.min(tokens.saturating_add(payload_left.min(usize::MAX as u64) as usize));
         }
         if cfg.client_bandwidth > 0 {
             let per_second = cfg.client_bandwidth as f32;
@@ -325,6 +328,12 @@ struct FragmentGuard {
 }
 
 impl FragmentGuard {
+    /// Payload bytes of the current frame not yet seen (0 while a header
+    /// is incomplete).
+    fn payload_left(&self) -> u64 {
+        self.skip
+    }
+
     /// Frames seen since the last call.
     fn take_frames(&mut self) -> u32 {
         std::mem::take(&mut self.frames)
@@ -443,12 +452,21 @@ impl Conn {
             }
     }
 
+    /// Whether input read now may become broadcasts: a WebSocket message,
+    /// or a publish body. (A request head may carry a whole publish too,
+    /// but its reads are small: `HTTP_READ`.)
+    pub fn may_broadcast(&self) -> bool {
+        matches!(self.state, State::Open(_) | State::Body(_))
+    }
+
     /// Whether the socket should be read now, and how much: `Some(0)` when
     /// a WebSocket client is past its `--client-rate` or
     /// `--client-bandwidth` allowance, `cap` when it is not limited.
     pub fn read_allowance(&mut self, cfg: &Config, ms: u32, cap: usize) -> usize {
         match &mut self.state {
-            State::Open(ws) => ws.allowance.available(cfg, ms, cap),
+            State::Open(ws) => ws
+                .allowance
+                .available(cfg, ms, cap, ws.fragments.payload_left()),
             // Pipelined requests wait in the buffer while their answers
             // leave one at a time; a small read keeps that buffer small.
             State::Http(_) => cap.min(HTTP_READ),
@@ -1032,5 +1050,40 @@ mod size_tests {
         let size = std::mem::size_of::<super::Conn>();
         eprintln!("size_of::<Conn>() = {size}");
         assert!(size <= 192, "Conn grew to {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod allowance_tests {
+    use super::*;
+
+    /// Once the frame bucket is low, reads used to be capped
+    /// at 6 bytes per frame token even inside a frame's payload, where no
+    /// header can start; a 60 KiB payload then takes ~1000 reads.
+    /// Models read_conn's loop: allowance -> read -> scan -> charge.
+    #[test]
+    fn payload_reads_are_not_capped_by_frame_tokens() {
+        let cfg = crate::config::Config::default();
+        let mut a = Allowance::new(&cfg, 0);
+        let mut g = FragmentGuard::default();
+        // The client spent its burst on empty frames.
+        a.charge(cfg.client_burst, 0);
+        // 10 ms later (one THROTTLE_TICK) a 60 KiB text frame is in the socket.
+        let mut stream = vec![0x81, 0xFE, 0xF0, 0x00, 0, 0, 0, 0];
+        stream.extend(std::iter::repeat_n(b'a', 61440));
+        let (mut pos, mut reads, ms) = (0usize, 0usize, 10u32);
+        while pos < stream.len() {
+            let cap = a.available(&cfg, ms, 64 * 1024, g.payload_left());
+            if cap == 0 {
+                break;
+            }
+            let n = cap.min(stream.len() - pos);
+            assert!(g.scan(&stream[pos..pos + n], cfg.max_fragments));
+            a.charge(g.take_frames(), n);
+            pos += n;
+            reads += 1;
+        }
+        eprintln!("{reads} reads for {pos} bytes");
+        assert!(reads <= 16, "{reads} reads for one 60 KiB frame");
     }
 }

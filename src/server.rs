@@ -291,10 +291,12 @@ impl Server {
             }
             let now = Instant::now();
             self.input_left = ITERATION_INPUT;
-            self.read_carried(now);
+            // The feed first: clients carried over must not fill every
+            // iteration's batch before it.
             if self.feed_pending {
                 self.drain_feed();
             }
+            self.read_carried(now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -494,7 +496,17 @@ impl Server {
                 }
                 break;
             }
-            let room = self.batch_cap.saturating_sub(ctx.outbox.bytes()) / self.expansion;
+            // Only input that can become broadcasts is sized by the batch's
+            // room, and with nothing in the batch one minimal read always
+            // fits, so a tiny --max-queued-bytes or a huge --prefix slows
+            // reading down but never stops it.
+            let room = if !conn.may_broadcast() {
+                usize::MAX
+            } else if ctx.outbox.is_empty() {
+                (self.batch_cap / self.expansion).max(MIN_READ)
+            } else {
+                self.batch_cap.saturating_sub(ctx.outbox.bytes()) / self.expansion
+            };
             let cap = READ_BUF_LEN
                 .min(budget.saturating_sub(total))
                 .min(self.input_left)
@@ -727,21 +739,29 @@ impl Server {
                 self.doomed.push(k);
             }
         }
+        let mut listed_gone = false;
         for k in std::mem::take(&mut self.doomed) {
             if !self.conns.contains(k) {
                 continue;
             }
             let conn = self.conns.remove(k);
-            if conn.unread {
-                self.unread.retain(|&u| u != k);
-                self.spent.retain(|&u| u != k);
-                self.throttled.retain(|&u| u != k);
-            }
-            self.publish_acks.retain(|&u| u != k);
+            listed_gone |= conn.unread;
             self.stats.closed[conn.reason as usize] += 1;
             let _ = self.poll.registry().deregister(&mut { conn.stream });
             tracing::debug!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
         }
+        if listed_gone {
+            // One pass for all the removed, not one per removal: nothing was
+            // inserted since, so a key not in the slab is one just removed.
+            let conns = &self.conns;
+            self.unread.retain(|&k| conns.contains(k));
+            self.spent.retain(|&k| conns.contains(k));
+            self.throttled.retain(|&k| conns.contains(k));
+        }
+        debug_assert!(
+            self.publish_acks.is_empty(),
+            "publishes answered in fan-out"
+        );
         debug_assert!(self.dirty.is_empty() && self.doomed.is_empty());
         self.unread.extend(self.spent.drain(..));
         debug_assert!(

@@ -301,3 +301,23 @@ fn a_rejected_client_that_never_closes_is_dropped_at_the_close_timeout() {
     );
     drop(stuck);
 }
+
+#[test]
+fn a_tiny_queue_limit_or_a_huge_prefix_slows_reading_but_never_stops_it() {
+    // The batch's room per read (a quarter of the limit over what a byte of
+    // input can become) is below one minimal frame here; herald once read
+    // nothing at all, spinning.
+    let prefix = "p".repeat(2000);
+    for flags in [
+        vec!["--max-queued-bytes", "100"],
+        vec!["--max-queued-bytes", "64KiB", "--prefix", prefix.as_str()],
+    ] {
+        let server = common::TestServer::start(&flags);
+        let r = common::http_exchange(server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200, "{flags:?}: {r:?}");
+        let mut ws = common::connect(server.addr);
+        common::send_text(&mut ws, "still relayed");
+        let got = common::recv_text(&mut ws);
+        assert!(got.ends_with("still relayed"), "{flags:?}: {got}");
+    }
+}
