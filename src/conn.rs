@@ -10,11 +10,12 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, SlowConsumer};
 use crate::frame::{self, Frame, Outbox, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::http::{self, Resource, Route, RouteConfig, Status};
-use crate::queue::{Flushed, Kind, WriteQueue};
-use crate::server::Stats;
+use crate::nonblock::{interrupted, would_block};
+use crate::queue::{Flushed, Kind, WriteQueue, ENTRY_COST};
+use crate::stats::{CloseReason, Stats};
 
 /// Bytes read at once from a connection waiting for a request head: two
 /// heads' worth, so a pipelining client's buffered requests cost little.
@@ -133,61 +134,17 @@ pub(crate) enum Pending {
     },
 }
 
-/// Why a connection ended, for the disconnect log and the counters.
+/// What became of a broadcast batch offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The close handshake completed, or an HTTP exchange ended.
-    Normal,
-    /// The peer vanished without a close handshake.
-    PeerGone,
-    /// A protocol, UTF-8 or size violation by the peer.
-    ProtocolError,
-    /// An I/O error on the socket.
-    IoError,
-    /// The peer stopped reading and its queue passed the limit.
-    SlowConsumer,
-    /// Silent past `--idle-timeout`.
-    Idle,
-    /// A handshake or close deadline passed.
-    Timeout,
-    /// Rejected at the front door (4xx).
-    Rejected,
-    /// Turned away at `--max-connections` (503).
-    Limit,
-    /// The server is shutting down.
-    Shutdown,
-}
-
-impl CloseReason {
-    /// Every reason, for metrics.
-    pub const ALL: [CloseReason; 10] = [
-        CloseReason::Normal,
-        CloseReason::PeerGone,
-        CloseReason::ProtocolError,
-        CloseReason::IoError,
-        CloseReason::SlowConsumer,
-        CloseReason::Idle,
-        CloseReason::Timeout,
-        CloseReason::Rejected,
-        CloseReason::Limit,
-        CloseReason::Shutdown,
-    ];
-
-    /// A short lower-case name, for logs and metric labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            CloseReason::Normal => "normal",
-            CloseReason::PeerGone => "peer_gone",
-            CloseReason::ProtocolError => "error",
-            CloseReason::IoError => "io_error",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::Idle => "idle",
-            CloseReason::Timeout => "timeout",
-            CloseReason::Rejected => "rejected",
-            CloseReason::Limit => "limit",
-            CloseReason::Shutdown => "shutdown",
-        }
-    }
+pub(crate) enum Offer {
+    /// Queued behind what the connection already has.
+    Queued,
+    /// Dropped for a slow consumer under `--slow-consumer drop` (it will be
+    /// told how many it lost).
+    Dropped,
+    /// The connection is slow and closes with 1008 under
+    /// `--slow-consumer close`.
+    Closed,
 }
 
 /// A client connection.
@@ -533,7 +490,12 @@ impl Conn {
                         "more than {} fragments in one message",
                         ctx.cfg.max_fragments
                     );
-                    self.close_with(1009, &why, CloseReason::ProtocolError, ctx.close_by());
+                    self.close_with(
+                        frame::CLOSE_TOO_BIG,
+                        &why,
+                        CloseReason::ProtocolError,
+                        ctx.close_by(),
+                    );
                 } else {
                     frames = ws.fragments.take_frames();
                     ws.allowance.charge(frames, data.len());
@@ -745,20 +707,23 @@ impl Conn {
     /// RFC gives for it.
     fn fail(&mut self, e: &WsError, close_by: Instant) {
         let (code, why): (u16, String) = match e {
-            WsError::Capacity(_) => (1009, "message too big".into()),
-            WsError::Utf8(_) => (1007, "invalid UTF-8 in a text message".into()),
+            WsError::Capacity(_) => (frame::CLOSE_TOO_BIG, "message too big".into()),
+            WsError::Utf8(_) => (
+                frame::CLOSE_INVALID_DATA,
+                "invalid UTF-8 in a text message".into(),
+            ),
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 self.peer_eof = true;
                 self.begin_closing(CloseReason::PeerGone, close_by);
                 return;
             }
-            WsError::Protocol(p) => (1002, p.to_string()),
+            WsError::Protocol(p) => (frame::CLOSE_PROTOCOL, p.to_string()),
             WsError::Io(_) => {
                 self.doomed = true;
                 self.reason = CloseReason::IoError;
                 return;
             }
-            other => (1011, other.to_string()),
+            other => (frame::CLOSE_INTERNAL, other.to_string()),
         };
         self.close_with(code, &why, CloseReason::ProtocolError, close_by);
     }
@@ -772,11 +737,16 @@ impl Conn {
     /// Closes a client whose broadcast backlog would pass `limit`: the
     /// broadcasts it has not started receiving are dropped (herald's own
     /// answers stay), and a close 1008 goes after them.
-    pub fn close_slow(&mut self, limit: usize, close_by: Instant) {
+    fn close_slow(&mut self, limit: usize, close_by: Instant) {
         tracing::debug!(peer = %self.peer, backlog = self.queue.backlog(), limit, "slow consumer closed");
         self.queue.discard_broadcasts();
         let why = format!("slow consumer: more than {limit} bytes queued");
-        self.close_with(1008, &why, CloseReason::SlowConsumer, close_by);
+        self.close_with(
+            frame::CLOSE_POLICY,
+            &why,
+            CloseReason::SlowConsumer,
+            close_by,
+        );
     }
 
     /// Starts the close handshake (shutdown, idle timeout); the peer has
@@ -867,8 +837,8 @@ impl Conn {
         let written = if self.queue.is_empty() {
             match SendMsg(&self.stream).write(bytes) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                Err(e) if would_block(&e) => 0,
+                Err(e) if interrupted(&e) => 0,
                 Err(e) => {
                     tracing::debug!(peer = %self.peer, error = %e, "write failed");
                     self.doomed = true;
@@ -886,8 +856,41 @@ impl Conn {
         written
     }
 
+    /// Offers this iteration's broadcast batch (`count` messages joined in
+    /// one frame): the slow-consumer policy, in one place.
+    ///
+    /// Slow means: broadcasts from earlier iterations are still unsent and
+    /// this batch would take them past `limit`. Its own 101, pongs and pings
+    /// never make a client slow, and one with no backlog keeps up, so even
+    /// a batch larger than the limit (whose frames every recipient shares)
+    /// is queued for it.
+    pub fn offer(
+        &mut self,
+        batch: &Frame,
+        count: u32,
+        limit: usize,
+        policy: SlowConsumer,
+        close_by: Instant,
+    ) -> Offer {
+        let backlog = self.queue.backlog();
+        if backlog == 0 || backlog + batch.len() + ENTRY_COST <= limit {
+            if self.dropped > 0 {
+                // Where the gap is, before what follows it.
+                self.queue_drop_notice();
+            }
+            self.queue.push(batch.clone(), Kind::Broadcast);
+            Offer::Queued
+        } else if policy == SlowConsumer::Drop {
+            self.dropped = self.dropped.saturating_add(count);
+            Offer::Dropped
+        } else {
+            self.close_slow(limit, close_by);
+            Offer::Closed
+        }
+    }
+
     /// Queues `herald: N messages dropped` for a client that lost messages.
-    pub fn queue_drop_notice(&mut self) {
+    fn queue_drop_notice(&mut self) {
         let notice = format!("herald: {} messages dropped", self.dropped);
         self.queue
             .push(frame::encode(OP_TEXT, b"", notice.as_bytes()), Kind::Own);
@@ -964,7 +967,7 @@ fn read_messages(
             // Pongs are queued by tungstenite itself; a peer's Close is
             // answered on the next `read`, which then ends the connection.
             Ok(_) => {}
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(WsError::Io(e)) if would_block(&e) => return Ok(()),
             Err(e) => return Err(e),
         }
     }

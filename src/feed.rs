@@ -10,6 +10,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
+use crate::nonblock::interrupted;
 use mio::Waker;
 
 /// Lines buffered between the reader and the loop.
@@ -77,7 +78,7 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<bool> 
         let (done, used) = {
             let buf = match reader.fill_buf() {
                 Ok(b) => b,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if interrupted(&e) => continue,
                 Err(e) => return Err(e),
             };
             if buf.is_empty() {

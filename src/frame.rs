@@ -1,9 +1,11 @@
 //! Encode-once WebSocket frames.
 //!
-//! A broadcast is encoded exactly once into an immutable [`Frame`]; every
-//! recipient's queue holds a clone of the same handle. Cloning is a
-//! non-atomic reference-count bump (the loop is single-threaded), so fan-out
-//! costs no allocation and no copy per recipient.
+//! A broadcast is encoded exactly once into an immutable [`Frame`]; an
+//! iteration's broadcasts wait in the [`Outbox`] and are joined into one
+//! frame, and every recipient's queue holds a clone of that one handle.
+//! Cloning is a non-atomic reference-count bump (the loop is
+//! single-threaded), so fan-out costs no allocation and no copy per
+//! recipient, and one queue entry however many messages the iteration had.
 //!
 //! Server frames are never masked (RFC 6455 §5.1), which is what makes one
 //! encoding valid for every recipient.
@@ -21,6 +23,21 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 /// WebSocket opcode of a pong frame.
 pub const OP_PONG: u8 = 0xA;
+
+/// Close code: a normal closure (RFC 6455 §7.4.1).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the endpoint is going away (shutdown, idle timeout).
+pub const CLOSE_AWAY: u16 = 1001;
+/// Close code: a protocol error.
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code: data inconsistent with the message type (invalid UTF-8).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code: a policy violation (herald: a slow consumer).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: a message too big to process.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the server hit an unexpected condition.
+pub const CLOSE_INTERNAL: u16 = 1011;
 
 /// Largest header a server frame can have: 2 bytes plus a 64-bit length.
 pub const MAX_HEADER_LEN: usize = 10;

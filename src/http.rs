@@ -1,5 +1,6 @@
-//! The HTTP front door: one request head per connection, parsed without
-//! blocking, answered with a WebSocket upgrade, the chat page or a status.
+//! The HTTP front door: request heads (one after another on a kept-alive
+//! connection), parsed without blocking, answered with a WebSocket upgrade,
+//! the chat page, health, metrics, a publish or a status.
 //!
 //! [`route`] is a pure function of the bytes received so far, so the whole
 //! front door can be fuzzed and property-tested without sockets.
@@ -160,6 +161,25 @@ impl Status {
 /// A complete response with a body.
 pub fn response(status: &str, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
     response_with(status, "", content_type, body, true, keep_alive)
+}
+
+/// A complete response with a body, or its head alone for `HEAD`
+/// (`send_body` false), with the `Content-Length` of the body either way.
+pub fn reply(
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    send_body: bool,
+    keep_alive: bool,
+) -> Frame {
+    Frame::from_vec(response_with(
+        status,
+        "",
+        content_type,
+        body,
+        send_body,
+        keep_alive,
+    ))
 }
 
 fn response_with(

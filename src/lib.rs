@@ -16,9 +16,11 @@ mod feed;
 pub mod frame;
 pub mod http;
 pub mod metrics;
+mod nonblock;
 pub mod queue;
 mod server;
 pub mod sockopt;
+pub mod stats;
 
 use std::io;
 use std::net::TcpListener;
@@ -26,8 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use config::{Config, LogFormat, Mode, SlowConsumer};
-pub use conn::CloseReason;
-pub use server::Stats;
+pub use stats::{CloseReason, Stats};
 
 /// Serves `listener` with `config` until `shutdown` fires (or, for a
 /// handle from [`Shutdown::on_signals`], SIGINT/SIGTERM arrives), then

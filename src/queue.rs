@@ -29,6 +29,7 @@ use std::io::{self, IoSlice, Write};
 use std::mem::MaybeUninit;
 
 use crate::frame::Frame;
+use crate::nonblock::{interrupted, would_block};
 
 /// How many frames one vectored write carries at most. Linux allows 1024; past a
 /// few dozen small frames the syscall cost is already amortised.
@@ -221,8 +222,8 @@ impl WriteQueue {
                 match w.write_vectored(slices) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(written) => written,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if would_block(&e) => return Ok(Flushed::Blocked),
+                    Err(e) if interrupted(&e) => continue,
                     Err(e) => return Err(e),
                 }
             };

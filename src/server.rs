@@ -1,13 +1,15 @@
 //! The event loop: one `mio::Poll`, one slab of connections, one thread.
 //!
-//! Each iteration: poll → handle every event (accept, read, write) → the
-//! end-of-iteration phase, which fans this iteration's broadcasts out to
-//! every open connection and flushes each with one vectored `sendmsg`, flushes the
-//! other connections that queued bytes, and only then removes the
-//! connections marked doomed. Slab keys are tokens and are reused, so a
-//! connection is never removed mid-batch.
+//! Each iteration: poll → read the connections left over from the last
+//! iteration, then those with events (each within its budget and the
+//! iteration's) → the end-of-iteration phase, which joins this iteration's
+//! broadcasts into one frame, offers it to every open connection and
+//! flushes each with one vectored `sendmsg`, flushes the other connections
+//! that queued bytes, and only then removes the connections marked doomed.
+//! Slab keys are tokens and are reused, so a connection is never removed
+//! mid-batch.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpListener as StdListener;
@@ -24,11 +26,13 @@ use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::config::{Config, SlowConsumer};
-use crate::conn::{CloseReason, Conn, Ctx, Pending, State};
+use crate::config::Config;
+use crate::conn::{Conn, Ctx, Offer, Pending, State};
 use crate::frame::{self, Frame, Outbox, OP_PING, OP_TEXT};
 use crate::http::{self, RouteConfig, Status};
-use crate::queue::{Kind, ENTRY_COST};
+use crate::nonblock::{interrupted, would_block};
+use crate::queue::Kind;
+use crate::stats::{CloseReason, Stats};
 use crate::{feed, metrics, sockopt, Shutdown};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -82,45 +86,6 @@ const REJECT_SLACK: usize = 64;
 /// loop's buffer through memory, so a small one costs little and keeps an
 /// idle connection well under 1 KiB.
 const WS_READ_BUFFER: usize = 128;
-
-/// Running totals, read by the metrics endpoint. Plain integers: the loop
-/// is the only writer.
-#[derive(Debug, Default, Clone)]
-pub struct Stats {
-    /// Connections accepted.
-    pub accepted: u64,
-    /// WebSocket handshakes completed.
-    pub upgrades: u64,
-    /// Messages received from clients.
-    pub messages_in: u64,
-    /// Broadcasts fanned out.
-    pub broadcasts: u64,
-    /// Frames queued by fan-out (broadcasts × open recipients).
-    pub deliveries: u64,
-    /// Bytes written to sockets.
-    pub bytes_written: u64,
-    /// Clients past `--max-queued-bytes`.
-    pub slow_consumers: u64,
-    /// Messages dropped for slow clients under `--slow-consumer drop`.
-    pub dropped_messages: u64,
-    /// Connections turned away at the connection or descriptor limit.
-    pub over_limit: u64,
-    /// Messages published through `POST /publish`.
-    pub publishes: u64,
-    /// Lines broadcast from `--feed`.
-    pub feed_lines: u64,
-    /// Most bytes queued across all clients at the end of a fan-out.
-    pub queued_high_water: usize,
-    /// Loop iterations.
-    pub iterations: u64,
-    /// Reads deferred because a client was past `--client-rate` or
-    /// `--client-bandwidth`.
-    pub throttled: u64,
-    /// Connections closed, indexed by `CloseReason as usize`.
-    pub closed: [u64; CloseReason::ALL.len()],
-    /// Requests answered with an error status, by status code.
-    pub rejected: BTreeMap<u16, u64>,
-}
 
 pub(crate) struct Server {
     poll: Poll,
@@ -286,7 +251,7 @@ impl Server {
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if interrupted(&e) => continue,
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
@@ -377,7 +342,7 @@ impl Server {
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.admit(stream, peer, now),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if would_block(&e) => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) if is_fd_exhaustion(&e) => {
                     // accept(2) reserves a descriptor before it looks at the
@@ -554,8 +519,8 @@ impl Server {
                     total += work;
                     self.input_left = self.input_left.saturating_sub(work);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) if interrupted(&e) => {}
                 Err(e) => {
                     tracing::debug!(peer = %conn.peer, error = %e, "read failed");
                     conn.reason = CloseReason::IoError;
@@ -578,16 +543,13 @@ impl Server {
             Some(Pending::Metrics { body, keep_alive }) => {
                 let text = self.render_metrics();
                 let answer = |keep_alive: bool| {
-                    let mut response = http::response(
+                    http::reply(
                         "200 OK",
                         metrics::CONTENT_TYPE,
                         text.as_bytes(),
+                        body,
                         keep_alive,
-                    );
-                    if !body {
-                        response.truncate(response.len() - text.len());
-                    }
-                    Frame::from_vec(response)
+                    )
                 };
                 let now = Instant::now();
                 // Pipelined requests after it wait in the buffer until the
@@ -830,35 +792,20 @@ impl Server {
         // The iteration's frames, joined once: each recipient gets one
         // handle (one queue entry, one iovec), whatever the count.
         let shared = self.outbox.take_joined();
-        let batch = shared.len() + ENTRY_COST;
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
-        let drop_policy = self.cfg.slow_consumer == SlowConsumer::Drop;
+        let policy = self.cfg.slow_consumer;
+        let close_by = now + self.cfg.close_timeout;
         let mut recipients = 0u64;
         let mut queued_total = 0usize;
         for (k, conn) in self.conns.iter_mut() {
             if !conn.is_open() {
                 continue;
             }
-            // Slow means: broadcasts from earlier iterations are still
-            // unsent and this batch would take them past the limit. Its own
-            // 101, pongs and pings never make a client slow, and one with no
-            // backlog keeps up, so even a batch larger than the limit
-            // (whose frames every recipient shares) is queued for it.
-            let backlog = conn.queue.backlog();
-            if backlog == 0 || backlog + batch <= limit {
-                if conn.dropped > 0 {
-                    // Where the gap is, before what follows it.
-                    conn.queue_drop_notice();
-                }
-                recipients += 1;
-                conn.queue.push(shared.clone(), Kind::Broadcast);
-            } else if drop_policy {
-                conn.dropped = conn.dropped.saturating_add(count as u32);
-                self.stats.dropped_messages += count as u64;
-            } else {
-                self.stats.slow_consumers += 1;
-                conn.close_slow(limit, now + self.cfg.close_timeout);
+            match conn.offer(&shared, count as u32, limit, policy, close_by) {
+                Offer::Queued => recipients += 1,
+                Offer::Dropped => self.stats.dropped_messages += count as u64,
+                Offer::Closed => self.stats.slow_consumers += 1,
             }
             if !conn.blocked {
                 self.stats.bytes_written += conn.flush(tick) as u64;
@@ -880,12 +827,13 @@ impl Server {
             if let Some(Pending::Published { count, keep_alive }) = conn.pending {
                 let body = format!("{{\"recipients\":{recipients}}}\n");
                 let answer = |keep_alive: bool| {
-                    Frame::from_vec(http::response(
+                    http::reply(
                         "202 Accepted",
                         "application/json",
                         body.as_bytes(),
+                        true,
                         keep_alive,
-                    ))
+                    )
                 };
                 // Pipelined requests after them wait in the buffer until
                 // the answers have left (the connection is held till then).

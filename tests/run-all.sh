@@ -12,7 +12,7 @@
 #   3. cargo build --release --workspace
 #   4. cargo test --workspace --release
 #   5. bash tests/autobahn/run.sh        (Autobahn TestSuite vs herald --mode echo)
-#   (browser tests will be step 6, see HOOK below)
+#   6. bash tests/browser/run.sh         (the chat page in Debian's chromium)
 # Every step has a time limit; the whole run is meant to stay under 20 minutes.
 set -euo pipefail
 

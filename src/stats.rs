@@ -1,0 +1,101 @@
+//! What the loop counts: plain integers, bumped per event or per broadcast
+//! (never per recipient), read by the metrics endpoint and the summary log
+//! line. Imports nothing from the crate, so every part can count.
+
+use std::collections::BTreeMap;
+
+/// Running totals, read by the metrics endpoint. Plain integers: the loop
+/// is the only writer.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// WebSocket handshakes completed.
+    pub upgrades: u64,
+    /// Messages received from clients.
+    pub messages_in: u64,
+    /// Broadcasts fanned out.
+    pub broadcasts: u64,
+    /// Frames queued by fan-out (broadcasts × open recipients).
+    pub deliveries: u64,
+    /// Bytes written to sockets.
+    pub bytes_written: u64,
+    /// Clients past `--max-queued-bytes`.
+    pub slow_consumers: u64,
+    /// Messages dropped for slow clients under `--slow-consumer drop`.
+    pub dropped_messages: u64,
+    /// Connections turned away at the connection or descriptor limit.
+    pub over_limit: u64,
+    /// Messages published through `POST /publish`.
+    pub publishes: u64,
+    /// Lines broadcast from `--feed`.
+    pub feed_lines: u64,
+    /// Most bytes queued across all clients at the end of a fan-out.
+    pub queued_high_water: usize,
+    /// Loop iterations.
+    pub iterations: u64,
+    /// Reads deferred because a client was past `--client-rate` or
+    /// `--client-bandwidth`.
+    pub throttled: u64,
+    /// Connections closed, indexed by `CloseReason as usize`.
+    pub closed: [u64; CloseReason::ALL.len()],
+    /// Requests answered with an error status, by status code.
+    pub rejected: BTreeMap<u16, u64>,
+}
+
+/// Why a connection ended, for the disconnect log and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The close handshake completed, or an HTTP exchange ended.
+    Normal,
+    /// The peer vanished without a close handshake.
+    PeerGone,
+    /// A protocol, UTF-8 or size violation by the peer.
+    ProtocolError,
+    /// An I/O error on the socket.
+    IoError,
+    /// The peer stopped reading and its queue passed the limit.
+    SlowConsumer,
+    /// Silent past `--idle-timeout`.
+    Idle,
+    /// A handshake or close deadline passed.
+    Timeout,
+    /// Rejected at the front door (4xx).
+    Rejected,
+    /// Turned away at `--max-connections` (503).
+    Limit,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics.
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Normal,
+        CloseReason::PeerGone,
+        CloseReason::ProtocolError,
+        CloseReason::IoError,
+        CloseReason::SlowConsumer,
+        CloseReason::Idle,
+        CloseReason::Timeout,
+        CloseReason::Rejected,
+        CloseReason::Limit,
+        CloseReason::Shutdown,
+    ];
+
+    /// A short lower-case name, for logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::PeerGone => "peer_gone",
+            CloseReason::ProtocolError => "error",
+            CloseReason::IoError => "io_error",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Idle => "idle",
+            CloseReason::Timeout => "timeout",
+            CloseReason::Rejected => "rejected",
+            CloseReason::Limit => "limit",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
