@@ -129,6 +129,15 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
 
+    /// Rooms (`/rooms/NAME`) at most besides the lobby; the first join of one
+    /// more gets 503.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_rooms: usize,
+
+    /// Send --feed lines to this room instead of the lobby.
+    #[arg(long, value_name = "NAME", value_parser = parse_room)]
+    pub feed_room: Option<String>,
+
     /// Broadcast every line of this file or named pipe (`-` for standard input).
     #[arg(long, value_name = "PATH")]
     pub feed: Option<String>,
@@ -274,6 +283,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(bad)
 }
 
+/// Parses a room name.
+///
+/// # Errors
+/// A one-line message naming the allowed characters.
+pub fn parse_room(s: &str) -> Result<String, String> {
+    if crate::http::valid_room_name(s.as_bytes()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid room name {s:?}: 1 to 64 of A-Z a-z 0-9 . _ ~ -"
+        ))
+    }
+}
+
 /// Parses a decimal or `0x` hexadecimal number.
 ///
 /// # Errors
@@ -296,7 +319,7 @@ impl Config {
             "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
              slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
-             allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} \
+             allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
@@ -321,6 +344,8 @@ impl Config {
                 "off"
             },
             self.feed.as_deref().unwrap_or("-"),
+            self.feed_room.as_deref().unwrap_or("-"),
+            self.max_rooms,
             self.handshake_timeout,
             self.close_timeout,
             self.shutdown_timeout,

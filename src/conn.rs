@@ -11,10 +11,11 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Mode, SlowConsumer};
-use crate::frame::{self, Frame, Outbox, OP_BINARY, OP_PONG, OP_TEXT};
+use crate::frame::{self, Frame, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::http::{self, Resource, Route, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::queue::{Flushed, Kind, WriteQueue, ENTRY_COST};
+use crate::rooms::Rooms;
 use crate::stats::{CloseReason, Stats};
 
 /// Bytes read at once from a connection waiting for a request head: two
@@ -47,6 +48,7 @@ pub(crate) struct Body {
     len: usize,
     binary: bool,
     keep_alive: bool,
+    room: Option<String>,
 }
 
 /// An open WebSocket.
@@ -131,6 +133,9 @@ pub(crate) enum Pending {
         count: u32,
         /// Whether the connection stays open after the last of them.
         keep_alive: bool,
+        /// The room they went to; [`NO_ROOM`] if it had no members
+        /// (nobody received them).
+        room: u32,
     },
 }
 
@@ -198,7 +203,14 @@ pub(crate) struct Conn {
     /// The socket reported an error (the peer reset it): what is still
     /// unread was abandoned by the peer.
     pub reset: bool,
+    /// The room this WebSocket joined ([`NO_ROOM`] before the upgrade).
+    pub room: u32,
+    /// Its index in the room's member list.
+    pub slot: u32,
 }
+
+/// `Conn::room` of a connection in no room.
+pub(crate) const NO_ROOM: u32 = u32::MAX;
 
 /// What the loop lends a connection while it handles input.
 pub(crate) struct Ctx<'a> {
@@ -208,8 +220,10 @@ pub(crate) struct Ctx<'a> {
     pub route: &'a RouteConfig,
     /// tungstenite's limits, derived from `cfg`.
     pub ws_config: &'a WebSocketConfig,
-    /// Broadcasts encoded in this iteration, fanned out at its end.
-    pub outbox: &'a mut Outbox,
+    /// The rooms, with this iteration's broadcasts, fanned out at its end.
+    pub rooms: &'a mut Rooms,
+    /// This connection's slab key (for joining a room).
+    pub key: usize,
     /// Cached clock for this iteration.
     pub now: Instant,
     /// The same, in milliseconds since the loop started (wrapping).
@@ -380,6 +394,8 @@ impl Conn {
             unread: false,
             held: false,
             reset: false,
+            room: NO_ROOM,
+            slot: 0,
         }
     }
 
@@ -479,7 +495,7 @@ impl Conn {
                     if let State::Body(body) = std::mem::replace(&mut self.state, State::Http(rest))
                     {
                         let frame = publish_frame(&body.buf, body.binary);
-                        self.published(frame, body.keep_alive, ctx);
+                        self.published(frame, body.keep_alive, body.room.as_deref(), ctx);
                         self.route_request(ctx);
                     }
                 }
@@ -499,7 +515,7 @@ impl Conn {
                 } else {
                     frames = ws.fragments.take_frames();
                     ws.allowance.charge(frames, data.len());
-                    match read_messages(&mut ws.ctx, data, &mut self.queue, ctx) {
+                    match read_messages(&mut ws.ctx, data, &mut self.queue, self.room, ctx) {
                         Ok(()) => {}
                         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                             // Both Close frames are exchanged: the peer has
@@ -546,13 +562,29 @@ impl Conn {
                 break;
             }
             let route = http::route(input, ctx.route);
-            if self.pending.is_some() && !matches!(route, Route::Publish { .. }) {
-                break;
+            if let Some(Pending::Published { room: owed, .. }) = self.pending {
+                // Only a publish to the same room joins the same answer.
+                let same_room = matches!(&route, Route::Publish { room, .. }
+                    if ctx.rooms.find(room.as_deref()).unwrap_or(NO_ROOM) == owed);
+                if !same_room {
+                    break;
+                }
             }
             match route {
                 Route::Incomplete => break,
-                Route::Upgrade { response } => {
-                    tracing::debug!(peer = %self.peer, "upgrade");
+                Route::Upgrade { response, room } => {
+                    let Some((id, slot)) = ctx.rooms.join(room.as_deref(), ctx.key) else {
+                        *ctx.stats.rejected.entry(503).or_default() += 1;
+                        self.finish_with(
+                            http::error_response(Status::Unavailable, "room limit reached"),
+                            CloseReason::Rejected,
+                            ctx.close_by(),
+                        );
+                        return;
+                    };
+                    (self.room, self.slot) = (id, slot);
+                    ctx.stats.room_joins += 1;
+                    tracing::debug!(peer = %self.peer, room = room.as_deref().unwrap_or(""), "upgrade");
                     ctx.stats.bytes_written += self.send_now(&response) as u64;
                     let ws = WebSocketContext::new(Role::Server, Some(*ctx.ws_config));
                     self.state = State::Open(Box::new(Ws {
@@ -603,6 +635,7 @@ impl Conn {
                     body_len,
                     binary,
                     keep_alive,
+                    room,
                 } => {
                     let start = pos + head_len;
                     if buf.len() - start < body_len {
@@ -614,6 +647,7 @@ impl Conn {
                             len: body_len,
                             binary,
                             keep_alive,
+                            room,
                         }));
                         return;
                     }
@@ -624,7 +658,7 @@ impl Conn {
                         break;
                     }
                     pos = start + body_len;
-                    self.published(frame, keep_alive, ctx);
+                    self.published(frame, keep_alive, room.as_deref(), ctx);
                 }
                 Route::Reject(status, why) => {
                     tracing::debug!(peer = %self.peer, status = status.code(), why, "rejected");
@@ -645,7 +679,13 @@ impl Conn {
 
     /// A publish body is complete: queue its broadcast (the 202 waits for
     /// the fan-out, which counts the recipients), or reject it.
-    fn published(&mut self, frame: Option<Frame>, keep_alive: bool, ctx: &mut Ctx<'_>) {
+    fn published(
+        &mut self,
+        frame: Option<Frame>,
+        keep_alive: bool,
+        room: Option<&str>,
+        ctx: &mut Ctx<'_>,
+    ) {
         let Some(frame) = frame else {
             *ctx.stats.rejected.entry(400).or_default() += 1;
             self.finish_with(
@@ -655,13 +695,21 @@ impl Conn {
             );
             return;
         };
-        ctx.outbox.push(frame);
+        // A room without members does not exist: the message reaches no one.
+        let room = ctx.rooms.find(room).unwrap_or(NO_ROOM);
+        if room != NO_ROOM {
+            ctx.rooms.push(room, frame);
+        }
         ctx.stats.publishes += 1;
         let count = match self.pending {
             Some(Pending::Published { count, .. }) => count + 1,
             _ => 1,
         };
-        self.pending = Some(Pending::Published { count, keep_alive });
+        self.pending = Some(Pending::Published {
+            count,
+            keep_alive,
+            room,
+        });
     }
 
     /// Queues the answer to each of `count` requests the server finished
@@ -957,13 +1005,14 @@ fn read_messages(
     ws: &mut WebSocketContext,
     data: &[u8],
     queue: &mut WriteQueue,
+    room: u32,
     ctx: &mut Ctx<'_>,
 ) -> Result<(), WsError> {
     let mut io = Io { input: data, queue };
     loop {
         match ws.read(&mut io) {
-            Ok(Message::Text(text)) => deliver(ctx, io.queue, OP_TEXT, text.as_bytes()),
-            Ok(Message::Binary(bytes)) => deliver(ctx, io.queue, OP_BINARY, &bytes),
+            Ok(Message::Text(text)) => deliver(ctx, io.queue, room, OP_TEXT, text.as_bytes()),
+            Ok(Message::Binary(bytes)) => deliver(ctx, io.queue, room, OP_BINARY, &bytes),
             // Pongs are queued by tungstenite itself; a peer's Close is
             // answered on the next `read`, which then ends the connection.
             Ok(_) => {}
@@ -986,7 +1035,7 @@ fn publish_frame(body: &[u8], binary: bool) -> Option<Frame> {
 
 /// Routes one message from a client according to the mode.
 #[inline]
-fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, opcode: u8, payload: &[u8]) {
+fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, room: u32, opcode: u8, payload: &[u8]) {
     ctx.stats.messages_in += 1;
     tracing::debug!(opcode, len = payload.len(), "message");
     match ctx.cfg.mode {
@@ -996,7 +1045,7 @@ fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, opcode: u8, payload: &[u8]) 
             } else {
                 b""
             };
-            ctx.outbox.push(frame::encode(opcode, prefix, payload));
+            ctx.rooms.push(room, frame::encode(opcode, prefix, payload));
         }
         Mode::Echo => own.push(frame::encode(opcode, b"", payload), Kind::Own),
     }

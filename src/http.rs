@@ -16,6 +16,22 @@ pub const MAX_HEAD_LEN: usize = 8 * 1024;
 /// Headers beyond this count get 431.
 pub const MAX_HEADERS: usize = 64;
 
+/// Longest room name, in bytes.
+pub const MAX_ROOM_NAME: usize = 64;
+
+/// Whether `name` is a room name: 1 to [`MAX_ROOM_NAME`] bytes of
+/// `A-Z a-z 0-9 . _ ~ -` (URL-unreserved, so a name needs no escaping in a
+/// path or a query, and is printed as is in logs).
+pub fn valid_room_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ROOM_NAME
+        && name
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'~' | b'-'))
+}
+
+const BAD_ROOM: &str = "invalid room name: 1 to 64 of A-Z a-z 0-9 . _ ~ -";
+
 /// What the front door needs to know besides the bytes.
 #[derive(Debug, Clone, Default)]
 pub struct RouteConfig {
@@ -44,6 +60,8 @@ pub enum Route {
     Upgrade {
         /// The 101 response, `Sec-WebSocket-Accept` included.
         response: Vec<u8>,
+        /// The room joined (`/rooms/NAME`); `None` is the lobby (`/`).
+        room: Option<String>,
     },
     /// A request answered at once: the chat page, health or metrics.
     Get {
@@ -66,6 +84,8 @@ pub enum Route {
         binary: bool,
         /// Whether the connection stays open for another request.
         keep_alive: bool,
+        /// The room published to (`?room=NAME`); `None` is the lobby.
+        room: Option<String>,
     },
     /// An error status with a one-line reason, then close.
     Reject(Status, &'static str),
@@ -271,7 +291,10 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Route::Reject(Status::BadRequest, "malformed request line");
     };
-    let path = target.split(['?', '#']).next().unwrap_or("");
+    let (path, query) = match target.split('#').next().unwrap_or("").split_once('?') {
+        Some((path, query)) => (path, query),
+        None => (target.split('#').next().unwrap_or(""), ""),
+    };
     let h = Headers(req.headers);
 
     if version == 1 && h.get("host").is_none() {
@@ -295,7 +318,12 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
     };
 
     if path == "/publish" && cfg.publish_token.is_some() {
-        return route_publish(
+        let room = match query.split('&').find_map(|p| p.strip_prefix("room=")) {
+            None => None,
+            Some(name) if valid_room_name(name.as_bytes()) => Some(name),
+            Some(_) => return Route::Reject(Status::BadRequest, BAD_ROOM),
+        };
+        let mut route = route_publish(
             method,
             &h,
             content_length,
@@ -304,9 +332,19 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
             keep_alive,
             cfg,
         );
+        if let Route::Publish { room: to, .. } = &mut route {
+            *to = room.map(String::from);
+        }
+        return route;
     }
+    let room = match path.strip_prefix("/rooms/") {
+        Some(name) if valid_room_name(name.as_bytes()) => Some(name),
+        Some(_) => return Route::Reject(Status::BadRequest, BAD_ROOM),
+        None => None,
+    };
     let what = match path {
         "/" => Resource::Page,
+        _ if room.is_some() => Resource::Page,
         "/healthz" => Resource::Health,
         p if cfg.metrics_path.as_deref() == Some(p) => Resource::Metrics,
         _ => return Route::Reject(Status::NotFound, "no such path"),
@@ -383,6 +421,7 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
              Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         )
         .into_bytes(),
+        room: room.map(String::from),
     }
 }
 
@@ -446,6 +485,7 @@ fn route_publish(
         body_len: len as usize,
         binary,
         keep_alive,
+        room: None,
     }
 }
 
@@ -696,7 +736,7 @@ mod tests {
     #[test]
     fn upgrade_gets_the_rfc_accept_key() {
         match route(upgrade("").as_bytes(), &cfg()) {
-            Route::Upgrade { response } => {
+            Route::Upgrade { response, .. } => {
                 let r = String::from_utf8(response).unwrap();
                 // The worked example of RFC 6455 §1.3.
                 assert!(r.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));

@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 mod nonblock;
 pub mod queue;
+mod rooms;
 mod server;
 pub mod sockopt;
 pub mod stats;

@@ -31,6 +31,8 @@ pub struct Gauges {
     pub websockets: usize,
     /// Bytes queued across all connections now.
     pub queued_bytes: usize,
+    /// Rooms with members now (the lobby included when it has some).
+    pub rooms: usize,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -44,7 +46,12 @@ fn counter_family(values: impl IntoIterator<Item = (Labels, u64)>) -> Family<Lab
 }
 
 /// Renders the exposition.
-pub fn render(stats: &Stats, gauges: Gauges, iterations: &Histogram) -> String {
+pub fn render(
+    stats: &Stats,
+    gauges: Gauges,
+    room_sizes: &[usize],
+    iterations: &Histogram,
+) -> String {
     let mut r = Registry::with_prefix("herald");
     let c = |v: u64| ConstCounter::new(v);
     let g = |v: usize| ConstGauge::new(v as i64);
@@ -136,6 +143,27 @@ pub fn render(stats: &Stats, gauges: Gauges, iterations: &Histogram) -> String {
         "messages_dropped",
         "Messages dropped for slow clients (--slow-consumer drop)",
         c(stats.dropped_messages),
+    );
+    r.register("rooms", "Rooms with members now", g(gauges.rooms));
+    r.register(
+        "room_joins",
+        "WebSockets that joined a room (the lobby included)",
+        c(stats.room_joins),
+    );
+    r.register(
+        "room_leaves",
+        "WebSockets that left their room",
+        c(stats.room_leaves),
+    );
+    // Sizes, not names: a label per room would be unbounded.
+    let sizes = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+    for &n in room_sizes {
+        sizes.observe(n as f64);
+    }
+    r.register(
+        "room_members",
+        "Members per room with members, at scrape time",
+        sizes,
     );
     r.register(
         "client_throttled",

@@ -18,8 +18,8 @@
 //! * `offset < entries[0].len()` whenever the queue is not empty: a fully
 //!   written entry is popped at once.
 //! * `waiting_pongs` counts the pong entries not yet started (at most
-//!   [`MAX_WAITING_PONGS`]), and `pong`, set exactly when it is not zero, is
-//!   the absolute index of the newest of them.
+//!   [`MAX_WAITING_PONGS`]), and while it is not zero `pong` is the absolute
+//!   index of the newest of them.
 //! * Bytes only ever leave from the front, so frames are never interleaved:
 //!   whatever enters the queue (a broadcast, a pong, a close reply) reaches
 //!   the socket whole and in order.
@@ -91,8 +91,9 @@ pub struct WriteQueue {
     broadcasts: u32,
     /// Absolute index of `entries[0]` (entries popped so far, wrapping).
     head: u32,
-    /// Absolute index of the newest pong not yet started, if any.
-    pong: Option<u32>,
+    /// Absolute index of the newest pong not yet started, when
+    /// `waiting_pongs` is not zero.
+    pong: u32,
     /// Pong entries not yet started.
     waiting_pongs: u8,
 }
@@ -107,13 +108,13 @@ impl WriteQueue {
     #[inline]
     pub fn push(&mut self, frame: Frame, kind: Kind) {
         if kind == Kind::Pong {
-            if let (Some(at), MAX_WAITING_PONGS..) = (self.pong, self.waiting_pongs) {
-                let i = at.wrapping_sub(self.head) as usize;
+            if self.waiting_pongs >= MAX_WAITING_PONGS {
+                let i = self.pong.wrapping_sub(self.head) as usize;
                 let old = std::mem::replace(&mut self.entries[i].frame, frame);
                 self.queued = self.queued - old.len() + self.entries[i].frame.len();
                 return;
             }
-            self.pong = Some(self.head.wrapping_add(self.entries.len() as u32));
+            self.pong = self.head.wrapping_add(self.entries.len() as u32);
             self.waiting_pongs += 1;
         }
         self.queued += frame.len();
@@ -166,7 +167,6 @@ impl WriteQueue {
         self.queued = 0;
         self.backlog = 0;
         self.broadcasts = 0;
-        self.pong = None;
         self.waiting_pongs = 0;
         for (i, e) in self.entries.iter().enumerate() {
             let left = e.frame.len() - if i == 0 { self.offset } else { 0 };
@@ -177,7 +177,7 @@ impl WriteQueue {
                     self.broadcasts += 1;
                 }
                 Kind::Pong if i > 0 || self.offset == 0 => {
-                    self.pong = Some(self.head.wrapping_add(i as u32));
+                    self.pong = self.head.wrapping_add(i as u32);
                     self.waiting_pongs += 1;
                 }
                 _ => {}
@@ -247,7 +247,6 @@ impl WriteQueue {
             self.queued = 0;
             self.backlog = 0;
             self.broadcasts = 0;
-            self.pong = None;
             self.waiting_pongs = 0;
             return;
         }
@@ -260,10 +259,8 @@ impl WriteQueue {
                 Kind::Broadcast => self.backlog -= step,
                 Kind::Pong if self.offset == 0 => {
                     // Started: a newer pong must not replace it mid-write.
+                    // (Pongs start in order, so the newest is the last.)
                     self.waiting_pongs -= 1;
-                    if self.pong == Some(self.head) {
-                        self.pong = None;
-                    }
                 }
                 _ => {}
             }
@@ -382,7 +379,7 @@ mod tests {
         while q.flush(&mut w).unwrap() == Flushed::Blocked {}
         assert_eq!(w.out, expected);
         assert_eq!((q.queued(), q.backlog(), q.cost()), (0, 0, 0));
-        assert_eq!((q.waiting_pongs, q.pong), (0, None));
+        assert_eq!(q.waiting_pongs, 0);
     }
 
     #[test]

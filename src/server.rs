@@ -27,11 +27,12 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
-use crate::conn::{Conn, Ctx, Offer, Pending, State};
-use crate::frame::{self, Frame, Outbox, OP_PING, OP_TEXT};
+use crate::conn::{Conn, Ctx, Offer, Pending, State, NO_ROOM};
+use crate::frame::{self, Frame, OP_PING, OP_TEXT};
 use crate::http::{self, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::queue::Kind;
+use crate::rooms::Rooms;
 use crate::stats::{CloseReason, Stats};
 use crate::{feed, metrics, sockopt, Shutdown};
 
@@ -96,8 +97,10 @@ pub(crate) struct Server {
     ws_config: WebSocketConfig,
     /// The loop-owned buffer every socket is read into.
     read_buf: Vec<u8>,
-    /// Broadcasts encoded in this iteration.
-    outbox: Outbox,
+    /// The rooms, each with this iteration's broadcasts to it.
+    rooms: Rooms,
+    /// The rooms being fanned out (kept to reuse its allocation).
+    fanning: Vec<u32>,
     /// The most outbox bytes an iteration takes input for.
     batch_cap: usize,
     /// How many bytes of broadcast one byte of input can become at most (a
@@ -197,7 +200,8 @@ impl Server {
             route,
             ws_config,
             read_buf: vec![0; READ_BUF_LEN],
-            outbox: Outbox::default(),
+            rooms: Rooms::new(cfg.max_rooms),
+            fanning: Vec::new(),
             batch_cap: (cfg.max_queued_bytes / BATCH_FRACTION).max(MIN_READ),
             expansion,
             input_left: ITERATION_INPUT,
@@ -438,7 +442,8 @@ impl Server {
                 cfg: &self.cfg,
                 route: &self.route,
                 ws_config: &self.ws_config,
-                outbox: &mut self.outbox,
+                rooms: &mut self.rooms,
+                key: k,
                 now,
                 ms,
                 stats: &mut self.stats,
@@ -467,10 +472,10 @@ impl Server {
             // reading down but never stops it.
             let room = if !conn.may_broadcast() {
                 usize::MAX
-            } else if ctx.outbox.is_empty() {
+            } else if ctx.rooms.pending() == 0 {
                 (self.batch_cap / self.expansion).max(MIN_READ)
             } else {
-                self.batch_cap.saturating_sub(ctx.outbox.bytes()) / self.expansion
+                self.batch_cap.saturating_sub(ctx.rooms.pending()) / self.expansion
             };
             let cap = READ_BUF_LEN
                 .min(budget.saturating_sub(total))
@@ -572,7 +577,9 @@ impl Server {
             gauges.websockets += usize::from(c.is_open());
             gauges.queued_bytes += c.queue.queued();
         }
-        metrics::render(&self.stats, gauges, &self.iteration_time)
+        gauges.rooms = self.rooms.len();
+        let sizes: Vec<usize> = self.rooms.sizes().collect();
+        metrics::render(&self.stats, gauges, &sizes, &self.iteration_time)
     }
 
     /// Moves lines from `--feed` into the outbox, until the batch is full;
@@ -581,14 +588,17 @@ impl Server {
         self.feed_pending = false;
         let Some(rx) = &self.feed else { return };
         loop {
-            if self.outbox.bytes() >= self.batch_cap {
+            if self.rooms.pending() >= self.batch_cap {
                 self.feed_pending = true;
                 return;
             }
             match rx.try_recv() {
                 Ok(line) => {
                     self.stats.feed_lines += 1;
-                    self.outbox.push(frame::encode(OP_TEXT, b"", &line));
+                    // A room without members does not exist: nobody hears it.
+                    if let Some(room) = self.rooms.find(self.cfg.feed_room.as_deref()) {
+                        self.rooms.push(room, frame::encode(OP_TEXT, b"", &line));
+                    }
                 }
                 Err(TryRecvError::Empty) => return,
                 Err(TryRecvError::Disconnected) => {
@@ -681,10 +691,10 @@ impl Server {
     /// no frame, flush or removal is carried into the next iteration, and
     /// every slab key removed here was last used by this iteration's events.
     fn end_of_iteration(&mut self, now: Instant) {
-        if !self.outbox.is_empty() {
+        if self.rooms.has_pending() || !self.publish_acks.is_empty() {
             self.fan_out(now);
         }
-        debug_assert!(self.outbox.is_empty(), "fan-out left frames behind");
+        debug_assert!(!self.rooms.has_pending(), "fan-out left frames behind");
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
         for k in std::mem::take(&mut self.dirty) {
@@ -708,6 +718,12 @@ impl Server {
             }
             let conn = self.conns.remove(k);
             listed_gone |= conn.unread;
+            if conn.room != NO_ROOM {
+                if let Some(moved) = self.rooms.leave(conn.room, conn.slot) {
+                    self.conns[moved].slot = conn.slot;
+                }
+                self.stats.room_leaves += 1;
+            }
             self.stats.closed[conn.reason as usize] += 1;
             let _ = self.poll.registry().deregister(&mut { conn.stream });
             tracing::debug!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
@@ -734,7 +750,7 @@ impl Server {
             "a listed connection is gone or unflagged"
         );
         debug_assert!(
-            self.outbox.bytes() == 0 && self.carry.is_empty(),
+            self.rooms.pending() == 0 && self.carry.is_empty(),
             "input carried past its iteration"
         );
     }
@@ -784,47 +800,64 @@ impl Server {
         self.last_summary = (now, self.stats.clone());
     }
 
-    /// Queues every broadcast of this iteration for every open connection
-    /// (handles only: no copy, no allocation per recipient) and flushes
-    /// each with one vectored write; then answers this iteration's publishes.
+    /// Queues each room's broadcasts of this iteration for the room's open
+    /// members (handles only: no copy, no allocation per recipient) and
+    /// flushes each with one vectored write; then answers this iteration's
+    /// publishes. Rooms with nothing to say cost nothing.
     fn fan_out(&mut self, now: Instant) {
-        let count = self.outbox.len();
-        // The iteration's frames, joined once: each recipient gets one
-        // handle (one queue entry, one iovec), whatever the count.
-        let shared = self.outbox.take_joined();
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
         let policy = self.cfg.slow_consumer;
         let close_by = now + self.cfg.close_timeout;
-        let mut recipients = 0u64;
         let mut queued_total = 0usize;
-        for (k, conn) in self.conns.iter_mut() {
-            if !conn.is_open() {
-                continue;
+        let mut fanning = std::mem::take(&mut self.fanning);
+        self.rooms.take_dirty(&mut fanning);
+        for &room in &fanning {
+            // The room's frames, joined once: each member gets one handle
+            // (one queue entry, one iovec), whatever the count.
+            let (shared, count) = self.rooms.take_batch(room);
+            let mut recipients = 0u64;
+            for &k in self.rooms.members(room) {
+                let conn = &mut self.conns[k];
+                if !conn.is_open() {
+                    continue;
+                }
+                match conn.offer(&shared, count as u32, limit, policy, close_by) {
+                    Offer::Queued => recipients += 1,
+                    Offer::Dropped => self.stats.dropped_messages += count as u64,
+                    Offer::Closed => self.stats.slow_consumers += 1,
+                }
+                if !conn.blocked {
+                    self.stats.bytes_written += conn.flush(tick) as u64;
+                }
+                relist_if_ready(conn, k, &mut self.unread, limit);
+                queued_total += conn.queue.queued();
+                if conn.doomed {
+                    self.doomed.push(k);
+                }
             }
-            match conn.offer(&shared, count as u32, limit, policy, close_by) {
-                Offer::Queued => recipients += 1,
-                Offer::Dropped => self.stats.dropped_messages += count as u64,
-                Offer::Closed => self.stats.slow_consumers += 1,
-            }
-            if !conn.blocked {
-                self.stats.bytes_written += conn.flush(tick) as u64;
-            }
-            relist_if_ready(conn, k, &mut self.unread, limit);
-            queued_total += conn.queue.queued();
-            if conn.doomed {
-                self.doomed.push(k);
-            }
+            self.rooms.set_recipients(room, recipients);
+            self.stats.broadcasts += count as u64;
+            self.stats.deliveries += recipients * count as u64;
         }
+        self.fanning = fanning;
         self.stats.queued_high_water = self.stats.queued_high_water.max(queued_total);
-        self.stats.broadcasts += count as u64;
-        self.stats.deliveries += recipients * count as u64;
 
         for k in std::mem::take(&mut self.publish_acks) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
-            if let Some(Pending::Published { count, keep_alive }) = conn.pending {
+            if let Some(Pending::Published {
+                count,
+                keep_alive,
+                room,
+            }) = conn.pending
+            {
+                let recipients = if room == NO_ROOM {
+                    0
+                } else {
+                    self.rooms.recipients(room)
+                };
                 let body = format!("{{\"recipients\":{recipients}}}\n");
                 let answer = |keep_alive: bool| {
                     http::reply(

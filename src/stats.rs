@@ -26,6 +26,10 @@ pub struct Stats {
     pub dropped_messages: u64,
     /// Connections turned away at the connection or descriptor limit.
     pub over_limit: u64,
+    /// WebSockets that joined a room (the lobby included).
+    pub room_joins: u64,
+    /// WebSockets that left their room (closed).
+    pub room_leaves: u64,
     /// Messages published through `POST /publish`.
     pub publishes: u64,
     /// Lines broadcast from `--feed`.

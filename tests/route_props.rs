@@ -240,7 +240,7 @@ fn consistent(buf: &[u8], cfg: &RouteConfig) -> Result<Route, TestCaseError> {
     let decided = route(buf, cfg);
     match &decided {
         Route::Incomplete => prop_assert!(buf.len() < MAX_HEAD_LEN),
-        Route::Upgrade { response } => {
+        Route::Upgrade { response, .. } => {
             prop_assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
         }
         Route::Get { head_len, .. } | Route::Publish { head_len, .. } => {
@@ -259,7 +259,7 @@ fn consistent(buf: &[u8], cfg: &RouteConfig) -> Result<Route, TestCaseError> {
 /// accept key in the response.
 fn assert_upgrades(head: &str, key: &str, cfg: &RouteConfig) -> Result<(), TestCaseError> {
     match route(head.as_bytes(), cfg) {
-        Route::Upgrade { response } => {
+        Route::Upgrade { response, .. } => {
             let response = String::from_utf8(response).unwrap();
             let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
             let line = format!("\r\nSec-WebSocket-Accept: {accept}\r\n");

@@ -1,0 +1,181 @@
+//! Rooms: who hears a message.
+//!
+//! `ws://HOST/` is the lobby; `ws://HOST/rooms/NAME` joins room `NAME`. A
+//! room exists while it has members (the lobby always), keeps its members'
+//! slab keys in a list (a member knows its slot, so leaving is a swap
+//! remove), and collects this iteration's broadcasts in its own outbox, so
+//! fan-out visits only the members of rooms that have something to say:
+//! a message costs its room, not the server.
+
+use std::collections::HashMap;
+
+use slab::Slab;
+
+use crate::frame::{Frame, Outbox};
+
+/// The lobby's id: always there, never removed.
+pub const LOBBY: u32 = 0;
+
+/// One room.
+struct Room {
+    /// Its name (empty for the lobby).
+    name: Box<str>,
+    /// Slab keys of its members; a member's `slot` is its index here.
+    members: Vec<usize>,
+    /// This iteration's broadcasts to it.
+    outbox: Outbox,
+    /// Members that received this iteration's batch (for publish answers).
+    recipients: u64,
+}
+
+/// Every room, by id and by name.
+pub struct Rooms {
+    rooms: Slab<Room>,
+    by_name: HashMap<Box<str>, u32>,
+    /// Named rooms at most (`--max-rooms`).
+    max: usize,
+    /// Rooms whose outbox is not empty, each once.
+    dirty: Vec<u32>,
+    /// Outbox bytes across all rooms.
+    pending: usize,
+}
+
+impl Rooms {
+    /// The lobby alone; at most `max` named rooms besides.
+    pub fn new(max: usize) -> Self {
+        let mut rooms = Slab::new();
+        let lobby = rooms.insert(Room::new(""));
+        debug_assert_eq!(lobby as u32, LOBBY);
+        Rooms {
+            rooms,
+            by_name: HashMap::new(),
+            max,
+            dirty: Vec::new(),
+            pending: 0,
+        }
+    }
+
+    /// The id of room `name` (`None`: the lobby), if it exists.
+    pub fn find(&self, name: Option<&str>) -> Option<u32> {
+        match name {
+            None => Some(LOBBY),
+            Some(n) => self.by_name.get(n).copied(),
+        }
+    }
+
+    /// Adds connection `key` to room `name` (`None`: the lobby), creating
+    /// the room if needed; returns the room's id and the member's slot, or
+    /// `None` at the room limit.
+    pub fn join(&mut self, name: Option<&str>, key: usize) -> Option<(u32, u32)> {
+        let id = match self.find(name) {
+            Some(id) => id,
+            None => {
+                let name = name.unwrap_or_default();
+                if self.by_name.len() >= self.max {
+                    return None;
+                }
+                let id = self.rooms.insert(Room::new(name)) as u32;
+                self.by_name.insert(name.into(), id);
+                id
+            }
+        };
+        let members = &mut self.rooms[id as usize].members;
+        members.push(key);
+        Some((id, (members.len() - 1) as u32))
+    }
+
+    /// Removes the member at `slot` of room `id`; returns the key of the
+    /// member moved into that slot (its slot must be updated), if any. A
+    /// named room left empty is removed.
+    pub fn leave(&mut self, id: u32, slot: u32) -> Option<usize> {
+        let room = &mut self.rooms[id as usize];
+        room.members.swap_remove(slot as usize);
+        let moved = room.members.get(slot as usize).copied();
+        // Members leave in the end phase, after the fan-out emptied every
+        // outbox: nothing waits for a room removed here.
+        debug_assert!(room.outbox.is_empty());
+        if room.members.is_empty() && id != LOBBY {
+            let room = self.rooms.remove(id as usize);
+            self.by_name.remove(&room.name);
+        }
+        moved
+    }
+
+    /// Queues a broadcast to room `id`.
+    pub fn push(&mut self, id: u32, frame: Frame) {
+        self.pending += frame.len();
+        let room = &mut self.rooms[id as usize];
+        if room.outbox.is_empty() {
+            self.dirty.push(id);
+        }
+        room.outbox.push(frame);
+    }
+
+    /// Outbox bytes across all rooms: what this iteration will fan out.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether any room has a broadcast waiting.
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Takes the rooms with broadcasts waiting, into `into` (cleared first).
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(&mut self.dirty, into);
+    }
+
+    /// Room `id`'s broadcasts joined into one frame, with their count; its
+    /// outbox is emptied.
+    pub fn take_batch(&mut self, id: u32) -> (Frame, usize) {
+        let room = &mut self.rooms[id as usize];
+        let count = room.outbox.len();
+        let batch = room.outbox.take_joined();
+        self.pending -= batch.len();
+        (batch, count)
+    }
+
+    /// Room `id`'s members.
+    pub fn members(&self, id: u32) -> &[usize] {
+        &self.rooms[id as usize].members
+    }
+
+    /// Records how many members received room `id`'s batch.
+    pub fn set_recipients(&mut self, id: u32, n: u64) {
+        self.rooms[id as usize].recipients = n;
+    }
+
+    /// Members that received room `id`'s last batch (0 if it is gone).
+    pub fn recipients(&self, id: u32) -> u64 {
+        self.rooms.get(id as usize).map_or(0, |r| r.recipients)
+    }
+
+    /// Rooms with members (the lobby counts when it has some).
+    pub fn len(&self) -> usize {
+        self.rooms
+            .iter()
+            .filter(|(_, r)| !r.members.is_empty())
+            .count()
+    }
+
+    /// The member count of every room with members.
+    pub fn sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.rooms
+            .iter()
+            .map(|(_, r)| r.members.len())
+            .filter(|&n| n > 0)
+    }
+}
+
+impl Room {
+    fn new(name: &str) -> Self {
+        Room {
+            name: name.into(),
+            members: Vec::new(),
+            outbox: Outbox::default(),
+            recipients: 0,
+        }
+    }
+}
