@@ -83,7 +83,12 @@ struct Conn {
     carry: Vec<u8>,
     /// A fragmented message being reassembled.
     frag: Option<Vec<u8>>,
-    /// Sequence tracking per publisher (broadcast only).
+    /// The client's index in the run.
+    client: u32,
+    /// Its room (0 without rooms).
+    room: u32,
+    /// Sequence tracking per publisher of its room, publisher `j` at `j / rooms`
+    /// (broadcast only).
     trackers: Box<[SeqTracker]>,
     /// Set when this client publishes.
     publisher: Option<Publisher>,
@@ -101,6 +106,8 @@ impl Conn {
 /// The HTTP connection a publisher publishes through.
 #[derive(Default)]
 struct HttpPub {
+    /// What each of its requests starts with (the room differs between publishers).
+    head: Vec<u8>,
     /// The socket (`None`: not open yet, or closed by the server while idle).
     stream: Option<TcpStream>,
     /// Requests to send; `out[out_pos..]` is still unsent.
@@ -151,8 +158,6 @@ struct Ctx {
     pending: u32,
     /// Connections in `Closing`.
     closing: u32,
-    /// What each publish request starts with (`--publish-via http`).
-    http_head: Vec<u8>,
 }
 
 impl Ctx {
@@ -184,7 +189,7 @@ impl Ctx {
         match conn.http.as_deref_mut() {
             None => frame::encode_masked(frame::OP_TEXT, &self.msg, self.rng.mask(), &mut conn.out),
             Some(h) => {
-                h.out.extend_from_slice(&self.http_head);
+                h.out.extend_from_slice(&h.head);
                 h.out.extend_from_slice(&self.msg);
                 h.unanswered.push_back(p.next_seq);
             }
@@ -241,8 +246,8 @@ pub struct Worker {
     next_batch_ns: u64,
     /// Slab keys of the publishing connections.
     publishers: Vec<usize>,
-    /// Trackers of connections that broke, kept to count what they lost.
-    dead_trackers: Vec<Box<[SeqTracker]>>,
+    /// Trackers of connections that ended, with their room, kept to count what they lost.
+    dead_trackers: Vec<(u32, Box<[SeqTracker]>)>,
     /// When the live histogram is next handed over.
     next_live_ns: u64,
     /// Whether saturation publishers have sent their first window.
@@ -266,15 +271,9 @@ impl Worker {
         timer.register(poll.registry(), TIMER)?;
         let mut todo: Vec<u32> = cfg.my_clients().skip(index).step_by(cfg.threads).collect();
         todo.reverse();
-        let (size, http_head) = match &cfg.scenario {
-            Scenario::Broadcast(b) => match &b.via {
-                PublishVia::Http { token } => (
-                    b.size,
-                    publish::request_head(&cfg.url, token.as_deref(), b.size),
-                ),
-                PublishVia::Ws => (b.size, Vec::new()),
-            },
-            _ => (0, Vec::new()),
+        let size = match &cfg.scenario {
+            Scenario::Broadcast(b) => b.size,
+            _ => 0,
         };
         let ctx = Ctx {
             rng: Rng::new(now_ns() ^ (index as u64) << 48),
@@ -288,7 +287,6 @@ impl Worker {
             msg: vec![0; size],
             pending: 0,
             closing: 0,
-            http_head,
             cfg,
             ctl,
         };
@@ -448,20 +446,34 @@ impl Worker {
         ) {
             return self.count_failure(format!("register: {}", net::describe(&e)));
         }
-        let (trackers, publisher, http) = match self.ctx.broadcast() {
+        let (room, trackers, publisher, http) = match self.ctx.broadcast() {
             Some(b) => {
                 let publishes = client < b.publishers;
+                let room = b.room_of(client);
+                let http = match &b.via {
+                    PublishVia::Http { token } if publishes => Some(Box::new(HttpPub {
+                        head: publish::request_head(
+                            &self.ctx.cfg.url,
+                            token.as_deref(),
+                            b.size,
+                            (b.rooms > 0).then(|| b.room_name(room)).as_deref(),
+                        ),
+                        ..HttpPub::default()
+                    })),
+                    _ => None,
+                };
                 (
-                    vec![SeqTracker::default(); b.publishers as usize].into_boxed_slice(),
+                    room,
+                    vec![SeqTracker::default(); b.publishers_in(room) as usize].into_boxed_slice(),
                     publishes.then_some(Publisher {
                         id: client,
                         next_seq: 0,
                         in_flight: 0,
                     }),
-                    (publishes && b.via != PublishVia::Ws).then(Box::default),
+                    http,
                 )
             }
-            None => (Box::default(), None, None),
+            None => (0, Box::default(), None, None),
         };
         entry.insert(Conn {
             stream,
@@ -472,6 +484,8 @@ impl Worker {
             out_pos: 0,
             carry: Vec::new(),
             frag: None,
+            client,
+            room,
             trackers,
             publisher,
             http,
@@ -830,9 +844,11 @@ impl Worker {
                 if !expected {
                     *self.ctx.stats.drops.entry(reason).or_default() += 1;
                     self.ctx.ctl.dropped.fetch_add(1, Relaxed);
+                    self.ctx.ctl.members[conn.room as usize].fetch_sub(1, Relaxed);
                 }
                 if !conn.trackers.is_empty() {
-                    self.dead_trackers.push(std::mem::take(&mut conn.trackers));
+                    let trackers = std::mem::take(&mut conn.trackers);
+                    self.dead_trackers.push((conn.room, trackers));
                 }
             }
         }
@@ -852,7 +868,7 @@ impl Worker {
         }
     }
 
-    /// Counts what every receiver lost, now that publishing is over.
+    /// Counts what every receiver lost and should have had, now that publishing is over.
     fn finish(mut self) -> Stats {
         let published: Vec<u64> = self
             .ctx
@@ -870,9 +886,12 @@ impl Worker {
             (0, 0),
             "every pending and closing connection was counted out"
         );
-        for trackers in &self.dead_trackers {
-            for (t, &n) in trackers.iter().zip(&published) {
+        let rooms = self.ctx.broadcast().map_or(1, Broadcast::room_count) as usize;
+        for (room, trackers) in &self.dead_trackers {
+            let room_published = published.iter().skip(*room as usize).step_by(rooms);
+            for (t, &n) in trackers.iter().zip(room_published) {
                 self.ctx.stats.lost += t.missing(n);
+                self.ctx.stats.expected += n;
             }
         }
         self.ctx.stats
@@ -893,7 +912,7 @@ fn finish_connect(conn: &mut Conn, cfg: &Config, rng: &mut Rng) -> io::Result<bo
     }
     let key = handshake::new_key(rng);
     conn.accept = Some(handshake::accept_for(&key).into_boxed_str());
-    handshake::write_request(&cfg.url, &key, &mut conn.out);
+    handshake::write_request(&cfg.url, &cfg.ws_path(conn.client), &key, &mut conn.out);
     Ok(true)
 }
 
@@ -964,6 +983,7 @@ fn handle_bytes(conn: &mut Conn, data: &[u8], now: u64, ctx: &mut Ctx) -> Result
         ctx.pending -= 1;
         ctx.stats.connected += 1;
         ctx.ctl.connected.fetch_add(1, Relaxed);
+        ctx.ctl.members[conn.room as usize].fetch_add(1, Relaxed);
         ctx.stats
             .handshake
             .saturating_record(now.saturating_sub(conn.since_ns).max(1));
@@ -1045,12 +1065,20 @@ fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
     let stamp = payload
         .strip_prefix(b.delivered_prefix())
         .and_then(|msg| message::decode(msg, b.size));
-    let Some(tracker) = stamp.and_then(|s| conn.trackers.get_mut(s.publisher as usize)) else {
+    let Some(stamp) = stamp.filter(|s| s.publisher < b.publishers) else {
         ctx.stats.malformed += 1;
         return;
     };
-    let stamp = stamp.expect("checked above");
-    match tracker.observe(stamp.seq) {
+    // Without rooms everyone is in room 0: no division on that path.
+    let (room, index) = match b.rooms {
+        0 => (0, stamp.publisher),
+        n => (stamp.publisher % n, stamp.publisher / n),
+    };
+    if room != conn.room {
+        ctx.stats.misrouted += 1;
+        return;
+    }
+    match conn.trackers[index as usize].observe(stamp.seq) {
         Seen::Duplicate => {
             ctx.stats.duplicates += 1;
             return;
