@@ -1,47 +1,33 @@
-//! One load-generating thread: a mio loop that owns a share of the clients.
-//!
-//! # Receive path
-//! The worker owns one large read buffer. A readable connection is read into it (after
-//! the few bytes of an incomplete frame the connection kept from its previous read), every
-//! whole frame in it is parsed in place, and only the incomplete tail is copied back into
-//! the connection. Nothing is allocated per frame; a fragmented message is the one case
-//! that allocates (to reassemble it).
-//!
-//! # Publishing over HTTP
-//! With `--publish-via http` a publisher's messages go out as `POST /publish` requests on
-//! one extra connection of its own, registered in the same loop (token: the publisher's
-//! key with [`HTTP`] set) and opened when the run starts (again later if the server
-//! closed it while idle). Requests are pipelined; each answer must be a `202` with a
-//! recipient count. Any other answer, or none, is a publish error: the publisher then
-//! stops, and only what it sent before the first failed request counts as published.
+//! One load-generating thread: a mio loop that owns a share of the clients, opens and
+//! closes their connections and paces their publishers. What arrives on a connection is
+//! handled in [`receive`]; publishing over HTTP is in [`http`].
+
+mod http;
+mod receive;
 
 use crate::clock::{now_ns, MS, SEC};
 use crate::config::{Broadcast, Config, PublishVia, Scenario};
 use crate::control::{new_histogram, Control, Phase};
-use crate::frame::{self, Frame};
+use crate::frame;
 use crate::message::{self, Stamp};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::timer::Timer;
-use crate::track::{Seen, SeqTracker};
+use crate::track::SeqTracker;
 use crate::{handshake, net, publish};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use http::{HttpPub, HTTP};
+use receive::{read_ready, ReadEnd, Ready, READ_BUF};
+
 const WAKE: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
-/// Set in the token of a publisher's HTTP connection (the rest is the publisher's key).
-const HTTP: usize = 1 << (usize::BITS - 2);
-/// Bytes read at a time from an HTTP connection (its answers are small).
-const HTTP_READ: usize = 16 * 1024;
-/// Size of the worker's read buffer: large, so one `read` takes many frames.
-const READ_BUF: usize = 256 * 1024;
 /// How long a closing connection may wait for the server to close before it is dropped.
 const CLOSE_GRACE_NS: u64 = 2 * SEC;
 /// Events handled between two looks at the clock for due open-loop messages.
@@ -101,25 +87,6 @@ impl Conn {
     fn can_publish(&self) -> bool {
         self.publisher.is_some() && !self.http.as_ref().is_some_and(|h| h.failed)
     }
-}
-
-/// The HTTP connection a publisher publishes through.
-#[derive(Default)]
-struct HttpPub {
-    /// What each of its requests starts with (the room differs between publishers).
-    head: Vec<u8>,
-    /// The socket (`None`: not open yet, or closed by the server while idle).
-    stream: Option<TcpStream>,
-    /// Requests to send; `out[out_pos..]` is still unsent.
-    out: Vec<u8>,
-    /// How much of `out` the socket has taken.
-    out_pos: usize,
-    /// Answer bytes not yet parsed.
-    input: Vec<u8>,
-    /// Sequence numbers of the requests made and not yet answered, oldest first.
-    unanswered: VecDeque<u64>,
-    /// A request failed: the publisher has stopped.
-    failed: bool,
 }
 
 /// The sending side of a publishing client.
@@ -188,47 +155,12 @@ impl Ctx {
         message::encode(stamp, &mut self.msg);
         match conn.http.as_deref_mut() {
             None => frame::encode_masked(frame::OP_TEXT, &self.msg, self.rng.mask(), &mut conn.out),
-            Some(h) => {
-                h.out.extend_from_slice(&h.head);
-                h.out.extend_from_slice(&self.msg);
-                h.unanswered.push_back(p.next_seq);
-            }
+            Some(h) => h.queue(&self.msg, p.next_seq),
         }
         p.next_seq += 1;
         p.in_flight += 1;
         self.stats.published += 1;
         self.ctl.published[p.id as usize].store(p.next_seq, Relaxed);
-    }
-
-    /// Closes publisher `p`'s HTTP connection `h`. Requests still unanswered are failed
-    /// publishes: the oldest for `first`, the others for `rest`. If there were any, the
-    /// publisher stops, and while publishing is on, its published count is cut to what it
-    /// sent before the oldest (the server broadcast none of it: herald discards what
-    /// follows an error answer). Without any, the close is clean.
-    fn http_down(
-        &mut self,
-        h: &mut HttpPub,
-        p: Publisher,
-        reg: &Registry,
-        first: &str,
-        rest: &str,
-    ) {
-        if let Some(mut stream) = h.stream.take() {
-            let _ = reg.deregister(&mut stream);
-        }
-        (h.out_pos, h.failed) = (0, h.failed || !h.unanswered.is_empty());
-        h.out.clear();
-        h.input.clear();
-        let Some(&oldest) = h.unanswered.front() else {
-            return;
-        };
-        self.stats.publish_error(first, 1);
-        self.stats
-            .publish_error(rest, h.unanswered.len() as u64 - 1);
-        h.unanswered.clear();
-        if self.phase == Phase::Run {
-            self.ctl.published[p.id as usize].store(oldest, Relaxed);
-        }
     }
 }
 
@@ -451,15 +383,14 @@ impl Worker {
                 let publishes = client < b.publishers;
                 let room = b.room_of(client);
                 let http = match &b.via {
-                    PublishVia::Http { token } if publishes => Some(Box::new(HttpPub {
-                        head: publish::request_head(
+                    PublishVia::Http { token } if publishes => {
+                        Some(Box::new(HttpPub::new(publish::request_head(
                             &self.ctx.cfg.url,
                             token.as_deref(),
                             b.size,
                             (b.rooms > 0).then(|| b.room_name(room)).as_deref(),
-                        ),
-                        ..HttpPub::default()
-                    })),
+                        ))))
+                    }
                     _ => None,
                 };
                 (
@@ -713,84 +644,6 @@ impl Worker {
         }
     }
 
-    /// Opens publisher `key`'s HTTP connection unless it is open or failed.
-    fn open_http(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
-            return;
-        };
-        if h.stream.is_some() || h.failed {
-            return;
-        }
-        let cfg = &self.ctx.cfg;
-        let reg = self.poll.registry();
-        let opened = net::connect(cfg.url.addr, cfg.local_addr(p.id)).and_then(|mut s| {
-            let token = Token(key | HTTP);
-            reg.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(s)
-        });
-        match opened {
-            Ok(s) => h.stream = Some(s),
-            Err(e) => {
-                let why = format!("publish: connect: {}", net::describe(&e));
-                self.ctx.http_down(h, p, reg, &why, &why);
-            }
-        }
-    }
-
-    /// Sends what publisher `key` queued on its HTTP connection, opening it if need be.
-    fn flush_http(&mut self, key: usize) {
-        let queued = |c: &Conn| c.http.as_ref().is_some_and(|h| h.out_pos < h.out.len());
-        if !self.conns.get(key).is_some_and(queued) {
-            return;
-        }
-        self.open_http(key);
-        let conn = &mut self.conns[key];
-        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
-            return;
-        };
-        let Some(stream) = h.stream.as_mut() else {
-            return; // it failed to open (counted)
-        };
-        if let Err(e) = write_out(stream, &mut h.out, &mut h.out_pos) {
-            let why = format!("publish: write: {}", net::describe(&e));
-            self.ctx.http_down(h, p, self.poll.registry(), &why, &why);
-        }
-    }
-
-    /// Reads and checks the answers on publisher `key`'s HTTP connection, and sends what
-    /// is queued.
-    fn on_http_ready(&mut self, key: usize, ready: Ready) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
-            return;
-        };
-        if h.stream.is_none() {
-            return; // closed earlier in this batch
-        }
-        if ready.readable {
-            let reg = self.poll.registry();
-            match read_answers(h, &mut self.ctx.stats, ready.hung_up) {
-                Ok(false) => {}
-                Ok(true) => {
-                    let why = "publish: not answered (closed by the server)";
-                    return self.ctx.http_down(h, p, reg, why, why);
-                }
-                Err(why) => {
-                    let rest = "publish: not answered (the connection ended)";
-                    return self.ctx.http_down(h, p, reg, &why, rest);
-                }
-            }
-        }
-        if ready.writable {
-            self.flush_http(key);
-        }
-    }
-
     /// Sends a Close frame (code 1000) and waits for the server to close the socket.
     fn start_close(&mut self, key: usize, now: u64) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -856,15 +709,7 @@ impl Worker {
             self.publishers.swap_remove(i);
         }
         if let (Some(mut h), Some(p)) = (conn.http.take(), conn.publisher) {
-            // The last answers may still be unread (the WebSocket can end first).
-            let why = match h.stream.is_some() && !h.unanswered.is_empty() {
-                true => read_answers(&mut h, &mut self.ctx.stats, false).err(),
-                false => None,
-            };
-            let end = "publish: not answered by the end";
-            let why = why.as_deref().unwrap_or(end);
-            self.ctx
-                .http_down(&mut h, p, self.poll.registry(), why, end);
+            self.ctx.http_end(&mut h, p, self.poll.registry());
         }
     }
 
@@ -914,250 +759,6 @@ fn finish_connect(conn: &mut Conn, cfg: &Config, rng: &mut Rng) -> io::Result<bo
     conn.accept = Some(handshake::accept_for(&key).into_boxed_str());
     handshake::write_request(&cfg.url, &cfg.ws_path(conn.client), &key, &mut conn.out);
     Ok(true)
-}
-
-/// What an event said about a connection's socket.
-#[derive(Debug, Clone, Copy)]
-struct Ready {
-    readable: bool,
-    writable: bool,
-    /// The peer closed (or the socket failed): read on to the end-of-file, since this
-    /// edge will not come again.
-    hung_up: bool,
-}
-
-/// How a read loop stopped without an error.
-enum ReadEnd {
-    /// The socket has no more data for now.
-    Drained,
-    /// The server closed its side.
-    Eof,
-}
-
-/// Reads everything the socket has and handles each whole frame.
-fn read_ready(
-    conn: &mut Conn,
-    buf: &mut Vec<u8>,
-    ctx: &mut Ctx,
-    hung_up: bool,
-) -> Result<ReadEnd, Reason> {
-    loop {
-        let carry = conn.carry.len();
-        if buf.len() < carry + READ_BUF / 2 {
-            buf.resize(carry + READ_BUF / 2, 0);
-        }
-        let room = buf.len() - carry;
-        let n = match conn.stream.read(&mut buf[carry..]) {
-            Ok(0) => return Ok(ReadEnd::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read: {}", net::describe(&e))),
-        };
-        buf[..carry].copy_from_slice(&conn.carry);
-        conn.carry.clear();
-        let data = &buf[..carry + n];
-        let used = handle_bytes(conn, data, now_ns(), ctx)?;
-        conn.carry.extend_from_slice(&data[used..]);
-        if n < room && !hung_up {
-            // A short read emptied the socket's receive queue; data arriving later raises
-            // a new edge, so this saves the read that would return WouldBlock.
-            return Ok(ReadEnd::Drained);
-        }
-    }
-}
-
-/// Handles the response head (while handshaking) and every whole frame in `data`;
-/// returns how many bytes were used.
-fn handle_bytes(conn: &mut Conn, data: &[u8], now: u64, ctx: &mut Ctx) -> Result<usize, Reason> {
-    let mut pos = 0;
-    if conn.state == State::Handshaking {
-        let accept = conn.accept.as_deref().expect("set with the request");
-        match handshake::check_response(data, accept) {
-            Ok(None) => return Ok(0),
-            Ok(Some(len)) => pos = len,
-            Err(e) => return Err(e.to_string()),
-        }
-        conn.accept = None;
-        conn.state = State::Open;
-        ctx.pending -= 1;
-        ctx.stats.connected += 1;
-        ctx.ctl.connected.fetch_add(1, Relaxed);
-        ctx.ctl.members[conn.room as usize].fetch_add(1, Relaxed);
-        ctx.stats
-            .handshake
-            .saturating_record(now.saturating_sub(conn.since_ns).max(1));
-    }
-    let max = ctx.cfg.max_frame;
-    loop {
-        match frame::parse(&data[pos..], max) {
-            Ok(Some((f, used))) => {
-                pos += used;
-                handle_frame(conn, f, now, ctx)?;
-            }
-            Ok(None) => return Ok(pos),
-            Err(e) => {
-                ctx.stats.malformed += 1;
-                return Err(format!("protocol: {e}"));
-            }
-        }
-    }
-}
-
-fn handle_frame(conn: &mut Conn, f: Frame<'_>, now: u64, ctx: &mut Ctx) -> Result<(), Reason> {
-    match f.opcode {
-        frame::OP_TEXT | frame::OP_BINARY => {
-            if conn.frag.is_some() {
-                ctx.stats.malformed += 1;
-                return Err("protocol: new message inside a fragmented one".into());
-            }
-            if f.fin {
-                deliver(conn, f.payload, now, ctx);
-            } else {
-                conn.frag = Some(f.payload.to_vec());
-            }
-        }
-        frame::OP_CONTINUATION => {
-            let Some(mut msg) = conn.frag.take() else {
-                ctx.stats.malformed += 1;
-                return Err("protocol: continuation without a message".into());
-            };
-            msg.extend_from_slice(f.payload);
-            if f.fin {
-                deliver(conn, &msg, now, ctx);
-            } else {
-                conn.frag = Some(msg);
-            }
-        }
-        frame::OP_PING => {
-            ctx.stats.pings += 1;
-            frame::encode_masked(frame::OP_PONG, f.payload, ctx.rng.mask(), &mut conn.out);
-        }
-        frame::OP_PONG => {}
-        _ => {
-            // Close: answer it once; the server then closes the socket.
-            if conn.state == State::Open {
-                let code = f.payload.get(..2).unwrap_or(&[]);
-                frame::encode_masked(frame::OP_CLOSE, code, ctx.rng.mask(), &mut conn.out);
-                if ctx.phase != Phase::Close {
-                    let detail = match code {
-                        [a, b] => format!(" (code {})", u16::from_be_bytes([*a, *b])),
-                        _ => String::new(),
-                    };
-                    return Err(format!("server sent Close{detail}"));
-                }
-                conn.state = State::Closing;
-                conn.since_ns = now;
-                ctx.closing += 1;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Accounts one delivered message (broadcast), and lets a saturation publisher send the
-/// next one when this is its own copy.
-#[inline]
-fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
-    let Scenario::Broadcast(b) = &ctx.cfg.scenario else {
-        return;
-    };
-    let stamp = payload
-        .strip_prefix(b.delivered_prefix())
-        .and_then(|msg| message::decode(msg, b.size));
-    let Some(stamp) = stamp.filter(|s| s.publisher < b.publishers) else {
-        ctx.stats.malformed += 1;
-        return;
-    };
-    // Without rooms everyone is in room 0: no division on that path.
-    let (room, index) = match b.rooms {
-        0 => (0, stamp.publisher),
-        n => (stamp.publisher % n, stamp.publisher / n),
-    };
-    if room != conn.room {
-        ctx.stats.misrouted += 1;
-        return;
-    }
-    match conn.trackers[index as usize].observe(stamp.seq) {
-        Seen::Duplicate => {
-            ctx.stats.duplicates += 1;
-            return;
-        }
-        Seen::Reordered => ctx.stats.reordered += 1,
-        Seen::InOrder | Seen::Ahead => {}
-    }
-    ctx.stats.delivered += 1;
-    ctx.unflushed += 1;
-    let latency = now.saturating_sub(stamp.intended_ns).max(1);
-    if stamp.intended_ns >= ctx.measure_ns && stamp.intended_ns < ctx.end_ns {
-        ctx.stats.latency.saturating_record(latency);
-    }
-    if now >= ctx.measure_ns && now < ctx.end_ns {
-        ctx.stats.in_window += 1;
-    }
-    ctx.live.saturating_record(latency);
-    if let Some(p) = conn.publisher.as_mut().filter(|p| p.id == stamp.publisher) {
-        p.in_flight = p.in_flight.saturating_sub(1);
-        if b.rate == 0.0 && ctx.sending(now) && conn.can_publish() {
-            ctx.publish(conn, now);
-        }
-    }
-}
-
-/// Reads what publisher connection `h` has (all of it when `hung_up`) and checks every
-/// whole answer, each against the oldest unanswered request. Returns whether the server
-/// closed the connection.
-///
-/// # Errors
-/// Why the oldest unanswered request failed: an answer other than 202 (left unconsumed),
-/// a malformed answer, or a read error.
-fn read_answers(h: &mut HttpPub, stats: &mut Stats, hung_up: bool) -> Result<bool, Reason> {
-    let Some(stream) = h.stream.as_mut() else {
-        return Ok(false);
-    };
-    let (mut eof, mut broken) = (false, None);
-    loop {
-        let len = h.input.len();
-        h.input.resize(len + HTTP_READ, 0);
-        let read = stream.read(&mut h.input[len..]);
-        h.input.truncate(len + *read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(0) => eof = true,
-            Ok(n) if n == HTTP_READ || hung_up => continue,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => broken = Some(format!("publish: read: {}", net::describe(&e))),
-        }
-        break;
-    }
-    let mut pos = 0;
-    let checked = loop {
-        match publish::parse_answer(&h.input[pos..]) {
-            Ok(None) => break Ok(()),
-            Err(why) => break Err(why),
-            Ok(Some(_)) if h.unanswered.is_empty() => {
-                break Err("publish: an answer to no request".into())
-            }
-            Ok(Some((a, _))) if a.status != 202 => {
-                break Err(format!("publish: HTTP {}", a.status))
-            }
-            Ok(Some((a, used))) => {
-                pos += used;
-                h.unanswered.pop_front();
-                match a.recipients {
-                    Some(n) => {
-                        stats.publish_answers += 1;
-                        stats.recipients = (stats.recipients.0.min(n), stats.recipients.1.max(n));
-                    }
-                    None => stats.publish_error("publish: 202 without {\"recipients\":N}", 1),
-                }
-            }
-        }
-    };
-    h.input.drain(..pos);
-    checked?;
-    broken.map_or(Ok(eof), Err)
 }
 
 /// Writes a connection's queued bytes until done or the socket is full.
