@@ -83,6 +83,13 @@ struct Conn {
 }
 
 impl Conn {
+    /// Moves the connection to `to`, keeping `census` in step.
+    fn set_state(&mut self, to: State, census: &mut Census) {
+        census.leave(self.state);
+        census.enter(to);
+        self.state = to;
+    }
+
     /// Whether this is a publisher whose publishing has not failed.
     fn can_publish(&self) -> bool {
         self.publisher.is_some() && !self.http.as_ref().is_some_and(|h| h.failed)
@@ -103,6 +110,60 @@ struct Publisher {
 /// Why an open connection ended early or a pending one failed.
 type Reason = String;
 
+/// How a connection ends, for counting it.
+#[derive(Debug)]
+enum End {
+    /// As planned: its close went through, or the run is over. Not counted, except that a
+    /// connection that never opened still failed ("closed").
+    Clean,
+    /// It failed or broke, for this reason: a failure if it never opened, a drop if it was
+    /// open before the `Close` phase.
+    Broke(Reason),
+}
+
+/// How many connections are in the states the loop watches. Only [`Census::enter`] and
+/// [`Census::leave`] change it, called where a connection is added, changes state
+/// ([`Conn::set_state`]) or is removed ([`Worker::take`]), so the counts cannot drift
+/// from the states; debug builds check that on every loop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Census {
+    /// Connections in `Connecting` or `Handshaking`.
+    pending: u32,
+    /// Connections in `Closing`.
+    closing: u32,
+}
+
+impl Census {
+    fn slot(&mut self, state: State) -> Option<&mut u32> {
+        match state {
+            State::Connecting | State::Handshaking => Some(&mut self.pending),
+            State::Closing => Some(&mut self.closing),
+            State::Open => None,
+        }
+    }
+
+    fn enter(&mut self, state: State) {
+        if let Some(n) = self.slot(state) {
+            *n += 1;
+        }
+    }
+
+    fn leave(&mut self, state: State) {
+        if let Some(n) = self.slot(state) {
+            *n -= 1;
+        }
+    }
+
+    /// The census `conns` should have, counted from their states.
+    fn of(conns: &Slab<Conn>) -> Census {
+        let mut census = Census::default();
+        for (_, c) in conns {
+            census.enter(c.state);
+        }
+        census
+    }
+}
+
 /// Everything the receive path needs besides the connection and the read buffer.
 struct Ctx {
     cfg: Arc<Config>,
@@ -121,10 +182,8 @@ struct Ctx {
     phase: Phase,
     /// Scratch for one message.
     msg: Vec<u8>,
-    /// Connections in `Connecting` or `Handshaking`.
-    pending: u32,
-    /// Connections in `Closing`.
-    closing: u32,
+    /// How many connections are pending or closing.
+    census: Census,
 }
 
 impl Ctx {
@@ -217,8 +276,7 @@ impl Worker {
             end_ns: u64::MAX,
             phase: Phase::Connect,
             msg: vec![0; size],
-            pending: 0,
-            closing: 0,
+            census: Census::default(),
             cfg,
             ctl,
         };
@@ -266,7 +324,7 @@ impl Worker {
             }
             // With max_pending handshakes in progress, the next launch waits for one of
             // them to complete, which an event reports.
-            if !self.todo.is_empty() && self.ctx.pending < self.ctx.cfg.max_pending {
+            if !self.todo.is_empty() && self.ctx.census.pending < self.ctx.cfg.max_pending {
                 deadline = deadline.min(self.next_batch_ns);
             }
             if self.ctx.phase == Phase::Run && now < self.ctx.start_ns {
@@ -338,9 +396,7 @@ impl Worker {
                 .map(|(k, _)| k)
                 .collect();
             for key in pending {
-                let mut conn = self.conns.remove(key);
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-                self.ctx.pending -= 1;
+                self.take(key);
             }
         }
         self.todo.is_empty() && self.conns.is_empty()
@@ -356,7 +412,7 @@ impl Worker {
         }
         self.next_batch_ns = now + self.ctx.cfg.batch_interval_ns;
         let mut started = 0;
-        while started < self.ctx.cfg.batch && self.ctx.pending < self.ctx.cfg.max_pending {
+        while started < self.ctx.cfg.batch && self.ctx.census.pending < self.ctx.cfg.max_pending {
             let Some(client) = self.todo.pop() else { break };
             started += 1;
             self.open(client, now);
@@ -421,7 +477,7 @@ impl Worker {
             publisher,
             http,
         });
-        self.ctx.pending += 1;
+        self.ctx.census.enter(State::Connecting);
     }
 
     fn count_failure(&mut self, reason: Reason) {
@@ -433,7 +489,8 @@ impl Worker {
     fn expire(&mut self, now: u64) {
         let handshake_deadline = now.saturating_sub(self.ctx.cfg.connect_timeout_ns);
         let close_deadline = now.saturating_sub(CLOSE_GRACE_NS);
-        if self.ctx.pending == 0 && self.ctx.closing == 0 {
+        debug_assert_eq!(self.ctx.census, Census::of(&self.conns));
+        if self.ctx.census == Census::default() {
             return;
         }
         let expired: Vec<(usize, State)> = self
@@ -447,12 +504,12 @@ impl Worker {
             .map(|(k, c)| (k, c.state))
             .collect();
         for (key, state) in expired {
-            let reason = match state {
-                State::Connecting => "connect: timed out".to_string(),
-                State::Handshaking => "handshake: timed out".to_string(),
-                _ => String::new(),
+            let how = match state {
+                State::Connecting => End::Broke("connect: timed out".into()),
+                State::Handshaking => End::Broke("handshake: timed out".into()),
+                State::Open | State::Closing => End::Clean,
             };
-            self.end(key, reason);
+            self.end(key, how);
         }
     }
 
@@ -506,7 +563,7 @@ impl Worker {
                 }
             }
             if let Err(e) = flush(conn) {
-                self.end(key, format!("write: {}", net::describe(&e)));
+                self.end(key, End::Broke(format!("write: {}", net::describe(&e))));
             }
             self.flush_http(key);
         }
@@ -613,19 +670,22 @@ impl Worker {
         };
         if conn.state == State::Connecting {
             match finish_connect(conn, &self.ctx.cfg, &mut self.ctx.rng) {
-                Ok(true) => conn.state = State::Handshaking,
+                Ok(true) => conn.set_state(State::Handshaking, &mut self.ctx.census),
                 Ok(false) => return,
-                Err(e) => return self.end(key, format!("connect: {}", net::describe(&e))),
+                Err(e) => {
+                    let why = format!("connect: {}", net::describe(&e));
+                    return self.end(key, End::Broke(why));
+                }
             }
         }
         if ready.readable {
             match read_ready(conn, &mut self.buf, &mut self.ctx, ready.hung_up) {
                 Ok(ReadEnd::Drained) => {}
                 Ok(ReadEnd::Eof) if conn.state == State::Handshaking => {
-                    return self.end(key, "handshake: closed by server".into())
+                    return self.end(key, End::Broke("handshake: closed by server".into()))
                 }
-                Ok(ReadEnd::Eof) => return self.end(key, "closed by server".into()),
-                Err(reason) => return self.end(key, reason),
+                Ok(ReadEnd::Eof) => return self.end(key, End::Broke("closed by server".into())),
+                Err(reason) => return self.end(key, End::Broke(reason)),
             }
             if connect_only && conn.state == State::Open {
                 self.start_close(key, now_ns());
@@ -636,7 +696,7 @@ impl Worker {
         };
         if ready.writable || !conn.out.is_empty() {
             if let Err(e) = flush(conn) {
-                return self.end(key, format!("write: {}", net::describe(&e)));
+                return self.end(key, End::Broke(format!("write: {}", net::describe(&e))));
             }
         }
         if conn.http.is_some() {
@@ -657,44 +717,46 @@ impl Worker {
                     self.ctx.rng.mask(),
                     &mut conn.out,
                 );
-                conn.state = State::Closing;
+                conn.set_state(State::Closing, &mut self.ctx.census);
                 conn.since_ns = now;
-                self.ctx.closing += 1;
                 if flush(conn).is_err() {
-                    self.end(key, String::new());
+                    self.end(key, End::Clean);
                 }
             }
-            State::Connecting | State::Handshaking => self.end(key, "unfinished at the end".into()),
+            State::Connecting | State::Handshaking => {
+                self.end(key, End::Broke("unfinished at the end".into()))
+            }
             State::Closing => {}
         }
     }
 
-    /// Removes connection `key`. `reason` counts as a failure for a connection that never
-    /// opened, as a drop for an open one before the `Close` phase, and not at all when it
-    /// is empty or the connection was closing.
-    fn end(&mut self, key: usize, reason: Reason) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
+    /// Takes connection `key` out of the slab, the census and the poll.
+    fn take(&mut self, key: usize) -> Option<Conn> {
+        let mut conn = self.conns.try_remove(key)?;
+        self.ctx.census.leave(conn.state);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        Some(conn)
+    }
+
+    /// Removes connection `key` and counts how it ended: see [`End`]. A connection that
+    /// was closing, or any in the `Close` phase, ended as planned whatever happened.
+    fn end(&mut self, key: usize, how: End) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let _ = flush(conn); // a Close reply, if one is queued
+        }
+        let Some(mut conn) = self.take(key) else {
             return;
         };
-        let _ = flush(&mut conn); // a Close reply, if one is queued
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        if conn.state == State::Closing {
-            self.ctx.closing -= 1;
-        }
-        match conn.state {
-            State::Connecting | State::Handshaking => {
-                self.ctx.pending -= 1;
-                self.count_failure(if reason.is_empty() {
-                    "closed".into()
-                } else {
-                    reason
-                });
+        let planned = conn.state == State::Closing || self.ctx.phase == Phase::Close;
+        match (conn.state, how) {
+            (State::Connecting | State::Handshaking, End::Clean) => {
+                self.count_failure("closed".into())
             }
-            State::Open | State::Closing => {
-                let expected = conn.state == State::Closing
-                    || self.ctx.phase == Phase::Close
-                    || reason.is_empty();
-                if !expected {
+            (State::Connecting | State::Handshaking, End::Broke(reason)) => {
+                self.count_failure(reason)
+            }
+            (State::Open | State::Closing, how) => {
+                if let (End::Broke(reason), false) = (how, planned) {
                     *self.ctx.stats.drops.entry(reason).or_default() += 1;
                     self.ctx.ctl.dropped.fetch_add(1, Relaxed);
                     self.ctx.ctl.members[conn.room as usize].fetch_sub(1, Relaxed);
@@ -724,13 +786,9 @@ impl Worker {
             .collect();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.end(key, String::new());
+            self.end(key, End::Clean);
         }
-        debug_assert_eq!(
-            (self.ctx.pending, self.ctx.closing),
-            (0, 0),
-            "every pending and closing connection was counted out"
-        );
+        debug_assert_eq!(self.ctx.census, Census::default());
         let rooms = self.ctx.broadcast().map_or(1, Broadcast::room_count) as usize;
         for (room, trackers) in &self.dead_trackers {
             let room_published = published.iter().skip(*room as usize).step_by(rooms);

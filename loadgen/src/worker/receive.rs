@@ -83,8 +83,7 @@ fn handle_bytes(conn: &mut Conn, data: &[u8], now: u64, ctx: &mut Ctx) -> Result
             Err(e) => return Err(e.to_string()),
         }
         conn.accept = None;
-        conn.state = State::Open;
-        ctx.pending -= 1;
+        conn.set_state(State::Open, &mut ctx.census);
         ctx.stats.connected += 1;
         ctx.ctl.connected.fetch_add(1, Relaxed);
         ctx.ctl.members[conn.room as usize].fetch_add(1, Relaxed);
@@ -150,9 +149,8 @@ fn handle_frame(conn: &mut Conn, f: Frame<'_>, now: u64, ctx: &mut Ctx) -> Resul
                     };
                     return Err(format!("server sent Close{detail}"));
                 }
-                conn.state = State::Closing;
+                conn.set_state(State::Closing, &mut ctx.census);
                 conn.since_ns = now;
-                ctx.closing += 1;
             }
         }
     }
