@@ -38,6 +38,19 @@ impl Config {
         (index..self.clients).step_by(count.max(1) as usize)
     }
 
+    /// The path client `client`'s WebSocket asks for: the URL's, or with rooms, its room's
+    /// under it (`/` and room 7 give `/rooms/r7`).
+    pub fn ws_path(&self, client: u32) -> std::borrow::Cow<'_, str> {
+        let base = &self.url.path;
+        match &self.scenario {
+            Scenario::Broadcast(b) if b.rooms > 0 => {
+                let slash = if base.ends_with('/') { "" } else { "/" };
+                format!("{base}{slash}rooms/{}", b.room_name(b.room_of(client))).into()
+            }
+            _ => base.as_str().into(),
+        }
+    }
+
     /// The source address of client `client`'s connections (`None`: the kernel picks).
     pub fn local_addr(&self, client: u32) -> Option<IpAddr> {
         (!self.local_addrs.is_empty())
@@ -71,6 +84,9 @@ pub struct Broadcast {
     pub prefix: Vec<u8>,
     /// How publishers hand their messages to the server.
     pub via: PublishVia,
+    /// Rooms the clients are spread over, client `i` in room `i % rooms` (0: none, every
+    /// client on the URL given).
+    pub rooms: u32,
 }
 
 /// The path publishers take to the server.
@@ -97,6 +113,33 @@ impl PublishVia {
 }
 
 impl Broadcast {
+    /// How many groups delivery is accounted in: the rooms, or 1 without rooms (everyone
+    /// receives every publisher).
+    #[inline]
+    pub fn room_count(&self) -> u32 {
+        self.rooms.max(1)
+    }
+
+    /// The room client `client` is in (0 without rooms).
+    #[inline]
+    pub fn room_of(&self, client: u32) -> u32 {
+        client % self.room_count()
+    }
+
+    /// The name room `room` has on the server: `r7`.
+    pub fn room_name(&self, room: u32) -> String {
+        format!("r{room}")
+    }
+
+    /// How many publishers room `room` has: `room`, `room + N`, ... below `publishers`. A
+    /// receiver's trackers are indexed by `publisher / N`, so it keeps only its room's.
+    pub fn publishers_in(&self, room: u32) -> u32 {
+        match self.publishers.checked_sub(room + 1) {
+            Some(after) => after / self.room_count() + 1,
+            None => 0,
+        }
+    }
+
     /// When publisher `id`'s message `seq` is due, in an open-loop run starting at
     /// `start_ns`: the `rate` is spread evenly, publishers interleaved.
     pub fn due_ns(&self, start_ns: u64, id: u32, seq: u64) -> u64 {
@@ -162,10 +205,54 @@ mod tests {
             window: 0,
             prefix: vec![],
             via: PublishVia::Ws,
+            rooms: 0,
         };
         assert_eq!(b.due_ns(0, 0, 0), 0);
         assert_eq!(b.due_ns(0, 1, 0), 1_000_000);
         assert_eq!(b.due_ns(0, 0, 1), 2_000_000);
         assert_eq!(b.due_ns(5, 1, 10), 5 + 21_000_000);
+    }
+
+    #[test]
+    fn rooms_split_clients_and_publishers() {
+        let mut b = Broadcast {
+            publishers: 5,
+            size: 64,
+            rate: 0.0,
+            window: 1,
+            prefix: vec![],
+            via: PublishVia::Ws,
+            rooms: 0,
+        };
+        assert_eq!(
+            (b.room_count(), b.room_of(7), b.publishers_in(0)),
+            (1, 0, 5)
+        );
+        b.rooms = 3;
+        // Publishers 0..5 in rooms 0,1,2,0,1: two, two, one.
+        let counts: Vec<u32> = (0..3).map(|r| b.publishers_in(r)).collect();
+        assert_eq!(counts, [2, 2, 1]);
+        // More rooms than publishers: the rooms past the last publisher have none.
+        b.rooms = 8;
+        assert_eq!((b.publishers_in(4), b.publishers_in(5)), (1, 0));
+        let mut cfg = Config {
+            url: "ws://127.0.0.1:8080/".parse().unwrap(),
+            clients: 10,
+            threads: 1,
+            local_addrs: vec![],
+            batch: 1,
+            batch_interval_ns: 0,
+            max_pending: 1,
+            connect_timeout_ns: 0,
+            max_frame: 0,
+            scenario: Scenario::Broadcast(b.clone()),
+            shard: (0, 1),
+        };
+        assert_eq!(cfg.ws_path(15), "/rooms/r7");
+        cfg.url = "ws://127.0.0.1:8080/chat".parse().unwrap();
+        assert_eq!(cfg.ws_path(2), "/chat/rooms/r2");
+        b.rooms = 0;
+        cfg.scenario = Scenario::Broadcast(b);
+        assert_eq!(cfg.ws_path(2), "/chat");
     }
 }

@@ -35,6 +35,8 @@ pub struct Control {
     pub failed: AtomicU64,
     /// Open connections that closed or broke before the `Close` phase.
     pub dropped: AtomicU64,
+    /// Open receivers of each room (one entry without rooms): the drain's expectation.
+    pub members: Vec<AtomicU64>,
     /// Messages sent so far by each publisher.
     pub published: Vec<AtomicU64>,
     /// Distinct deliveries so far, over all receivers.
@@ -50,8 +52,8 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 impl Control {
-    /// Shared state for a run with `publishers` publishers.
-    pub fn new(publishers: u32) -> Control {
+    /// Shared state for a run with `publishers` publishers and `rooms` rooms (at least 1).
+    pub fn new(publishers: u32, rooms: u32) -> Control {
         Control {
             phase: AtomicU8::new(Phase::Connect as u8),
             start_ns: AtomicU64::new(u64::MAX),
@@ -60,6 +62,7 @@ impl Control {
             connected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            members: (0..rooms.max(1)).map(|_| AtomicU64::new(0)).collect(),
             published: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
             distinct: AtomicU64::new(0),
             live: Mutex::new(new_histogram()),
@@ -89,6 +92,17 @@ impl Control {
     /// Registers a worker's waker for [`Control::set_phase`].
     pub fn add_waker(&self, waker: Arc<mio::Waker>) {
         self.wakers.lock().expect("wakers").push(waker);
+    }
+
+    /// Distinct deliveries the open receivers should get of what was published so far:
+    /// publisher `j`'s messages once per open receiver of room `j % rooms`.
+    pub fn expected_deliveries(&self) -> u64 {
+        let rooms = self.members.len();
+        self.published
+            .iter()
+            .enumerate()
+            .map(|(j, p)| p.load(Relaxed) * self.members[j % rooms].load(Relaxed))
+            .sum()
     }
 
     /// Total messages published so far.

@@ -63,14 +63,14 @@ pub fn new_key(rand: &mut crate::rng::Rng) -> String {
     data_encoding::BASE64.encode(&nonce)
 }
 
-/// Appends the upgrade request for `url` with `key` to `out`.
-pub fn write_request(url: &WsUrl, key: &str, out: &mut Vec<u8>) {
+/// Appends the upgrade request for `path` on `url`'s host with `key` to `out`.
+pub fn write_request(url: &WsUrl, path: &str, key: &str, out: &mut Vec<u8>) {
     use std::io::Write;
     write!(
         out,
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        url.path, url.host, key
+        path, url.host, key
     )
     .expect("writing to a Vec cannot fail");
 }

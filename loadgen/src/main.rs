@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 /// Load generator for WebSocket broadcast servers (herald, or any server with the seed's
 /// semantics). Exit status: 0 when everything arrived once and in order, 1 when anything
-/// was lost, duplicated, reordered or malformed or fewer clients connected than asked,
-/// 2 on a usage or I/O error.
+/// was lost, duplicated, reordered, malformed or misrouted (another room's) or fewer clients
+/// connected than asked, 2 on a usage or I/O error.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version)]
 struct Cli {
@@ -53,6 +53,11 @@ enum Command {
         /// Bearer token for --publish-via http (herald's --publish-token).
         #[arg(long, value_name = "TOKEN")]
         token: Option<String>,
+        /// Spread the clients over N rooms: client i joins <URL path>rooms/r{i % N}, and
+        /// receives only its room's publishers (with --publish-via http, publisher j posts
+        /// to /publish?room=r{j % N}). A delivery from another room counts as misrouted.
+        #[arg(long, value_name = "N")]
+        rooms: Option<u32>,
         /// Seconds of publishing before the measured window.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
@@ -251,6 +256,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             prefix,
             publish_via,
             token,
+            rooms,
             warmup,
             drain,
             hgrm,
@@ -273,7 +279,16 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 (Via::Ws, Some(_)) => return Err("--token needs --publish-via http".into()),
                 (Via::Http, token) => PublishVia::Http { token },
             };
+            if rooms == Some(0) {
+                return Err("--rooms must be at least 1".into());
+            }
+            if rooms.is_some() && common.url.path.contains('?') {
+                return Err(
+                    "--rooms needs a --url without a query (rooms go under its path)".into(),
+                );
+            }
             let b = Broadcast {
+                rooms: rooms.unwrap_or(0),
                 publishers,
                 size,
                 rate,

@@ -11,11 +11,13 @@ use crate::handshake::{self, HandshakeError, WsUrl};
 pub const PATH: &str = "/publish";
 
 /// Everything of a publish request before its body, which is always `size` bytes: built
-/// once, so each request costs two copies.
-pub fn request_head(url: &WsUrl, token: Option<&str>, size: usize) -> Vec<u8> {
+/// once per publisher, so each request costs two copies. `room`: the room to publish to
+/// (`?room=NAME`; the lobby without).
+pub fn request_head(url: &WsUrl, token: Option<&str>, size: usize, room: Option<&str>) -> Vec<u8> {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let query = room.map_or(String::new(), |r| format!("?room={r}"));
     format!(
-        "POST {PATH} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: text/plain\r\n\
+        "POST {PATH}{query} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: text/plain\r\n\
          Content-Length: {size}\r\n\r\n",
         url.host
     )
@@ -71,14 +73,18 @@ mod tests {
     #[test]
     fn requests_carry_the_token_type_and_length() {
         let url: WsUrl = "ws://127.0.0.1:9001/chat".parse().unwrap();
-        let head = request_head(&url, Some("t0k"), 64);
+        let head = request_head(&url, Some("t0k"), 64, None);
         assert_eq!(
             String::from_utf8(head).unwrap(),
             "POST /publish HTTP/1.1\r\nHost: 127.0.0.1:9001\r\nAuthorization: Bearer t0k\r\n\
              Content-Type: text/plain\r\nContent-Length: 64\r\n\r\n"
         );
-        let head = request_head(&url, None, 43);
+        let head = request_head(&url, None, 43, None);
         assert!(!String::from_utf8(head).unwrap().contains("Authorization"));
+        let head = request_head(&url, None, 43, Some("r3"));
+        assert!(String::from_utf8(head)
+            .unwrap()
+            .starts_with("POST /publish?room=r3 HTTP/1.1\r\n"));
     }
 
     #[test]

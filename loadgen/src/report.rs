@@ -69,6 +69,7 @@ pub fn problems(o: &Outcome) -> Vec<String> {
         (s.duplicates, "duplicated"),
         (s.reordered, "reordered"),
         (s.malformed, "malformed"),
+        (s.misrouted, "misrouted"),
         (s.dropped(), "connections dropped"),
         (s.publish_failed(), "publishes failed"),
     ] {
@@ -115,6 +116,7 @@ pub fn to_json(o: &Outcome) -> Value {
             v["scenario"] = json!("broadcast");
             v["mode"] = json!(mode(o));
             v["publishers"] = json!(b.publishers);
+            v["rooms"] = json!((b.rooms > 0).then_some(b.rooms));
             v["publish_via"] = json!(b.via.name());
             if b.via != PublishVia::Ws {
                 v["publish"] = json!({
@@ -132,7 +134,7 @@ pub fn to_json(o: &Outcome) -> Value {
             v["deliveries"] = json!(s.delivered);
             v["deliveries_in_window"] = json!(s.in_window);
             v["deliveries_per_sec"] = json!(deliveries_per_sec(o));
-            v["expected_deliveries"] = json!(o.published * s.connected);
+            v["expected_deliveries"] = json!(s.expected);
             v["drained"] = json!(o.drained);
             v["latency"] = latency_json(&s.latency);
             v["send_lag"] = latency_json(&s.send_lag);
@@ -140,6 +142,7 @@ pub fn to_json(o: &Outcome) -> Value {
             v["duplicated"] = json!(s.duplicates);
             v["reordered"] = json!(s.reordered);
             v["malformed"] = json!(s.malformed);
+            v["misrouted"] = json!(s.misrouted);
             v["pings"] = json!(s.pings);
         }
         Scenario::Connect => {
@@ -193,8 +196,9 @@ fn publish_path(o: &Outcome) -> String {
                 }
                 (lo, hi) => format!("202 × {}, {lo} to {hi} recipients", s.publish_answers),
             };
+            let query = if b.rooms > 0 { "?room=ROOM" } else { "" };
             format!(
-                "HTTP POST {} (one kept-alive connection per publisher): {recipients}",
+                "HTTP POST {}{query} (one kept-alive connection per publisher): {recipients}",
                 crate::publish::PATH
             )
         }
@@ -274,6 +278,18 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
             ),
         )?;
         row(out, "publish path", publish_path(o))?;
+        if b.rooms > 0 {
+            let first = o.cfg.ws_path(0);
+            let rooms = first.strip_suffix("r0").unwrap_or(&first);
+            row(
+                out,
+                "rooms",
+                format!(
+                    "{} (client i on {rooms}r{{i % {}}}); {} misrouted",
+                    b.rooms, b.rooms, s.misrouted
+                ),
+            )?;
+        }
         for (reason, n) in &s.publish_errors {
             row(out, "publish failed", format!("{n} × {reason}"))?;
         }

@@ -201,9 +201,9 @@ pub fn run_shard(
     timing: Timing,
     mut link: Option<&mut dyn ShardLink>,
 ) -> io::Result<Outcome> {
-    let publishers = match &cfg.scenario {
-        Scenario::Broadcast(b) => b.publishers,
-        _ => 0,
+    let (publishers, rooms) = match &cfg.scenario {
+        Scenario::Broadcast(b) => (b.publishers, b.room_count()),
+        _ => (0, 1),
     };
     let limit = crate::net::raise_open_file_limit();
     let mine = cfg.my_clients().count() as u64;
@@ -213,7 +213,7 @@ pub fn run_shard(
              files: spread them with --procs"
         );
     }
-    let ctl = Arc::new(Control::new(publishers));
+    let ctl = Arc::new(Control::new(publishers, rooms));
     let shared = Arc::new(cfg.clone());
     let before_connect = sample(timing.server_pid);
     let workers = (0..cfg.threads)
@@ -300,9 +300,7 @@ pub fn run_shard(
             }
         }
         if let Scenario::Broadcast(_) = cfg.scenario {
-            let published = ctl.published_total();
-            let receivers = ctl.connected.load(Relaxed) - ctl.dropped.load(Relaxed);
-            let expected = published * receivers;
+            let expected = ctl.expected_deliveries();
             watch.wait(end_actual + timing.drain_ns, |c| {
                 c.distinct.load(Relaxed) >= expected
             });

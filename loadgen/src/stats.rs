@@ -29,6 +29,12 @@ pub struct Stats {
     /// Frames or messages that are not what the scenario sends (bad framing, prefix,
     /// stamp, publisher or size).
     pub malformed: u64,
+    /// Deliveries from a publisher of another room (with `--rooms`): the server routed
+    /// them where they do not belong.
+    pub misrouted: u64,
+    /// Deliveries the receivers that connected should have had: for each, what every
+    /// publisher of its room published.
+    pub expected: u64,
     /// Messages published.
     pub published: u64,
     /// Pings answered.
@@ -59,6 +65,8 @@ impl Default for Stats {
             reordered: 0,
             lost: 0,
             malformed: 0,
+            misrouted: 0,
+            expected: 0,
             published: 0,
             pings: 0,
             connected: 0,
@@ -83,6 +91,8 @@ impl Stats {
         self.reordered += other.reordered;
         self.lost += other.lost;
         self.malformed += other.malformed;
+        self.misrouted += other.misrouted;
+        self.expected += other.expected;
         self.published += other.published;
         self.pings += other.pings;
         self.connected += other.connected;
@@ -151,7 +161,8 @@ impl Stats {
             "send_lag": histogram_to_value(&self.send_lag),
             "handshake": histogram_to_value(&self.handshake),
             "counts": [self.delivered, self.in_window, self.duplicates, self.reordered,
-                       self.lost, self.malformed, self.published, self.pings, self.connected],
+                       self.lost, self.malformed, self.published, self.pings, self.connected,
+                       self.misrouted, self.expected],
             "failures": self.failures,
             "drops": self.drops,
             "publish": [self.publish_answers, self.recipients.0, self.recipients.1],
@@ -166,7 +177,7 @@ impl Stats {
             .iter()
             .map(Value::as_u64)
             .collect::<Option<_>>()?;
-        let [delivered, in_window, duplicates, reordered, lost, malformed, published, pings, connected] =
+        let [delivered, in_window, duplicates, reordered, lost, malformed, published, pings, connected, misrouted, expected] =
             counts[..]
         else {
             return None;
@@ -195,6 +206,8 @@ impl Stats {
             reordered,
             lost,
             malformed,
+            misrouted,
+            expected,
             published,
             pings,
             connected,
@@ -219,6 +232,7 @@ mod tests {
         }
         s.handshake.record(123_456).unwrap();
         (s.delivered, s.lost, s.connected, s.pings) = (10, 2, 3, 4);
+        (s.misrouted, s.expected) = (5, 12);
         s.failures.insert("connect: timed out".into(), 5);
         s.drops.insert("closed by server".into(), 1);
         (s.publish_answers, s.recipients) = (7, (998, 1000));
@@ -231,6 +245,7 @@ mod tests {
             (back.delivered, back.lost, back.connected, back.pings),
             (10, 2, 3, 4)
         );
+        assert_eq!((back.misrouted, back.expected), (5, 12));
         assert_eq!((back.failures, back.drops), (s.failures, s.drops));
         assert_eq!((back.publish_answers, back.recipients), (7, (998, 1000)));
         assert_eq!(back.publish_errors, s.publish_errors);

@@ -1,5 +1,7 @@
 //! A small seed-compatible broadcast server for tests, built on tungstenite and threads,
-//! that can tamper with what it relays: drop, duplicate or swap chosen deliveries.
+//! that can tamper with what it relays: drop, duplicate, swap or misroute chosen
+//! deliveries. Like herald, it routes by the upgrade's path: clients on the same path
+//! (`/` is the lobby, `/rooms/NAME` a room) hear each other and no one else.
 
 #![allow(dead_code)] // each test file uses a part
 
@@ -10,9 +12,10 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::Message;
 
 /// What the server does to one delivery.
@@ -24,6 +27,17 @@ pub enum Tamper {
     Duplicate,
     /// Send it after the same publisher's next message instead of before.
     SwapWithNext,
+    /// Send it to this receiver even though it is in another room.
+    Misroute,
+}
+
+/// A receiver a delivery is planned for.
+#[derive(Debug, Clone, Copy)]
+pub struct Receiver {
+    /// Its number, in accept order.
+    pub index: usize,
+    /// Whether it is in the publisher's room (only those get the message untampered).
+    pub in_room: bool,
 }
 
 /// The prefix the test server puts before each relayed message, as the seed does.
@@ -35,6 +49,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Pongs received (the server pings each client once, right after the handshake).
     pub pongs: Arc<AtomicU64>,
+    /// The path of each upgrade request, in accept order.
+    pub paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -44,43 +60,65 @@ impl TestServer {
     }
 }
 
+/// What the connection threads tell the relay thread; rooms are the upgrade paths.
 enum Event {
-    Join(TcpStream),
-    Relay(String),
+    Join(TcpStream, String),
+    Relay(String, String),
 }
 
 /// Starts a server for `clients` connections that relays every text message to every
-/// client, sender included, applying `plan(receiver, publisher, seq)` (receivers numbered
-/// in accept order; publisher and sequence read from loadgen's stamp in a message of
-/// `size` bytes).
+/// client of the sender's room, sender included, applying `plan(receiver, publisher, seq)`
+/// (receivers numbered in accept order; publisher and sequence read from loadgen's stamp
+/// in a message of `size` bytes).
 pub fn start(
     clients: usize,
     size: usize,
     plan: impl Fn(usize, u32, u64) -> Option<Tamper> + Send + 'static,
 ) -> TestServer {
+    start_routed(clients, size, move |r: Receiver, p, seq| {
+        r.in_room.then(|| plan(r.index, p, seq)).flatten()
+    })
+}
+
+/// [`start`], with a plan that sees every receiver, those of other rooms too: they get a
+/// delivery only when the plan says [`Tamper::Misroute`].
+pub fn start_routed(
+    clients: usize,
+    size: usize,
+    plan: impl Fn(Receiver, u32, u64) -> Option<Tamper> + Send + 'static,
+) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let pongs = Arc::new(AtomicU64::new(0));
+    let paths = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<Event>();
-    let counter = pongs.clone();
+    let (counter, seen) = (pongs.clone(), paths.clone());
     thread::spawn(move || {
         for _ in 0..clients {
             let Ok((stream, _)) = listener.accept() else {
                 return;
             };
-            let Ok(mut ws) = tungstenite::accept(stream) else {
+            let mut path = String::new();
+            // tungstenite's callback signature fixes the (large) error type.
+            #[allow(clippy::result_large_err)]
+            let ask = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+                path = req.uri().path().to_string();
+                Ok(resp)
+            };
+            let Ok(mut ws) = tungstenite::accept_hdr(stream, ask) else {
                 continue;
             };
+            seen.lock().unwrap().push(path.clone());
             let mut writer = ws.get_ref().try_clone().unwrap();
             let mut ping = Vec::new();
             frame::encode_unmasked(true, frame::OP_PING, b"hi", &mut ping);
             writer.write_all(&ping).unwrap();
-            tx.send(Event::Join(writer)).unwrap();
+            tx.send(Event::Join(writer, path.clone())).unwrap();
             let (tx, pongs) = (tx.clone(), counter.clone());
             thread::spawn(move || loop {
                 match ws.read() {
                     Ok(Message::Text(t)) => {
-                        let _ = tx.send(Event::Relay(t.to_string()));
+                        let _ = tx.send(Event::Relay(path.clone(), t.to_string()));
                     }
                     Ok(Message::Pong(_)) => {
                         pongs.fetch_add(1, Relaxed);
@@ -103,16 +141,16 @@ pub fn start(
         }
     });
     thread::spawn(move || {
-        let mut writers: Vec<TcpStream> = Vec::new();
+        let mut writers: Vec<(TcpStream, String)> = Vec::new();
         let mut held: Vec<Option<(u32, Vec<u8>)>> = Vec::new();
         for event in rx {
-            let text = match event {
-                Event::Join(w) => {
-                    writers.push(w);
+            let (room, text) = match event {
+                Event::Join(w, room) => {
+                    writers.push((w, room));
                     held.push(None);
                     continue;
                 }
-                Event::Relay(text) => text,
+                Event::Relay(room, text) => (room, text),
             };
             let stamp = loadgen::message::decode(text.as_bytes(), size);
             let mut wire = Vec::new();
@@ -122,10 +160,21 @@ pub fn start(
                 format!("{PREFIX}{text}").as_bytes(),
                 &mut wire,
             );
-            for (i, w) in writers.iter_mut().enumerate() {
-                let action = stamp.and_then(|s| plan(i, s.publisher, s.seq));
+            for (i, (w, theirs)) in writers.iter_mut().enumerate() {
+                let to = Receiver {
+                    index: i,
+                    in_room: *theirs == room,
+                };
+                let action = stamp.and_then(|s| plan(to, s.publisher, s.seq));
+                if !to.in_room {
+                    if action == Some(Tamper::Misroute) {
+                        let _ = w.write_all(&wire);
+                    }
+                    continue;
+                }
+                let untampered = matches!(action, None | Some(Tamper::Misroute));
                 let _ = match action {
-                    None => w.write_all(&wire),
+                    None | Some(Tamper::Misroute) => w.write_all(&wire),
                     Some(Tamper::Drop) => Ok(()),
                     Some(Tamper::Duplicate) => w.write_all(&wire).and_then(|_| w.write_all(&wire)),
                     Some(Tamper::SwapWithNext) => {
@@ -134,14 +183,14 @@ pub fn start(
                     }
                 };
                 let from = stamp.map(|s| s.publisher);
-                if action.is_none() && held[i].as_ref().map(|h| h.0) == from {
+                if untampered && held[i].as_ref().map(|h| h.0) == from {
                     let (_, h) = held[i].take().expect("checked");
                     let _ = w.write_all(&h);
                 }
             }
         }
     });
-    TestServer { addr, pongs }
+    TestServer { addr, pongs, paths }
 }
 
 /// Starts a server that answers every upgrade request with `response` and then waits
@@ -189,6 +238,7 @@ pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Conf
             window,
             prefix: PREFIX.as_bytes().to_vec(),
             via: PublishVia::Ws,
+            rooms: 0,
         }),
         shard: (0, 1),
     }

@@ -1,47 +1,33 @@
-//! One load-generating thread: a mio loop that owns a share of the clients.
-//!
-//! # Receive path
-//! The worker owns one large read buffer. A readable connection is read into it (after
-//! the few bytes of an incomplete frame the connection kept from its previous read), every
-//! whole frame in it is parsed in place, and only the incomplete tail is copied back into
-//! the connection. Nothing is allocated per frame; a fragmented message is the one case
-//! that allocates (to reassemble it).
-//!
-//! # Publishing over HTTP
-//! With `--publish-via http` a publisher's messages go out as `POST /publish` requests on
-//! one extra connection of its own, registered in the same loop (token: the publisher's
-//! key with [`HTTP`] set) and opened when the run starts (again later if the server
-//! closed it while idle). Requests are pipelined; each answer must be a `202` with a
-//! recipient count. Any other answer, or none, is a publish error: the publisher then
-//! stops, and only what it sent before the first failed request counts as published.
+//! One load-generating thread: a mio loop that owns a share of the clients, opens and
+//! closes their connections and paces their publishers. What arrives on a connection is
+//! handled in [`receive`]; publishing over HTTP is in [`http`].
+
+mod http;
+mod receive;
 
 use crate::clock::{now_ns, MS, SEC};
 use crate::config::{Broadcast, Config, PublishVia, Scenario};
 use crate::control::{new_histogram, Control, Phase};
-use crate::frame::{self, Frame};
+use crate::frame;
 use crate::message::{self, Stamp};
 use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::timer::Timer;
-use crate::track::{Seen, SeqTracker};
+use crate::track::SeqTracker;
 use crate::{handshake, net, publish};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use http::{HttpPub, HTTP};
+use receive::{read_ready, ReadEnd, Ready, READ_BUF};
+
 const WAKE: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
-/// Set in the token of a publisher's HTTP connection (the rest is the publisher's key).
-const HTTP: usize = 1 << (usize::BITS - 2);
-/// Bytes read at a time from an HTTP connection (its answers are small).
-const HTTP_READ: usize = 16 * 1024;
-/// Size of the worker's read buffer: large, so one `read` takes many frames.
-const READ_BUF: usize = 256 * 1024;
 /// How long a closing connection may wait for the server to close before it is dropped.
 const CLOSE_GRACE_NS: u64 = 2 * SEC;
 /// Events handled between two looks at the clock for due open-loop messages.
@@ -83,7 +69,12 @@ struct Conn {
     carry: Vec<u8>,
     /// A fragmented message being reassembled.
     frag: Option<Vec<u8>>,
-    /// Sequence tracking per publisher (broadcast only).
+    /// The client's index in the run.
+    client: u32,
+    /// Its room (0 without rooms).
+    room: u32,
+    /// Sequence tracking per publisher of its room, publisher `j` at `j / rooms`
+    /// (broadcast only).
     trackers: Box<[SeqTracker]>,
     /// Set when this client publishes.
     publisher: Option<Publisher>,
@@ -92,27 +83,17 @@ struct Conn {
 }
 
 impl Conn {
+    /// Moves the connection to `to`, keeping `census` in step.
+    fn set_state(&mut self, to: State, census: &mut Census) {
+        census.leave(self.state);
+        census.enter(to);
+        self.state = to;
+    }
+
     /// Whether this is a publisher whose publishing has not failed.
     fn can_publish(&self) -> bool {
         self.publisher.is_some() && !self.http.as_ref().is_some_and(|h| h.failed)
     }
-}
-
-/// The HTTP connection a publisher publishes through.
-#[derive(Default)]
-struct HttpPub {
-    /// The socket (`None`: not open yet, or closed by the server while idle).
-    stream: Option<TcpStream>,
-    /// Requests to send; `out[out_pos..]` is still unsent.
-    out: Vec<u8>,
-    /// How much of `out` the socket has taken.
-    out_pos: usize,
-    /// Answer bytes not yet parsed.
-    input: Vec<u8>,
-    /// Sequence numbers of the requests made and not yet answered, oldest first.
-    unanswered: VecDeque<u64>,
-    /// A request failed: the publisher has stopped.
-    failed: bool,
 }
 
 /// The sending side of a publishing client.
@@ -128,6 +109,60 @@ struct Publisher {
 
 /// Why an open connection ended early or a pending one failed.
 type Reason = String;
+
+/// How a connection ends, for counting it.
+#[derive(Debug)]
+enum End {
+    /// As planned: its close went through, or the run is over. Not counted, except that a
+    /// connection that never opened still failed ("closed").
+    Clean,
+    /// It failed or broke, for this reason: a failure if it never opened, a drop if it was
+    /// open before the `Close` phase.
+    Broke(Reason),
+}
+
+/// How many connections are in the states the loop watches. Only [`Census::enter`] and
+/// [`Census::leave`] change it, called where a connection is added, changes state
+/// ([`Conn::set_state`]) or is removed ([`Worker::take`]), so the counts cannot drift
+/// from the states; debug builds check that on every loop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Census {
+    /// Connections in `Connecting` or `Handshaking`.
+    pending: u32,
+    /// Connections in `Closing`.
+    closing: u32,
+}
+
+impl Census {
+    fn slot(&mut self, state: State) -> Option<&mut u32> {
+        match state {
+            State::Connecting | State::Handshaking => Some(&mut self.pending),
+            State::Closing => Some(&mut self.closing),
+            State::Open => None,
+        }
+    }
+
+    fn enter(&mut self, state: State) {
+        if let Some(n) = self.slot(state) {
+            *n += 1;
+        }
+    }
+
+    fn leave(&mut self, state: State) {
+        if let Some(n) = self.slot(state) {
+            *n -= 1;
+        }
+    }
+
+    /// The census `conns` should have, counted from their states.
+    fn of(conns: &Slab<Conn>) -> Census {
+        let mut census = Census::default();
+        for (_, c) in conns {
+            census.enter(c.state);
+        }
+        census
+    }
+}
 
 /// Everything the receive path needs besides the connection and the read buffer.
 struct Ctx {
@@ -147,12 +182,8 @@ struct Ctx {
     phase: Phase,
     /// Scratch for one message.
     msg: Vec<u8>,
-    /// Connections in `Connecting` or `Handshaking`.
-    pending: u32,
-    /// Connections in `Closing`.
-    closing: u32,
-    /// What each publish request starts with (`--publish-via http`).
-    http_head: Vec<u8>,
+    /// How many connections are pending or closing.
+    census: Census,
 }
 
 impl Ctx {
@@ -183,47 +214,12 @@ impl Ctx {
         message::encode(stamp, &mut self.msg);
         match conn.http.as_deref_mut() {
             None => frame::encode_masked(frame::OP_TEXT, &self.msg, self.rng.mask(), &mut conn.out),
-            Some(h) => {
-                h.out.extend_from_slice(&self.http_head);
-                h.out.extend_from_slice(&self.msg);
-                h.unanswered.push_back(p.next_seq);
-            }
+            Some(h) => h.queue(&self.msg, p.next_seq),
         }
         p.next_seq += 1;
         p.in_flight += 1;
         self.stats.published += 1;
         self.ctl.published[p.id as usize].store(p.next_seq, Relaxed);
-    }
-
-    /// Closes publisher `p`'s HTTP connection `h`. Requests still unanswered are failed
-    /// publishes: the oldest for `first`, the others for `rest`. If there were any, the
-    /// publisher stops, and while publishing is on, its published count is cut to what it
-    /// sent before the oldest (the server broadcast none of it: herald discards what
-    /// follows an error answer). Without any, the close is clean.
-    fn http_down(
-        &mut self,
-        h: &mut HttpPub,
-        p: Publisher,
-        reg: &Registry,
-        first: &str,
-        rest: &str,
-    ) {
-        if let Some(mut stream) = h.stream.take() {
-            let _ = reg.deregister(&mut stream);
-        }
-        (h.out_pos, h.failed) = (0, h.failed || !h.unanswered.is_empty());
-        h.out.clear();
-        h.input.clear();
-        let Some(&oldest) = h.unanswered.front() else {
-            return;
-        };
-        self.stats.publish_error(first, 1);
-        self.stats
-            .publish_error(rest, h.unanswered.len() as u64 - 1);
-        h.unanswered.clear();
-        if self.phase == Phase::Run {
-            self.ctl.published[p.id as usize].store(oldest, Relaxed);
-        }
     }
 }
 
@@ -241,8 +237,8 @@ pub struct Worker {
     next_batch_ns: u64,
     /// Slab keys of the publishing connections.
     publishers: Vec<usize>,
-    /// Trackers of connections that broke, kept to count what they lost.
-    dead_trackers: Vec<Box<[SeqTracker]>>,
+    /// Trackers of connections that ended, with their room, kept to count what they lost.
+    dead_trackers: Vec<(u32, Box<[SeqTracker]>)>,
     /// When the live histogram is next handed over.
     next_live_ns: u64,
     /// Whether saturation publishers have sent their first window.
@@ -266,15 +262,9 @@ impl Worker {
         timer.register(poll.registry(), TIMER)?;
         let mut todo: Vec<u32> = cfg.my_clients().skip(index).step_by(cfg.threads).collect();
         todo.reverse();
-        let (size, http_head) = match &cfg.scenario {
-            Scenario::Broadcast(b) => match &b.via {
-                PublishVia::Http { token } => (
-                    b.size,
-                    publish::request_head(&cfg.url, token.as_deref(), b.size),
-                ),
-                PublishVia::Ws => (b.size, Vec::new()),
-            },
-            _ => (0, Vec::new()),
+        let size = match &cfg.scenario {
+            Scenario::Broadcast(b) => b.size,
+            _ => 0,
         };
         let ctx = Ctx {
             rng: Rng::new(now_ns() ^ (index as u64) << 48),
@@ -286,9 +276,7 @@ impl Worker {
             end_ns: u64::MAX,
             phase: Phase::Connect,
             msg: vec![0; size],
-            pending: 0,
-            closing: 0,
-            http_head,
+            census: Census::default(),
             cfg,
             ctl,
         };
@@ -336,7 +324,7 @@ impl Worker {
             }
             // With max_pending handshakes in progress, the next launch waits for one of
             // them to complete, which an event reports.
-            if !self.todo.is_empty() && self.ctx.pending < self.ctx.cfg.max_pending {
+            if !self.todo.is_empty() && self.ctx.census.pending < self.ctx.cfg.max_pending {
                 deadline = deadline.min(self.next_batch_ns);
             }
             if self.ctx.phase == Phase::Run && now < self.ctx.start_ns {
@@ -408,9 +396,7 @@ impl Worker {
                 .map(|(k, _)| k)
                 .collect();
             for key in pending {
-                let mut conn = self.conns.remove(key);
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-                self.ctx.pending -= 1;
+                self.take(key);
             }
         }
         self.todo.is_empty() && self.conns.is_empty()
@@ -426,7 +412,7 @@ impl Worker {
         }
         self.next_batch_ns = now + self.ctx.cfg.batch_interval_ns;
         let mut started = 0;
-        while started < self.ctx.cfg.batch && self.ctx.pending < self.ctx.cfg.max_pending {
+        while started < self.ctx.cfg.batch && self.ctx.census.pending < self.ctx.cfg.max_pending {
             let Some(client) = self.todo.pop() else { break };
             started += 1;
             self.open(client, now);
@@ -448,20 +434,33 @@ impl Worker {
         ) {
             return self.count_failure(format!("register: {}", net::describe(&e)));
         }
-        let (trackers, publisher, http) = match self.ctx.broadcast() {
+        let (room, trackers, publisher, http) = match self.ctx.broadcast() {
             Some(b) => {
                 let publishes = client < b.publishers;
+                let room = b.room_of(client);
+                let http = match &b.via {
+                    PublishVia::Http { token } if publishes => {
+                        Some(Box::new(HttpPub::new(publish::request_head(
+                            &self.ctx.cfg.url,
+                            token.as_deref(),
+                            b.size,
+                            (b.rooms > 0).then(|| b.room_name(room)).as_deref(),
+                        ))))
+                    }
+                    _ => None,
+                };
                 (
-                    vec![SeqTracker::default(); b.publishers as usize].into_boxed_slice(),
+                    room,
+                    vec![SeqTracker::default(); b.publishers_in(room) as usize].into_boxed_slice(),
                     publishes.then_some(Publisher {
                         id: client,
                         next_seq: 0,
                         in_flight: 0,
                     }),
-                    (publishes && b.via != PublishVia::Ws).then(Box::default),
+                    http,
                 )
             }
-            None => (Box::default(), None, None),
+            None => (0, Box::default(), None, None),
         };
         entry.insert(Conn {
             stream,
@@ -472,11 +471,13 @@ impl Worker {
             out_pos: 0,
             carry: Vec::new(),
             frag: None,
+            client,
+            room,
             trackers,
             publisher,
             http,
         });
-        self.ctx.pending += 1;
+        self.ctx.census.enter(State::Connecting);
     }
 
     fn count_failure(&mut self, reason: Reason) {
@@ -488,7 +489,8 @@ impl Worker {
     fn expire(&mut self, now: u64) {
         let handshake_deadline = now.saturating_sub(self.ctx.cfg.connect_timeout_ns);
         let close_deadline = now.saturating_sub(CLOSE_GRACE_NS);
-        if self.ctx.pending == 0 && self.ctx.closing == 0 {
+        debug_assert_eq!(self.ctx.census, Census::of(&self.conns));
+        if self.ctx.census == Census::default() {
             return;
         }
         let expired: Vec<(usize, State)> = self
@@ -502,12 +504,12 @@ impl Worker {
             .map(|(k, c)| (k, c.state))
             .collect();
         for (key, state) in expired {
-            let reason = match state {
-                State::Connecting => "connect: timed out".to_string(),
-                State::Handshaking => "handshake: timed out".to_string(),
-                _ => String::new(),
+            let how = match state {
+                State::Connecting => End::Broke("connect: timed out".into()),
+                State::Handshaking => End::Broke("handshake: timed out".into()),
+                State::Open | State::Closing => End::Clean,
             };
-            self.end(key, reason);
+            self.end(key, how);
         }
     }
 
@@ -561,7 +563,7 @@ impl Worker {
                 }
             }
             if let Err(e) = flush(conn) {
-                self.end(key, format!("write: {}", net::describe(&e)));
+                self.end(key, End::Broke(format!("write: {}", net::describe(&e))));
             }
             self.flush_http(key);
         }
@@ -668,19 +670,22 @@ impl Worker {
         };
         if conn.state == State::Connecting {
             match finish_connect(conn, &self.ctx.cfg, &mut self.ctx.rng) {
-                Ok(true) => conn.state = State::Handshaking,
+                Ok(true) => conn.set_state(State::Handshaking, &mut self.ctx.census),
                 Ok(false) => return,
-                Err(e) => return self.end(key, format!("connect: {}", net::describe(&e))),
+                Err(e) => {
+                    let why = format!("connect: {}", net::describe(&e));
+                    return self.end(key, End::Broke(why));
+                }
             }
         }
         if ready.readable {
             match read_ready(conn, &mut self.buf, &mut self.ctx, ready.hung_up) {
                 Ok(ReadEnd::Drained) => {}
                 Ok(ReadEnd::Eof) if conn.state == State::Handshaking => {
-                    return self.end(key, "handshake: closed by server".into())
+                    return self.end(key, End::Broke("handshake: closed by server".into()))
                 }
-                Ok(ReadEnd::Eof) => return self.end(key, "closed by server".into()),
-                Err(reason) => return self.end(key, reason),
+                Ok(ReadEnd::Eof) => return self.end(key, End::Broke("closed by server".into())),
+                Err(reason) => return self.end(key, End::Broke(reason)),
             }
             if connect_only && conn.state == State::Open {
                 self.start_close(key, now_ns());
@@ -691,89 +696,11 @@ impl Worker {
         };
         if ready.writable || !conn.out.is_empty() {
             if let Err(e) = flush(conn) {
-                return self.end(key, format!("write: {}", net::describe(&e)));
+                return self.end(key, End::Broke(format!("write: {}", net::describe(&e))));
             }
         }
         if conn.http.is_some() {
             self.flush_http(key); // what its own copies let a saturation publisher send
-        }
-    }
-
-    /// Opens publisher `key`'s HTTP connection unless it is open or failed.
-    fn open_http(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
-            return;
-        };
-        if h.stream.is_some() || h.failed {
-            return;
-        }
-        let cfg = &self.ctx.cfg;
-        let reg = self.poll.registry();
-        let opened = net::connect(cfg.url.addr, cfg.local_addr(p.id)).and_then(|mut s| {
-            let token = Token(key | HTTP);
-            reg.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(s)
-        });
-        match opened {
-            Ok(s) => h.stream = Some(s),
-            Err(e) => {
-                let why = format!("publish: connect: {}", net::describe(&e));
-                self.ctx.http_down(h, p, reg, &why, &why);
-            }
-        }
-    }
-
-    /// Sends what publisher `key` queued on its HTTP connection, opening it if need be.
-    fn flush_http(&mut self, key: usize) {
-        let queued = |c: &Conn| c.http.as_ref().is_some_and(|h| h.out_pos < h.out.len());
-        if !self.conns.get(key).is_some_and(queued) {
-            return;
-        }
-        self.open_http(key);
-        let conn = &mut self.conns[key];
-        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
-            return;
-        };
-        let Some(stream) = h.stream.as_mut() else {
-            return; // it failed to open (counted)
-        };
-        if let Err(e) = write_out(stream, &mut h.out, &mut h.out_pos) {
-            let why = format!("publish: write: {}", net::describe(&e));
-            self.ctx.http_down(h, p, self.poll.registry(), &why, &why);
-        }
-    }
-
-    /// Reads and checks the answers on publisher `key`'s HTTP connection, and sends what
-    /// is queued.
-    fn on_http_ready(&mut self, key: usize, ready: Ready) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let (Some(h), Some(p)) = (conn.http.as_deref_mut(), conn.publisher) else {
-            return;
-        };
-        if h.stream.is_none() {
-            return; // closed earlier in this batch
-        }
-        if ready.readable {
-            let reg = self.poll.registry();
-            match read_answers(h, &mut self.ctx.stats, ready.hung_up) {
-                Ok(false) => {}
-                Ok(true) => {
-                    let why = "publish: not answered (closed by the server)";
-                    return self.ctx.http_down(h, p, reg, why, why);
-                }
-                Err(why) => {
-                    let rest = "publish: not answered (the connection ended)";
-                    return self.ctx.http_down(h, p, reg, &why, rest);
-                }
-            }
-        }
-        if ready.writable {
-            self.flush_http(key);
         }
     }
 
@@ -790,49 +717,53 @@ impl Worker {
                     self.ctx.rng.mask(),
                     &mut conn.out,
                 );
-                conn.state = State::Closing;
+                conn.set_state(State::Closing, &mut self.ctx.census);
                 conn.since_ns = now;
-                self.ctx.closing += 1;
                 if flush(conn).is_err() {
-                    self.end(key, String::new());
+                    self.end(key, End::Clean);
                 }
             }
-            State::Connecting | State::Handshaking => self.end(key, "unfinished at the end".into()),
+            State::Connecting | State::Handshaking => {
+                self.end(key, End::Broke("unfinished at the end".into()))
+            }
             State::Closing => {}
         }
     }
 
-    /// Removes connection `key`. `reason` counts as a failure for a connection that never
-    /// opened, as a drop for an open one before the `Close` phase, and not at all when it
-    /// is empty or the connection was closing.
-    fn end(&mut self, key: usize, reason: Reason) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
+    /// Takes connection `key` out of the slab, the census and the poll.
+    fn take(&mut self, key: usize) -> Option<Conn> {
+        let mut conn = self.conns.try_remove(key)?;
+        self.ctx.census.leave(conn.state);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        Some(conn)
+    }
+
+    /// Removes connection `key` and counts how it ended: see [`End`]. A connection that
+    /// was closing, or any in the `Close` phase, ended as planned whatever happened.
+    fn end(&mut self, key: usize, how: End) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let _ = flush(conn); // a Close reply, if one is queued
+        }
+        let Some(mut conn) = self.take(key) else {
             return;
         };
-        let _ = flush(&mut conn); // a Close reply, if one is queued
-        let _ = self.poll.registry().deregister(&mut conn.stream);
-        if conn.state == State::Closing {
-            self.ctx.closing -= 1;
-        }
-        match conn.state {
-            State::Connecting | State::Handshaking => {
-                self.ctx.pending -= 1;
-                self.count_failure(if reason.is_empty() {
-                    "closed".into()
-                } else {
-                    reason
-                });
+        let planned = conn.state == State::Closing || self.ctx.phase == Phase::Close;
+        match (conn.state, how) {
+            (State::Connecting | State::Handshaking, End::Clean) => {
+                self.count_failure("closed".into())
             }
-            State::Open | State::Closing => {
-                let expected = conn.state == State::Closing
-                    || self.ctx.phase == Phase::Close
-                    || reason.is_empty();
-                if !expected {
+            (State::Connecting | State::Handshaking, End::Broke(reason)) => {
+                self.count_failure(reason)
+            }
+            (State::Open | State::Closing, how) => {
+                if let (End::Broke(reason), false) = (how, planned) {
                     *self.ctx.stats.drops.entry(reason).or_default() += 1;
                     self.ctx.ctl.dropped.fetch_add(1, Relaxed);
+                    self.ctx.ctl.members[conn.room as usize].fetch_sub(1, Relaxed);
                 }
                 if !conn.trackers.is_empty() {
-                    self.dead_trackers.push(std::mem::take(&mut conn.trackers));
+                    let trackers = std::mem::take(&mut conn.trackers);
+                    self.dead_trackers.push((conn.room, trackers));
                 }
             }
         }
@@ -840,19 +771,11 @@ impl Worker {
             self.publishers.swap_remove(i);
         }
         if let (Some(mut h), Some(p)) = (conn.http.take(), conn.publisher) {
-            // The last answers may still be unread (the WebSocket can end first).
-            let why = match h.stream.is_some() && !h.unanswered.is_empty() {
-                true => read_answers(&mut h, &mut self.ctx.stats, false).err(),
-                false => None,
-            };
-            let end = "publish: not answered by the end";
-            let why = why.as_deref().unwrap_or(end);
-            self.ctx
-                .http_down(&mut h, p, self.poll.registry(), why, end);
+            self.ctx.http_end(&mut h, p, self.poll.registry());
         }
     }
 
-    /// Counts what every receiver lost, now that publishing is over.
+    /// Counts what every receiver lost and should have had, now that publishing is over.
     fn finish(mut self) -> Stats {
         let published: Vec<u64> = self
             .ctx
@@ -863,16 +786,15 @@ impl Worker {
             .collect();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.end(key, String::new());
+            self.end(key, End::Clean);
         }
-        debug_assert_eq!(
-            (self.ctx.pending, self.ctx.closing),
-            (0, 0),
-            "every pending and closing connection was counted out"
-        );
-        for trackers in &self.dead_trackers {
-            for (t, &n) in trackers.iter().zip(&published) {
+        debug_assert_eq!(self.ctx.census, Census::default());
+        let rooms = self.ctx.broadcast().map_or(1, Broadcast::room_count) as usize;
+        for (room, trackers) in &self.dead_trackers {
+            let room_published = published.iter().skip(*room as usize).step_by(rooms);
+            for (t, &n) in trackers.iter().zip(room_published) {
                 self.ctx.stats.lost += t.missing(n);
+                self.ctx.stats.expected += n;
             }
         }
         self.ctx.stats
@@ -893,243 +815,8 @@ fn finish_connect(conn: &mut Conn, cfg: &Config, rng: &mut Rng) -> io::Result<bo
     }
     let key = handshake::new_key(rng);
     conn.accept = Some(handshake::accept_for(&key).into_boxed_str());
-    handshake::write_request(&cfg.url, &key, &mut conn.out);
+    handshake::write_request(&cfg.url, &cfg.ws_path(conn.client), &key, &mut conn.out);
     Ok(true)
-}
-
-/// What an event said about a connection's socket.
-#[derive(Debug, Clone, Copy)]
-struct Ready {
-    readable: bool,
-    writable: bool,
-    /// The peer closed (or the socket failed): read on to the end-of-file, since this
-    /// edge will not come again.
-    hung_up: bool,
-}
-
-/// How a read loop stopped without an error.
-enum ReadEnd {
-    /// The socket has no more data for now.
-    Drained,
-    /// The server closed its side.
-    Eof,
-}
-
-/// Reads everything the socket has and handles each whole frame.
-fn read_ready(
-    conn: &mut Conn,
-    buf: &mut Vec<u8>,
-    ctx: &mut Ctx,
-    hung_up: bool,
-) -> Result<ReadEnd, Reason> {
-    loop {
-        let carry = conn.carry.len();
-        if buf.len() < carry + READ_BUF / 2 {
-            buf.resize(carry + READ_BUF / 2, 0);
-        }
-        let room = buf.len() - carry;
-        let n = match conn.stream.read(&mut buf[carry..]) {
-            Ok(0) => return Ok(ReadEnd::Eof),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Drained),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read: {}", net::describe(&e))),
-        };
-        buf[..carry].copy_from_slice(&conn.carry);
-        conn.carry.clear();
-        let data = &buf[..carry + n];
-        let used = handle_bytes(conn, data, now_ns(), ctx)?;
-        conn.carry.extend_from_slice(&data[used..]);
-        if n < room && !hung_up {
-            // A short read emptied the socket's receive queue; data arriving later raises
-            // a new edge, so this saves the read that would return WouldBlock.
-            return Ok(ReadEnd::Drained);
-        }
-    }
-}
-
-/// Handles the response head (while handshaking) and every whole frame in `data`;
-/// returns how many bytes were used.
-fn handle_bytes(conn: &mut Conn, data: &[u8], now: u64, ctx: &mut Ctx) -> Result<usize, Reason> {
-    let mut pos = 0;
-    if conn.state == State::Handshaking {
-        let accept = conn.accept.as_deref().expect("set with the request");
-        match handshake::check_response(data, accept) {
-            Ok(None) => return Ok(0),
-            Ok(Some(len)) => pos = len,
-            Err(e) => return Err(e.to_string()),
-        }
-        conn.accept = None;
-        conn.state = State::Open;
-        ctx.pending -= 1;
-        ctx.stats.connected += 1;
-        ctx.ctl.connected.fetch_add(1, Relaxed);
-        ctx.stats
-            .handshake
-            .saturating_record(now.saturating_sub(conn.since_ns).max(1));
-    }
-    let max = ctx.cfg.max_frame;
-    loop {
-        match frame::parse(&data[pos..], max) {
-            Ok(Some((f, used))) => {
-                pos += used;
-                handle_frame(conn, f, now, ctx)?;
-            }
-            Ok(None) => return Ok(pos),
-            Err(e) => {
-                ctx.stats.malformed += 1;
-                return Err(format!("protocol: {e}"));
-            }
-        }
-    }
-}
-
-fn handle_frame(conn: &mut Conn, f: Frame<'_>, now: u64, ctx: &mut Ctx) -> Result<(), Reason> {
-    match f.opcode {
-        frame::OP_TEXT | frame::OP_BINARY => {
-            if conn.frag.is_some() {
-                ctx.stats.malformed += 1;
-                return Err("protocol: new message inside a fragmented one".into());
-            }
-            if f.fin {
-                deliver(conn, f.payload, now, ctx);
-            } else {
-                conn.frag = Some(f.payload.to_vec());
-            }
-        }
-        frame::OP_CONTINUATION => {
-            let Some(mut msg) = conn.frag.take() else {
-                ctx.stats.malformed += 1;
-                return Err("protocol: continuation without a message".into());
-            };
-            msg.extend_from_slice(f.payload);
-            if f.fin {
-                deliver(conn, &msg, now, ctx);
-            } else {
-                conn.frag = Some(msg);
-            }
-        }
-        frame::OP_PING => {
-            ctx.stats.pings += 1;
-            frame::encode_masked(frame::OP_PONG, f.payload, ctx.rng.mask(), &mut conn.out);
-        }
-        frame::OP_PONG => {}
-        _ => {
-            // Close: answer it once; the server then closes the socket.
-            if conn.state == State::Open {
-                let code = f.payload.get(..2).unwrap_or(&[]);
-                frame::encode_masked(frame::OP_CLOSE, code, ctx.rng.mask(), &mut conn.out);
-                if ctx.phase != Phase::Close {
-                    let detail = match code {
-                        [a, b] => format!(" (code {})", u16::from_be_bytes([*a, *b])),
-                        _ => String::new(),
-                    };
-                    return Err(format!("server sent Close{detail}"));
-                }
-                conn.state = State::Closing;
-                conn.since_ns = now;
-                ctx.closing += 1;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Accounts one delivered message (broadcast), and lets a saturation publisher send the
-/// next one when this is its own copy.
-#[inline]
-fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
-    let Scenario::Broadcast(b) = &ctx.cfg.scenario else {
-        return;
-    };
-    let stamp = payload
-        .strip_prefix(b.delivered_prefix())
-        .and_then(|msg| message::decode(msg, b.size));
-    let Some(tracker) = stamp.and_then(|s| conn.trackers.get_mut(s.publisher as usize)) else {
-        ctx.stats.malformed += 1;
-        return;
-    };
-    let stamp = stamp.expect("checked above");
-    match tracker.observe(stamp.seq) {
-        Seen::Duplicate => {
-            ctx.stats.duplicates += 1;
-            return;
-        }
-        Seen::Reordered => ctx.stats.reordered += 1,
-        Seen::InOrder | Seen::Ahead => {}
-    }
-    ctx.stats.delivered += 1;
-    ctx.unflushed += 1;
-    let latency = now.saturating_sub(stamp.intended_ns).max(1);
-    if stamp.intended_ns >= ctx.measure_ns && stamp.intended_ns < ctx.end_ns {
-        ctx.stats.latency.saturating_record(latency);
-    }
-    if now >= ctx.measure_ns && now < ctx.end_ns {
-        ctx.stats.in_window += 1;
-    }
-    ctx.live.saturating_record(latency);
-    if let Some(p) = conn.publisher.as_mut().filter(|p| p.id == stamp.publisher) {
-        p.in_flight = p.in_flight.saturating_sub(1);
-        if b.rate == 0.0 && ctx.sending(now) && conn.can_publish() {
-            ctx.publish(conn, now);
-        }
-    }
-}
-
-/// Reads what publisher connection `h` has (all of it when `hung_up`) and checks every
-/// whole answer, each against the oldest unanswered request. Returns whether the server
-/// closed the connection.
-///
-/// # Errors
-/// Why the oldest unanswered request failed: an answer other than 202 (left unconsumed),
-/// a malformed answer, or a read error.
-fn read_answers(h: &mut HttpPub, stats: &mut Stats, hung_up: bool) -> Result<bool, Reason> {
-    let Some(stream) = h.stream.as_mut() else {
-        return Ok(false);
-    };
-    let (mut eof, mut broken) = (false, None);
-    loop {
-        let len = h.input.len();
-        h.input.resize(len + HTTP_READ, 0);
-        let read = stream.read(&mut h.input[len..]);
-        h.input.truncate(len + *read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(0) => eof = true,
-            Ok(n) if n == HTTP_READ || hung_up => continue,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => broken = Some(format!("publish: read: {}", net::describe(&e))),
-        }
-        break;
-    }
-    let mut pos = 0;
-    let checked = loop {
-        match publish::parse_answer(&h.input[pos..]) {
-            Ok(None) => break Ok(()),
-            Err(why) => break Err(why),
-            Ok(Some(_)) if h.unanswered.is_empty() => {
-                break Err("publish: an answer to no request".into())
-            }
-            Ok(Some((a, _))) if a.status != 202 => {
-                break Err(format!("publish: HTTP {}", a.status))
-            }
-            Ok(Some((a, used))) => {
-                pos += used;
-                h.unanswered.pop_front();
-                match a.recipients {
-                    Some(n) => {
-                        stats.publish_answers += 1;
-                        stats.recipients = (stats.recipients.0.min(n), stats.recipients.1.max(n));
-                    }
-                    None => stats.publish_error("publish: 202 without {\"recipients\":N}", 1),
-                }
-            }
-        }
-    };
-    h.input.drain(..pos);
-    checked?;
-    broken.map_or(Ok(eof), Err)
 }
 
 /// Writes a connection's queued bytes until done or the socket is full.
