@@ -528,7 +528,10 @@ fn rejected_handshakes_are_counted_by_status() {
 
 #[test]
 fn protocol_errors_are_closed_with_reason_error() {
-    let server = TestServer::start(&[]);
+    // herald reads nothing after a protocol error, so the client's close
+    // reply goes unseen and herald hangs up at --close-timeout: the default
+    // 3 s would only slow the test down.
+    let server = TestServer::start(&["--close-timeout", "200ms"]);
     let mut scraper = Scraper::new(&server);
     let mut ws = connect(server.addr);
     // A client must mask its frames: this one is a protocol error (1002).
@@ -589,6 +592,10 @@ fn queued_bytes_gauges_and_slow_consumers_follow_a_stalled_client() {
         "1MiB",
         "--ping-interval",
         "0",
+        // The stalled client reads its backlog and answers the close within
+        // milliseconds of the drop; the default 3 s would only be waited out.
+        "--close-timeout",
+        "1s",
     ]);
     let mut scraper = Scraper::new(&server);
     let mut stalled = connect(server.addr); // never reads until the end
