@@ -21,7 +21,6 @@
 //! otherwise slow the server another test measures.
 
 mod common;
-mod hostile_support;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -32,10 +31,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, is_timeout, masked_frame, send_text, tcp, upgrade_request, Client, FrameReader,
-    TestServer, PREFIX, TIMEOUT,
+    connect, is_timeout, masked_frame, metric, raw_websocket, reset, send_text, tcp,
+    upgrade_request, Client, FrameReader, TestServer, PREFIX, TIMEOUT,
 };
-use hostile_support::{metric, raw_websocket, reset};
 use tungstenite::{Error as WsError, Message};
 
 /// The series herald counts accepted client messages in.

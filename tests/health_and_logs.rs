@@ -6,159 +6,22 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, drain, http_exchange, recv_text, send_text, Client, Ending, HeraldProcess,
-    HttpResponse, TestServer, PREFIX,
+    close_politely, connect, http_exchange, recv_text, send_text, HeraldProcess, HttpResponse,
+    TestServer, PREFIX,
 };
 use serde_json::Value;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
 
 /// How long any one wait may take.
 const WAIT: Duration = Duration::from_secs(10);
 
 fn healthz(addr: SocketAddr) -> HttpResponse {
     http_exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-}
-
-/// The herald binary on a free port, its stderr read line by line.
-struct Herald {
-    addr: SocketAddr,
-    child: Child,
-    lines: Receiver<String>,
-    /// Every stderr line read so far.
-    log: Vec<String>,
-}
-
-impl Herald {
-    /// Starts `herald --listen ADDR FLAGS`; `rust_log` None removes
-    /// `RUST_LOG` from its environment (the default level). Waits for the
-    /// start-up line.
-    fn start(flags: &[&str], rust_log: Option<&str>) -> Self {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-            cmd.arg("--listen")
-                .arg(addr.to_string())
-                .args(flags)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            match rust_log {
-                Some(v) => cmd.env("RUST_LOG", v),
-                None => cmd.env_remove("RUST_LOG"),
-            };
-            let mut child = cmd.spawn().expect("spawn herald");
-            let stderr = child.stderr.take().expect("stderr");
-            let (tx, lines) = mpsc::channel();
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
-            });
-            let mut h = Herald {
-                addr,
-                child,
-                lines,
-                log: Vec::new(),
-            };
-            match h.wait_line(|l| l.contains("herald listening")) {
-                Ok(_) => return h,
-                Err(RecvTimeoutError::Disconnected) => {
-                    eprintln!("herald exited at start on {addr}: {:#?}; retrying", h.log);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("herald did not start within {WAIT:?}: {:#?}", h.log)
-                }
-            }
-        }
-        panic!("herald could not start on any free port");
-    }
-
-    /// Reads stderr lines (at most [`WAIT`]) until one satisfies `want`.
-    fn wait_line(&mut self, want: impl Fn(&str) -> bool) -> Result<String, RecvTimeoutError> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left)?;
-            self.log.push(line.clone());
-            if want(&line) {
-                return Ok(line);
-            }
-        }
-    }
-
-    fn expect_line(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        self.wait_line(want).unwrap_or_else(|e| {
-            panic!(
-                "no log line with {what} ({e:?}); the log so far: {:#?}",
-                self.log
-            )
-        })
-    }
-
-    fn sigterm(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: kill(2) on our own child's PID; no memory is involved.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
-    }
-
-    /// Waits for the exit (at most `within`) and returns its status with
-    /// the whole log.
-    fn wait_exit(mut self, within: Duration) -> (ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "herald did not exit within {within:?}; its log: {:#?}",
-                self.log
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        // The reader thread ends at EOF, now that the process is gone.
-        let end = Instant::now() + WAIT;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(end.saturating_duration_since(Instant::now()))
-        {
-            self.log.push(line);
-        }
-        (status, std::mem::take(&mut self.log))
-    }
-}
-
-impl Drop for Herald {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn close_politely(mut ws: Client) {
-    ws.close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "bye".into(),
-    }))
-    .expect("send close");
-    assert_eq!(drain(&mut ws).1, Ending::Close(1000));
 }
 
 #[test]
@@ -245,7 +108,10 @@ fn healthz_answers_503_while_shutting_down() {
 fn session(flags: &[&str], rust_log: Option<&str>, messages: &[&str]) -> (String, Vec<String>) {
     let mut flags = flags.to_vec();
     flags.extend(["--log-summary-interval", "200ms"]);
-    let mut herald = Herald::start(&flags, rust_log);
+    let mut herald = HeraldProcess::builder()
+        .flags(&flags)
+        .rust_log(rust_log)
+        .start();
     let mut ws = connect(herald.addr);
     let peer = ws.get_ref().local_addr().expect("local_addr").to_string();
     for m in messages {
@@ -262,8 +128,7 @@ fn session(flags: &[&str], rust_log: Option<&str>, messages: &[&str]) -> (String
             l.contains("summary") && l.contains("normal=1")
         });
     }
-    herald.sigterm();
-    let (status, log) = herald.wait_exit(WAIT);
+    let (status, log) = herald.stop(WAIT);
     assert!(status.success(), "exit status {status:?}; log: {log:#?}");
     (peer, log)
 }

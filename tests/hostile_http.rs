@@ -6,17 +6,15 @@
 //! no connection but that client's.
 
 mod common;
-mod hostile_support;
 
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, http_exchange, recv_text, send_text, tcp, upgrade_request, Client, TestServer, PREFIX,
-    TIMEOUT,
+    connect, eventually, http_exchange, metric, read_head, recv_text, sample, scrape, send_text,
+    status_of, tcp, upgrade_request, Client, TestServer, PREFIX, TIMEOUT,
 };
-use hostile_support::{eventually, metric, read_head, sample, scrape, status_of};
 
 /// A server and a WebSocket client connected before any abuse.
 struct Watched {

@@ -7,15 +7,14 @@
 //! clients around it keep receiving.
 
 mod common;
-mod hostile_support;
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::thread;
 
-use common::{connect, masked_frame, recv_text, send_text, Client, TestServer, PREFIX, TIMEOUT};
-use hostile_support::{
-    eventually, metric, raw_websocket, read_until_close_frame, tcp_tiny_receive_buffer, ServerFrame,
+use common::{
+    connect, eventually, masked_frame, metric, raw_websocket, read_until_close_frame, recv_text,
+    send_text, tcp_tiny_receive_buffer, Client, ServerFrame, TestServer, PREFIX, TIMEOUT,
 };
 
 /// Opens a WebSocket, writes `bytes` in one go and returns the close frame
@@ -313,7 +312,7 @@ fn a_ping_flood_from_a_client_that_does_not_read_costs_a_few_pongs() {
     flooder
         .write_all(common::upgrade_request("13", "").as_bytes())
         .unwrap();
-    let (head, _) = hostile_support::read_head(&mut flooder).unwrap();
+    let (head, _) = common::read_head(&mut flooder).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
 
     // 5000 pings of 125 bytes would ask for 640 KiB of pongs, ten times the
@@ -346,7 +345,7 @@ fn a_ping_flood_from_a_client_that_does_not_read_costs_a_few_pongs() {
         .set_read_timeout(Some(std::time::Duration::from_millis(500)))
         .unwrap();
     let mut pongs = Vec::new();
-    while let Ok(f) = hostile_support::read_frame(&mut flooder) {
+    while let Ok(f) = common::read_frame(&mut flooder) {
         if f.first == 0x81 {
             continue; // the bystander's broadcast
         }

@@ -9,10 +9,7 @@ use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{connect, read_http_response, recv_text, send_text, TestServer};
-use socket2::{Domain, Protocol, Socket, Type};
-
-mod hostile_support;
+use common::{connect, read_http_response, recv_text, send_text, tcp_with_buffers, TestServer};
 
 #[test]
 fn a_pipelining_client_that_never_reads_is_held_at_one_answer() {
@@ -22,11 +19,7 @@ fn a_pipelining_client_that_never_reads_is_held_at_one_answer() {
     let addr = server.addr;
     let mut bystander = connect(addr);
 
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    socket.set_send_buffer_size(32 * 1024).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let flooder: std::net::TcpStream = socket.into();
+    let flooder = tcp_with_buffers(addr, Some(4096), Some(32 * 1024));
     flooder
         .set_write_timeout(Some(Duration::from_secs(1)))
         .unwrap();
@@ -60,7 +53,7 @@ fn a_pipelining_client_that_never_reads_is_held_at_one_answer() {
         addr,
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    let queued = hostile_support::metric(addr, "herald_queued_bytes") as usize;
+    let queued = common::metric(addr, "herald_queued_bytes") as usize;
     let answer = page.body.len() + 512; // the body and a generous head
     assert!(
         queued <= answer,

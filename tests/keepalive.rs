@@ -9,15 +9,14 @@
 //! second, so timings are asserted with that much slack.
 
 mod common;
-mod hostile_support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, masked_frame, recv_text, send_text, tcp, upgrade_request, TestServer, PREFIX,
+    connect, masked_frame, metric, raw_websocket, read_frame, read_head, recv_text, send_text,
+    status_of, tcp, upgrade_request, TestServer, PREFIX,
 };
-use hostile_support::{metric, raw_websocket, read_frame, read_head, status_of};
 use tungstenite::Message;
 
 /// Asserts that `elapsed` is at least `at` less `early` and before `late` passed it.
@@ -202,7 +201,7 @@ fn the_handshake_deadline_closes_half_open_upgrades_and_mute_connections() {
         format!("{PREFIX}past the deadline")
     );
     drop((half, mute));
-    hostile_support::eventually(common::TIMEOUT, "both counted as timeouts", || {
+    common::eventually(common::TIMEOUT, "both counted as timeouts", || {
         (metric(addr, &closed("timeout")) == 2).then_some(())
     });
 }

@@ -12,7 +12,6 @@
 //! Each test runs its own herald binary, so they can run side by side.
 
 mod common;
-mod hostile_support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -21,8 +20,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{masked_frame, upgrade_request, HeraldProcess};
-use hostile_support::{cpu_time, metric, read_head, status_kib, tcp_tiny_receive_buffer};
+use common::{
+    cpu_time, masked_frame, metric, read_head, status_kib, tcp_tiny_receive_buffer,
+    upgrade_request, HeraldProcess,
+};
 
 /// Turns off the per-client rate limits (`--client-rate`,
 /// `--client-bandwidth`, on by default once issue 9 is fixed). A throttled

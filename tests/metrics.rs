@@ -23,15 +23,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, drain, read_until_close, recv_text, send_raw, send_text, tcp, unmasked_frame,
-    upgrade_request, Client, Ending, TestServer, PREFIX, TIMEOUT,
+    close_politely, connect, drain, parse_head, parse_response, read_head_exact, read_until_close,
+    recv_text, send_raw, send_text, tcp, unmasked_frame, upgrade_request, Client, Ending,
+    HttpResponse, TestServer, PREFIX, TIMEOUT,
 };
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{
     HistogramValue, MetricFamily, MetricsExposition, OpenMetricsType, OpenMetricsValue,
 };
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
 type Families = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
@@ -166,83 +165,35 @@ fn counter_value(v: &OpenMetricsValue, name: &str) -> u64 {
     }
 }
 
-/// A response read to the end of the connection.
-struct Response {
-    status: u16,
-    status_line: String,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.split("\r\n").skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    fn text(&self) -> &str {
-        std::str::from_utf8(&self.body).expect("body is not UTF-8")
-    }
-}
-
 /// Sends one request on a fresh connection and reads one response: until
 /// herald closes the connection if the request says `Connection: close`,
 /// else the head and `Content-Length` bytes of body (none for HEAD), after
 /// which the client hangs up. Returns the response and its length in bytes.
-fn exchange(addr: SocketAddr, request: &str) -> (Response, usize) {
+fn exchange(addr: SocketAddr, request: &str) -> (HttpResponse, usize) {
     let mut s = tcp(addr);
     s.write_all(request.as_bytes()).expect("write request");
     let to_eof = request
         .to_ascii_lowercase()
         .contains("\r\nconnection: close\r\n");
-    let mut raw = Vec::new();
     if to_eof {
+        let mut raw = Vec::new();
         s.read_to_end(&mut raw)
             .unwrap_or_else(|e| panic!("reading the response to {request:?}: {e}"));
-    } else {
-        let mut byte = [0u8; 1];
-        while !raw.ends_with(b"\r\n\r\n") {
-            match s.read(&mut byte) {
-                Ok(1) => raw.push(byte[0]),
-                Ok(_) => break, // EOF: reported below
-                Err(e) => panic!("reading the response to {request:?}: {e}"),
-            }
-        }
+        return (parse_response(&raw), raw.len());
     }
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| {
-            panic!(
-                "no response head to {request:?}, got {:?}",
-                String::from_utf8_lossy(&raw)
-            )
-        });
-    let head = String::from_utf8(raw[..end].to_vec()).expect("head is not UTF-8");
-    let status_line = head.split("\r\n").next().unwrap_or_default().to_owned();
-    let status = status_line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|r| r.get(..3))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let mut response = Response {
-        status,
-        status_line,
-        head,
-        body: raw.split_off(end + 4),
-    };
-    if !to_eof && !request.starts_with("HEAD ") {
+    let head =
+        read_head_exact(&mut s).unwrap_or_else(|e| panic!("no response head to {request:?}: {e}"));
+    let mut response = parse_head(&head);
+    if !request.starts_with("HEAD ") {
         let len: usize = response
             .header("content-length")
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no Content-Length in {:?}", response.head));
+            .unwrap_or_else(|| panic!("no Content-Length in {response:?}"));
         response.body = vec![0; len];
         s.read_exact(&mut response.body)
             .unwrap_or_else(|e| panic!("reading a {len}-byte body: {e}"));
     }
-    let len = end + 4 + response.body.len();
+    let len = head.len() + 4 + response.body.len();
     (response, len)
 }
 
@@ -343,17 +294,6 @@ fn text_frame_len(payload: &str) -> u64 {
         _ => 10,
     };
     (header + n) as u64
-}
-
-/// Closes `ws` with the close handshake and waits for the server to end it.
-fn close_politely(mut ws: Client) {
-    ws.close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: "bye".into(),
-    }))
-    .expect("send close");
-    let (_, ending) = drain(&mut ws);
-    assert_eq!(ending, Ending::Close(1000), "the server's close reply");
 }
 
 #[test]
@@ -588,7 +528,10 @@ fn rejected_handshakes_are_counted_by_status() {
 
 #[test]
 fn protocol_errors_are_closed_with_reason_error() {
-    let server = TestServer::start(&[]);
+    // herald reads nothing after a protocol error, so the client's close
+    // reply goes unseen and herald hangs up at --close-timeout: the default
+    // 3 s would only slow the test down.
+    let server = TestServer::start(&["--close-timeout", "200ms"]);
     let mut scraper = Scraper::new(&server);
     let mut ws = connect(server.addr);
     // A client must mask its frames: this one is a protocol error (1002).
@@ -649,6 +592,10 @@ fn queued_bytes_gauges_and_slow_consumers_follow_a_stalled_client() {
         "1MiB",
         "--ping-interval",
         "0",
+        // The stalled client reads its backlog and answers the close within
+        // milliseconds of the drop; the default 3 s would only be waited out.
+        "--close-timeout",
+        "1s",
     ]);
     let mut scraper = Scraper::new(&server);
     let mut stalled = connect(server.addr); // never reads until the end

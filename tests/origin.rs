@@ -6,10 +6,10 @@
 //! served to anyone.
 
 mod common;
-mod hostile_support;
 
-use common::{http_exchange, recv_text, send_text, upgrade_request, TestServer, PREFIX};
-use hostile_support::request_status;
+use common::{
+    http_exchange, recv_text, request_status, send_text, upgrade_request, TestServer, PREFIX,
+};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::HandshakeError;
 

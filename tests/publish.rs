@@ -10,14 +10,14 @@ mod common;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, connect_many, expect_eof, http_exchange, read_http_response, recv, recv_text,
-    send_text, tcp, Client, HttpResponse, TestServer, PREFIX, TIMEOUT,
+    assert_each_receives, connect, connect_many, expect_eof, http_exchange, read_http_response,
+    recv, recv_text, send_text, tcp, Client, HeraldProcess, HttpResponse, TestServer, PREFIX,
+    TIMEOUT,
 };
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -132,16 +132,6 @@ impl KeepAlive {
     /// Reads exactly one response, nothing past it.
     fn response(&mut self) -> HttpResponse {
         read_http_response(&mut self.stream, false)
-    }
-}
-
-/// Each client reads `texts`, in this order, and nothing before them.
-fn assert_each_receives(clients: &mut [Client], texts: &[String]) {
-    for (i, c) in clients.iter_mut().enumerate() {
-        for (n, want) in texts.iter().enumerate() {
-            let got = recv_text(c);
-            assert_eq!(&got, want, "client {i}, message {n}");
-        }
     }
 }
 
@@ -590,67 +580,21 @@ fn keep_alive_1000_pipelined_publishes_over_one_connection() {
     assert_nothing_was_broadcast(addr, &mut clients);
 }
 
-/// The `herald` binary with `HERALD_PUBLISH_TOKEN` set to `token` (or
-/// removed from its environment), on a free loopback port. Killed by its
-/// PID when dropped.
-struct EnvHerald {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl EnvHerald {
-    /// Starts it and waits (at most TIMEOUT) until it accepts connections.
-    fn start(token: Option<&str>) -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        match token {
-            Some(t) => cmd.env("HERALD_PUBLISH_TOKEN", t),
-            None => cmd.env_remove("HERALD_PUBLISH_TOKEN"),
-        };
-        let mut herald = EnvHerald {
-            addr,
-            child: cmd.spawn().expect("spawn herald"),
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while TcpStream::connect(addr).is_err() {
-            if let Some(status) = herald.child.try_wait().unwrap() {
-                panic!("herald exited at start ({status}): {}", herald.stop());
-            }
-            assert!(Instant::now() < deadline, "herald did not listen on {addr}");
-            thread::sleep(Duration::from_millis(10));
-        }
-        herald
+/// The `herald` binary with `HERALD_PUBLISH_TOKEN` set to `token`, or
+/// removed from its environment so the runner's own cannot leak in.
+fn start_with_token_env(token: Option<&str>) -> HeraldProcess {
+    let builder = HeraldProcess::builder();
+    match token {
+        Some(t) => builder.env("HERALD_PUBLISH_TOKEN", t),
+        None => builder.env_remove("HERALD_PUBLISH_TOKEN"),
     }
-
-    /// Kills it and returns what it logged.
-    fn stop(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut log = String::new();
-        if let Some(mut err) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut err, &mut log);
-        }
-        log
-    }
-}
-
-impl Drop for EnvHerald {
-    fn drop(&mut self) {
-        self.stop();
-    }
+    .start()
 }
 
 #[test]
 fn the_environment_variable_enables_publishing_in_the_binary() {
     let env_token = "from-the-environment";
-    let mut herald = EnvHerald::start(Some(env_token));
+    let herald = start_with_token_env(Some(env_token));
     let mut client = connect(herald.addr);
     let req = |token: &str| {
         format!(
@@ -662,11 +606,11 @@ fn the_environment_variable_enables_publishing_in_the_binary() {
     let resp = http_exchange(herald.addr, req(env_token).as_bytes());
     assert_accepted(&resp, 1, "keep-alive");
     assert_eq!(recv_text(&mut client), "from env");
-    let log = herald.stop();
+    let log = herald.kill().join("\n");
     assert!(log.contains("publish=on"), "start-up log: {log}");
     assert!(!log.contains(env_token), "the token is in the log: {log}");
 
-    let herald = EnvHerald::start(None);
+    let herald = start_with_token_env(None);
     expect_rejected(herald.addr, req(env_token).as_bytes(), 404, "no token set");
 }
 

@@ -5,7 +5,6 @@
 //! policies), with the server's memory measured in `/proc`.
 
 mod common;
-mod hostile_support;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,12 +12,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, connect_many, drain, http_exchange, recv_text, send_text, tcp, upgrade_request,
-    Client, Ending, HeraldProcess, TestServer, PREFIX, TIMEOUT,
-};
-use hostile_support::{
-    cpu_time, eventually, fd_count, leave_descriptors, metric, read_frame, read_head,
-    read_until_close_frame, request_status, sample, scrape, status_kib, tcp_tiny_receive_buffer,
+    close_politely, connect, connect_many, cpu_time, drain, eventually, fd_count, http_exchange,
+    leave_descriptors, metric, read_frame, read_head, read_until_close_frame, recv_text,
+    request_status, sample, scrape, send_text, status_kib, tcp, tcp_tiny_receive_buffer,
+    upgrade_request, Client, HeraldProcess, TestServer, PREFIX, TIMEOUT,
 };
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role};
@@ -76,9 +73,8 @@ fn past_max_connections_every_newcomer_gets_503_and_a_freed_slot_is_reused() {
 
     // One leaves; its slot goes to the next newcomer once herald has seen
     // it go (until then a newcomer is still told 503).
-    let mut leaving = clients.remove(0);
-    leaving.close(Some(bye())).expect("close");
-    assert_eq!(drain(&mut leaving).1, Ending::Close(1000));
+    let leaving = clients.remove(0);
+    close_politely(leaving);
     clients.push(join_when_there_is_room(server.addr, &mut turned_away));
     all_receive(&mut clients, 2, "a newcomer");
 
@@ -145,9 +141,9 @@ fn knock(addr: SocketAddr) -> io::Result<(u16, String)> {
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((hostile_support::status_of(head), body.to_owned()))
+    let (head, body) = common::split_head(&raw).unwrap_or((&raw, b""));
+    let (head, body) = (String::from_utf8_lossy(head), String::from_utf8_lossy(body));
+    Ok((common::status_of(&head), body.into_owned()))
 }
 
 #[test]
@@ -208,9 +204,8 @@ fn out_of_descriptors_newcomers_get_503_without_spinning_and_accepting_recovers(
     all_receive(&mut clients, 0, "no descriptors, no problem");
 
     // Descriptors come back when clients leave, and newcomers get in again.
-    for mut c in clients.drain(..3) {
-        c.close(Some(bye())).expect("close");
-        assert_eq!(drain(&mut c).1, Ending::Close(1000));
+    for c in clients.drain(..3) {
+        close_politely(c);
     }
     clients.push(join_when_there_is_room(addr, &mut refused));
     all_receive(&mut clients, 0, "welcome back");

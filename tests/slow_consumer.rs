@@ -6,15 +6,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, drain, handshake, recv_text, split, Client, Ending, TestServer, PREFIX, TIMEOUT,
+    connect, drain, handshake, recv_text, split, tcp_tiny_receive_buffer, Client, Ending,
+    TestServer, PREFIX, TIMEOUT,
 };
-use socket2::{Domain, Protocol, Socket, Type};
 use tungstenite::Message;
 
 /// Messages published; about 1 KiB each, so 512 KiB in all: several times
@@ -67,15 +66,6 @@ impl Progress {
     }
 }
 
-/// A client whose receive buffer is as small as the kernel allows, so that
-/// not reading backs up into herald quickly.
-fn connect_with_tiny_receive_buffer(addr: SocketAddr) -> Client {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    handshake(addr, socket.into())
-}
-
 #[test]
 fn a_client_that_never_reads_is_closed_at_the_queue_limit_and_the_others_get_everything() {
     // A fixed send buffer keeps the kernel from absorbing megabytes for the
@@ -83,7 +73,7 @@ fn a_client_that_never_reads_is_closed_at_the_queue_limit_and_the_others_get_eve
     // stops it.
     let limit = LIMIT.to_string();
     let server = TestServer::start(&["--max-queued-bytes", &limit, "--send-buffer", "8KiB"]);
-    let mut stuck = connect_with_tiny_receive_buffer(server.addr);
+    let mut stuck = handshake(server.addr, tcp_tiny_receive_buffer(server.addr));
     let (mut publisher, publisher_reader) = split(connect(server.addr));
     let mut readers = vec![publisher_reader, connect(server.addr), connect(server.addr)];
 
@@ -170,7 +160,7 @@ fn under_the_drop_policy_the_loss_is_told_once_the_queue_drains_without_another_
         "--send-buffer",
         "8KiB",
     ]);
-    let mut stopped = connect_with_tiny_receive_buffer(server.addr);
+    let mut stopped = handshake(server.addr, tcp_tiny_receive_buffer(server.addr));
     let mut publisher = connect(server.addr);
 
     // The publisher reads its own copies, never more than WINDOW behind, so

@@ -1,24 +1,33 @@
 //! Helpers shared by herald's integration tests: a server on a port-0
-//! listener (or the real binary on a free port), tungstenite clients with
-//! read timeouts, raw HTTP exchanges and hand-made WebSocket frames.
+//! listener, the real binary on a free port ([`HeraldProcess`]),
+//! tungstenite clients with read timeouts, raw HTTP exchanges and
+//! hand-made WebSocket frames; [`hostile`] has what the hostile-client
+//! tests add (raw frames read off plain sockets, metrics, `/proc`).
 //!
 //! Every wait is bounded by a socket or channel timeout: a test that would
 //! hang fails with a message instead.
 
 // Each test binary compiles this module and uses a different part of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+pub mod hostile;
+mod process;
+
+pub use hostile::*;
+pub use process::{HeraldBuilder, HeraldProcess};
+
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use herald::{Config, Shutdown};
+use socket2::{Domain, Protocol, Socket, Type};
 use tungstenite::error::ProtocolError;
-use tungstenite::protocol::Role;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
 /// How long any single wait (a read, a server stopping) may take before the
@@ -134,6 +143,32 @@ pub fn tcp(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A TCP connection with the given kernel buffer sizes (`None` leaves
+/// the default) and [`TIMEOUT`] on reads and writes. Set before connecting,
+/// so the window the peer sees is small from the start.
+pub fn tcp_with_buffers(addr: SocketAddr, recv: Option<usize>, send: Option<usize>) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    if let Some(size) = recv {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    if let Some(size) = send {
+        socket.set_send_buffer_size(size).unwrap();
+    }
+    socket
+        .connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// A TCP connection whose receive buffer is as small as the kernel allows,
+/// so a client that stops reading backs up into herald's queue quickly.
+pub fn tcp_tiny_receive_buffer(addr: SocketAddr) -> TcpStream {
+    tcp_with_buffers(addr, Some(4096), None)
+}
+
 /// A WebSocket client on `/`, handshake done.
 pub fn connect(addr: SocketAddr) -> Client {
     handshake(addr, tcp(addr))
@@ -181,6 +216,27 @@ pub fn recv_text(ws: &mut Client) -> String {
         Message::Text(t) => t.as_str().to_owned(),
         other => panic!("expected a text message, got {other:?}"),
     }
+}
+
+/// Each client reads exactly `texts`, in this order, and nothing before them.
+pub fn assert_each_receives(clients: &mut [Client], texts: &[String]) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        for (n, want) in texts.iter().enumerate() {
+            assert_eq!(&recv_text(c), want, "client {i}, message {n}");
+        }
+    }
+}
+
+/// Closes `ws` with the close handshake (1000, "bye") and waits for the
+/// server to answer 1000 and end the connection.
+pub fn close_politely(mut ws: Client) {
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .expect("send close");
+    let (_, ending) = drain(&mut ws);
+    assert_eq!(ending, Ending::Close(1000), "the server's close reply");
 }
 
 /// How a connection ended, seen from the client.
@@ -335,23 +391,8 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
 /// Reads one response from `s`: the head, then `Content-Length` bytes of
 /// body unless it answers a HEAD request. Reads nothing past it.
 pub fn read_http_response(s: &mut TcpStream, head_request: bool) -> HttpResponse {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    // Byte by byte: the head is small, and nothing after it is consumed.
-    while !raw.ends_with(b"\r\n\r\n") {
-        match s.read(&mut byte) {
-            Ok(1) => raw.push(byte[0]),
-            Ok(_) => panic!(
-                "connection closed inside the response head: {:?}",
-                String::from_utf8_lossy(&raw)
-            ),
-            Err(e) => panic!(
-                "reading the response head: {e} (got so far: {:?})",
-                String::from_utf8_lossy(&raw)
-            ),
-        }
-    }
-    let mut resp = parse_head(&raw[..raw.len() - 4]);
+    let raw = read_head_exact(s).unwrap_or_else(|e| panic!("reading the response head: {e}"));
+    let mut resp = parse_head(&raw);
     if !head_request {
         let len: usize = resp
             .header("Content-Length")
@@ -362,6 +403,83 @@ pub fn read_http_response(s: &mut TcpStream, head_request: bool) -> HttpResponse
             .unwrap_or_else(|e| panic!("reading a {len}-byte body: {e}"));
     }
     resp
+}
+
+/// Reads an HTTP head byte by byte, so that nothing after it is consumed;
+/// returns it without the blank line. Heads are small: the syscalls do not
+/// matter.
+///
+/// # Errors
+/// The socket's; EOF as `UnexpectedEof`, with what came so far.
+pub fn read_head_exact(s: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => return Err(eof_in_head(&raw)),
+            Ok(_) => raw.push(byte[0]),
+            Err(e) => {
+                let got = String::from_utf8_lossy(&raw);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{e} (got so far: {got:?})"),
+                ));
+            }
+        }
+    }
+    raw.truncate(raw.len() - 4);
+    Ok(raw)
+}
+
+/// Reads until the end of an HTTP response head, in chunks; returns the
+/// head (without the blank line) and whatever bytes followed it, so a
+/// caller can tell that nothing did.
+///
+/// # Errors
+/// The socket's; EOF as `UnexpectedEof`.
+pub fn read_head(s: &mut impl Read) -> io::Result<(String, Vec<u8>)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some((head, rest)) = split_head(&raw) {
+            return Ok((String::from_utf8_lossy(head).into_owned(), rest.to_vec()));
+        }
+        match s.read(&mut buf)? {
+            0 => return Err(eof_in_head(&raw)),
+            n => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// `raw` split at its first blank line: the head without it, and the rest.
+pub fn split_head(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((&raw[..end], &raw[end + 4..]))
+}
+
+/// A whole response read to the end of the connection: its head parsed,
+/// everything after the head as the body.
+pub fn parse_response(raw: &[u8]) -> HttpResponse {
+    let (head, body) = split_head(raw)
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let mut resp = parse_head(head);
+    resp.body = body.to_vec();
+    resp
+}
+
+fn eof_in_head(raw: &[u8]) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("EOF inside a head: {:?}", String::from_utf8_lossy(raw)),
+    )
+}
+
+/// The status code on the first line of `head` (any protocol version).
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"))
 }
 
 /// Checks that the peer closes the connection with nothing more to say.
@@ -380,7 +498,7 @@ pub fn expect_eof(s: &mut TcpStream) {
 }
 
 /// Parses a response head (without its final blank line).
-fn parse_head(raw: &[u8]) -> HttpResponse {
+pub fn parse_head(raw: &[u8]) -> HttpResponse {
     let head = std::str::from_utf8(raw).expect("head is not UTF-8");
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default().to_owned();
@@ -413,160 +531,6 @@ pub fn upgrade_request(version: &str, extra: &str) -> String {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\
          {extra}\r\n"
     )
-}
-
-/// The `herald` binary, running on a free loopback port; killed (by its
-/// PID) when dropped, unless it already exited.
-pub struct HeraldProcess {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    child: Child,
-    /// Its stderr lines after the start-up line, when they are kept
-    /// ([`HeraldProcess::start_logging`]).
-    log: Option<Receiver<String>>,
-}
-
-impl HeraldProcess {
-    /// Starts the binary with `flags` and `RUST_LOG=info` on a free port
-    /// and waits for its start-up log line. A port taken between choosing
-    /// and binding it is retried with another.
-    pub fn start(flags: &[&str]) -> Self {
-        Self::spawn(flags, Some("info"), false)
-    }
-
-    /// Like [`HeraldProcess::start`], with `RUST_LOG` set to `rust_log` or,
-    /// for `None`, removed from its environment (herald's default level);
-    /// every later stderr line is kept for [`HeraldProcess::stop`].
-    pub fn start_logging(flags: &[&str], rust_log: Option<&str>) -> Self {
-        Self::spawn(flags, rust_log, true)
-    }
-
-    fn spawn(flags: &[&str], rust_log: Option<&str>, keep_log: bool) -> Self {
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("find a free port")
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-            cmd.arg("--listen")
-                .arg(addr.to_string())
-                .args(flags)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            match rust_log {
-                Some(level) => cmd.env("RUST_LOG", level),
-                None => cmd.env_remove("RUST_LOG"),
-            };
-            let mut child = cmd.spawn().expect("spawn herald");
-            let lines = forward_lines(child.stderr.take().expect("stderr"));
-            let mut log = Vec::new();
-            let deadline = Instant::now() + TIMEOUT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match lines.recv_timeout(left) {
-                    Ok(line) if line.contains("herald listening") => {
-                        let log = keep_log.then_some(lines);
-                        return HeraldProcess { addr, child, log };
-                    }
-                    Ok(line) => log.push(line),
-                    // stderr closed: it exited (most likely the port was taken).
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = child.kill();
-                        panic!("herald did not start within {TIMEOUT:?}; its log: {log:#?}");
-                    }
-                }
-            }
-            let status = wait_child(&mut child, TIMEOUT);
-            eprintln!("herald on {addr} exited at start ({status:?}): {log:#?}; retrying");
-        }
-        panic!("herald could not start on any free port");
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with our own child's PID; no memory is involved.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
-    }
-
-    /// Waits for the process to exit, at most `within`; panics if it does not.
-    pub fn wait(&mut self, within: Duration) -> ExitStatus {
-        wait_child(&mut self.child, within)
-            .unwrap_or_else(|| panic!("herald did not exit within {within:?}"))
-    }
-
-    /// Sends SIGTERM, waits (at most `within`) for the exit, and returns its
-    /// status with every stderr line after the start-up line. Only for a
-    /// process started with [`HeraldProcess::start_logging`].
-    pub fn stop(mut self, within: Duration) -> (ExitStatus, Vec<String>) {
-        let lines = self
-            .log
-            .take()
-            .expect("stop() needs a process started with start_logging()");
-        self.signal(libc::SIGTERM);
-        let status = self.wait(within);
-        // The process is gone, so its stderr reaches EOF and the forwarding
-        // thread hangs up once it has passed on every line.
-        let deadline = Instant::now() + TIMEOUT;
-        let mut log = Vec::new();
-        loop {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => log.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return (status, log),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("herald's stderr stayed open {TIMEOUT:?} after it exited")
-                }
-            }
-        }
-    }
-}
-
-impl Drop for HeraldProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Forwards every line of `r` to the returned channel, from a thread, so
-/// the child never blocks on a full pipe.
-fn forward_lines(r: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                // Nobody listens any more: keep draining so the child never blocks.
-                continue;
-            }
-        }
-    });
-    rx
-}
-
-/// Polls `child` until it exits or `within` passes.
-fn wait_child(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Server-to-client frames read off a raw socket in whatever pieces the

@@ -1,12 +1,9 @@
-//! Helpers for the hostile-client tests, on top of `tests/common/`: raw
+//! Helpers for the hostile-client tests, on top of the rest of `common`: raw
 //! WebSocket frames read off a plain socket (so no client library answers
 //! pings or tidies anything up), metrics scraping, and `/proc` readings of
 //! a herald child process (descriptors, memory, CPU time).
 //!
 //! Every wait is bounded by a socket timeout or a deadline.
-
-// Each test binary uses a different part of it.
-#![allow(dead_code)]
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -14,39 +11,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::SockRef;
 
-use crate::common::{tcp, upgrade_request, TIMEOUT};
-
-/// Reads from `s` until the end of an HTTP response head; returns the head
-/// (without the blank line) and whatever bytes followed it.
-pub fn read_head(s: &mut TcpStream) -> io::Result<(String, Vec<u8>)> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-            return Ok((head, raw[end + 4..].to_vec()));
-        }
-        match s.read(&mut buf)? {
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("EOF inside a head: {:?}", String::from_utf8_lossy(&raw)),
-                ))
-            }
-            n => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// The status code on the first line of `head`.
-pub fn status_of(head: &str) -> u16 {
-    head.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"))
-}
+use super::{read_head, status_of, tcp, upgrade_request};
 
 /// Sends `request` on a fresh connection and returns the status of the
 /// response head and the socket, still open (a 101 leaves a WebSocket).
@@ -149,18 +116,6 @@ pub fn read_until_close_frame(s: &mut impl Read) -> (Vec<ServerFrame>, ServerFra
     panic!("no close frame in a million frames");
 }
 
-/// A TCP connection whose receive buffer is as small as the kernel allows,
-/// so a client that stops reading backs up into herald's queue quickly.
-pub fn tcp_tiny_receive_buffer(addr: SocketAddr) -> TcpStream {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let s: TcpStream = socket.into();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(TIMEOUT)).unwrap();
-    s
-}
-
 /// Ends `s` with a TCP reset instead of a FIN (SO_LINGER 0, then close).
 pub fn reset(s: TcpStream) {
     SockRef::from(&s)
@@ -171,7 +126,7 @@ pub fn reset(s: TcpStream) {
 
 /// `GET /metrics`, the exposition text.
 pub fn scrape(addr: SocketAddr) -> String {
-    let resp = crate::common::http_exchange(
+    let resp = super::http_exchange(
         addr,
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
