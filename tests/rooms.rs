@@ -6,13 +6,12 @@
 //! room metrics move exactly.
 
 mod common;
-mod hostile_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{eventually, metric};
 use common::{http_exchange, recv_text, send_text, tcp, Client, TestServer, PREFIX, TIMEOUT};
-use hostile_support::{eventually, metric};
 use tungstenite::Message;
 
 /// A WebSocket client on `path`, handshake done.

@@ -141,3 +141,37 @@ fn a_wrong_token_fails_the_run() {
         assert_eq!(json["publish"]["answered_202"], json["published"]);
     });
 }
+
+/// `cfg` with its clients and publishers spread over `rooms` rooms.
+fn in_rooms(mut cfg: Config, rooms: u32, publishers: u32) -> Config {
+    if let Scenario::Broadcast(b) = &mut cfg.scenario {
+        b.rooms = rooms;
+        b.publishers = publishers;
+    }
+    cfg
+}
+
+#[test]
+fn herald_keeps_each_room_to_itself() {
+    with_herald(|url| {
+        // 120 clients in 4 rooms of 30, a publisher in each: every message
+        // reaches its 30, none crosses, by WebSocket and by POST /publish.
+        for cfg in [
+            in_rooms(broadcast_config(&url, 120, 0.0, 16), 4, 4),
+            via_http(in_rooms(broadcast_config(&url, 120, 0.0, 16), 4, 4), TOKEN),
+        ] {
+            let run = loadgen::run::run(cfg, short_timing(1.0)).unwrap();
+            let s = &run.stats;
+            assert_eq!(s.connected, 120);
+            assert!(run.published > 16);
+            assert!(run.drained);
+            assert_eq!(problems(&run), Vec::<String>::new());
+            assert_eq!(s.misrouted, 0);
+            assert_eq!(
+                s.delivered,
+                run.published * 30,
+                "each message to its room of 30"
+            );
+        }
+    });
+}
