@@ -5,17 +5,19 @@
 # afterwards. Prints one table, and writes the JSON of every run, the .hgrm latency
 # distributions and an SVG latency plot of scenario (c) to $OUT.
 #
-# Scenarios (64-byte messages, 1 publisher):
+# Scenarios (64-byte messages, 1 publisher unless said):
 #   a  1,000 clients, saturation: --rate 0 --window 16
 #   b  10,000 clients, the same
 #   c  1,000 clients at a fixed 200 messages/s (latency)
 #   d  idle: hold 19,000 connections (server memory per connection)
+#   e  10,000 clients in 100 rooms of 100, one publisher per room, saturation
+#      (herald only: the peers have no rooms); compare its CPU per delivery with (b)'s
 #
 # Environment (defaults give a quick run, a few minutes in all):
 #   DURATION=3 WARMUP=1 DRAIN=5   seconds of each measured window / warm-up / drain limit
 #   IDLE_SECS=3                    how long (d) holds its connections
 #   RATE_C=200                     messages per second in (c)
-#   CLIENTS_A=1000 CLIENTS_B=10000 CLIENTS_C=1000 CLIENTS_D=19000
+#   CLIENTS_A=1000 CLIENTS_B=10000 CLIENTS_C=1000 CLIENTS_D=19000 CLIENTS_E=10000 ROOMS_E=100
 #   SERVERS="herald node python"   SCENARIOS="a b c d"
 #   SERVER_CPU=0 LOADGEN_CPU=1     cores for taskset
 #   PORT=9400                      port the servers listen on (127.0.0.1 only)
@@ -44,8 +46,10 @@ CLIENTS_A=${CLIENTS_A:-1000}
 CLIENTS_B=${CLIENTS_B:-10000}
 CLIENTS_C=${CLIENTS_C:-1000}
 CLIENTS_D=${CLIENTS_D:-19000}
+CLIENTS_E=${CLIENTS_E:-10000}
+ROOMS_E=${ROOMS_E:-100}
 SERVERS=${SERVERS:-herald node python}
-SCENARIOS=${SCENARIOS:-a b c d}
+SCENARIOS=${SCENARIOS:-a b c d e}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 PORT=${PORT:-9400}
@@ -120,16 +124,22 @@ start_server() { # NAME LOGFILE
 }
 
 run_scenario() { # SERVER SCENARIO
-    local server=$1 sc=$2 base="$OUT/$1-$2" args limit
+    local server=$1 sc=$2 base="$OUT/$1-$2" args limit publishers=1
     case $sc in
         a) args=(broadcast --clients "$CLIENTS_A" --rate 0 --window 16) ;;
         b) args=(broadcast --clients "$CLIENTS_B" --rate 0 --window 16) ;;
         c) args=(broadcast --clients "$CLIENTS_C" --rate "$RATE_C") ;;
         d) args=(idle --clients "$CLIENTS_D" --duration "$IDLE_SECS") ;;
+        e) if [[ $server == node || $server == python ]]; then
+               log "$server has no rooms: scenario e skipped"
+               return 0
+           fi
+           publishers=$ROOMS_E
+           args=(broadcast --clients "$CLIENTS_E" --rooms "$ROOMS_E" --rate 0 --window 16) ;;
         *) echo "unknown scenario $sc" >&2; exit 2 ;;
     esac
     if [[ ${args[0]} == broadcast ]]; then
-        args+=(--size 64 --publishers 1 --duration "$DURATION" --warmup "$WARMUP"
+        args+=(--size 64 --publishers "$publishers" --duration "$DURATION" --warmup "$WARMUP"
             --drain "$DRAIN" --hgrm "$base.hgrm")
     fi
     limit=$((CONNECT_PHASE + ${WARMUP%.*} + ${DURATION%.*} + ${DRAIN%.*} + ${IDLE_SECS%.*} + 30))
@@ -169,7 +179,7 @@ CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
     echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $CPU_MODEL, $(nproc) CPUs, Linux $(uname -r)," \
         "herald $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo '?')"
     echo "# server on CPU $SERVER_CPU, loadgen on CPU $LOADGEN_CPU; DURATION=$DURATION WARMUP=$WARMUP" \
-        "DRAIN=$DRAIN IDLE_SECS=$IDLE_SECS RATE_C=$RATE_C; 64-byte messages, 1 publisher"
+        "DRAIN=$DRAIN IDLE_SECS=$IDLE_SECS RATE_C=$RATE_C; 64-byte messages, 1 publisher (e: one per room)"
     echo "# herald flags: ${HERALD_FLAGS:-none}"
     if [[ " $SERVERS " == *" before "* ]]; then
         echo "# before: $HERALD_BEFORE ${HERALD_BEFORE_FLAGS:-}"
@@ -243,6 +253,13 @@ if "herald" in servers and len(servers) > 1:
                         + ", CPU per delivery " + ratio(ps.get("cpu_ns_per_delivery"), hs.get("cpu_ns_per_delivery"))
                         + ", p99 " + ratio((p.get("latency") or {}).get("p99_ms"), (h.get("latency") or {}).get("p99_ms")))
             print(f"  {sc} vs {peer}: {text}")
+for server in servers:
+    b, e = load(server, "b"), load(server, "e")
+    if b and e and (b.get("server") or {}).get("cpu_ns_per_delivery") and (e.get("server") or {}).get("cpu_ns_per_delivery"):
+        print()
+        print(f"{server}: rooms (e) cost {e['server']['cpu_ns_per_delivery'] / b['server']['cpu_ns_per_delivery']:.2f}x "
+              "the CPU per delivery of one room of the same size (b); misrouted "
+              f"{e.get('misrouted', '-')}")
 if any(str(row[11]).endswith("*") for row in rows):
     print()
     print("* the drain timed out: messages still queued in the server when loadgen stopped count as lost.")

@@ -461,6 +461,12 @@ impl Conn {
         self.begin_closing(reason, close_by);
     }
 
+    /// Closes without a last word: what is queued still goes out, then the
+    /// write side is shut.
+    pub fn end_quietly(&mut self, reason: CloseReason, close_by: Instant) {
+        self.begin_closing(reason, close_by);
+    }
+
     /// Stops accepting input and broadcasts; what is queued still goes out.
     fn begin_closing(&mut self, reason: CloseReason, close_by: Instant) {
         if !matches!(self.state, State::Closing { .. }) {

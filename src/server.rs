@@ -898,6 +898,11 @@ impl Server {
                     CloseReason::Shutdown,
                     now + self.cfg.close_timeout,
                 ),
+                // No request under way: a response nobody asked for would
+                // be read as the answer to the next request sent on it.
+                State::Http(ref head) if head.is_empty() && conn.pending.is_none() => {
+                    conn.end_quietly(CloseReason::Shutdown, now + self.cfg.close_timeout)
+                }
                 State::Http(_) | State::Body(_) => conn.finish_with(
                     http::error_response(Status::Unavailable, "server shutting down"),
                     CloseReason::Shutdown,

@@ -91,6 +91,27 @@ fn shutdown_answers_a_pending_http_request_with_503() {
         .expect("run returned an error");
 }
 
+#[test]
+fn shutdown_closes_an_idle_http_connection_without_a_word() {
+    // A browser opens spare connections before it has requests for them. One
+    // told 503 unasked would take that 503 as the answer to the request it
+    // sends next (chromium did, after a restart): an idle connection is just
+    // closed.
+    let server = TestServer::start(&["--shutdown-timeout", "5s"]);
+    let mut idle = tcp(server.addr);
+    let mut ws = connect(server.addr);
+    send_text(&mut ws, "x");
+    assert_eq!(recv_text(&mut ws), format!("{PREFIX}x"));
+
+    server.trigger_shutdown();
+    common::expect_eof(&mut idle);
+    assert_eq!(read_until_close(&mut ws), 1001);
+    drop(ws);
+    server
+        .wait_stopped(Duration::from_secs(10))
+        .expect("run returned an error");
+}
+
 /// The binary on a signal: every client gets 1001, and it exits 0.
 fn binary_shuts_down_on(signal: i32) {
     let mut herald = HeraldProcess::start(&["--shutdown-timeout", "10s"]);

@@ -14,7 +14,9 @@
 // message and presses Enter, both pages show `Message from server: …`;
 // page B types one and clicks Send, both show it; herald is stopped (both
 // pages show they lost it) and started again on the same port; both pages
-// reconnect on their own (status back to connected) and chat again.
+// reconnect on their own (status back to connected) and chat again. Then
+// two pages open `/rooms/blue` (titled for their room) and chat with each
+// other, while the lobby pages see none of it and they none of the lobby.
 // Every wait has a timeout; any mismatch fails with a message naming it.
 
 import { execFileSync } from 'node:child_process';
@@ -195,15 +197,15 @@ async function main() {
     });
     context.setDefaultTimeout(STEP_MS);
     const browserErrors = [];
-    const open = async (name) => {
+    const open = async (name, path = '', wantTitle = 'WebSocket Chat') => {
       const page = await context.newPage();
       page.on('pageerror', (e) => browserErrors.push(`page ${name}: ${e.message}`));
-      const resp = await page.goto(URL, { waitUntil: 'load' });
+      const resp = await page.goto(URL + path, { waitUntil: 'load' });
       if (!resp || resp.status() !== 200) {
-        throw new Error(`page ${name}: GET ${URL} answered ${resp ? resp.status() : 'nothing'}`);
+        throw new Error(`page ${name}: GET ${URL}${path} answered ${resp ? resp.status() + " " + (await resp.text()) : "nothing"}`);
       }
       const title = await page.title();
-      if (title !== 'WebSocket Chat') throw new Error(`page ${name}: title is "${title}"`);
+      if (title !== wantTitle) throw new Error(`page ${name}: title is "${title}"`);
       return page;
     };
     const a = await open('A');
@@ -246,6 +248,23 @@ async function main() {
     expected.push(PREFIX + m4);
     for (const [n, p] of pages) await expectMessages(p, n, expected);
     log('both pages chat again after the restart');
+
+    // Rooms: two pages in room "blue" chat; the lobby sees none of it.
+    const c = await open('C', 'rooms/blue', 'WebSocket Chat: blue');
+    const d = await open('D', 'rooms/blue', 'WebSocket Chat: blue');
+    const room = [['C', c], ['D', d]];
+    for (const [n, p] of room) await expectStatus(p, n, 'connected');
+    const blue = [];
+    const m5 = 'C in room blue';
+    await typeAndPressEnter(c, m5);
+    blue.push(PREFIX + m5);
+    for (const [n, p] of room) await expectMessages(p, n, blue);
+    const m6 = 'A in the lobby';
+    await typeAndPressEnter(a, m6);
+    expected.push(PREFIX + m6);
+    for (const [n, p] of pages) await expectMessages(p, n, expected);
+    for (const [n, p] of room) await expectMessages(p, n, blue);
+    log('room blue: C and D chat; the lobby pages see none of it, and they none of the lobby');
 
     if (browserErrors.length) throw new Error(`script errors in the page: ${browserErrors.join('; ')}`);
 
