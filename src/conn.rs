@@ -704,7 +704,7 @@ impl Conn {
         // A room without members does not exist: the message reaches no one.
         let room = ctx.rooms.find(room).unwrap_or(NO_ROOM);
         if room != NO_ROOM {
-            ctx.rooms.push(room, frame);
+            ctx.rooms.push_encoded(room, &frame);
         }
         ctx.stats.publishes += 1;
         let count = match self.pending {
@@ -1051,7 +1051,7 @@ fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, room: u32, opcode: u8, paylo
             } else {
                 b""
             };
-            ctx.rooms.push(room, frame::encode(opcode, prefix, payload));
+            ctx.rooms.push(room, opcode, prefix, payload);
         }
         Mode::Echo => own.push(frame::encode(opcode, b"", payload), Kind::Own),
     }

@@ -1,8 +1,9 @@
 //! Encode-once WebSocket frames.
 //!
-//! A broadcast is encoded exactly once into an immutable [`Frame`]; an
-//! iteration's broadcasts wait in the [`Outbox`] and are joined into one
-//! frame, and every recipient's queue holds a clone of that one handle.
+//! A broadcast is encoded exactly once, straight into its room's batch
+//! (`rooms.rs`); at the end of the iteration the batch becomes one
+//! immutable [`Frame`], and every recipient's queue holds a clone of that
+//! one handle.
 //! Cloning is a non-atomic reference-count bump (the loop is
 //! single-threaded), so fan-out costs no allocation and no copy per
 //! recipient, and one queue entry however many messages the iteration had.
@@ -58,24 +59,6 @@ impl Frame {
         Frame(Rc::from(bytes))
     }
 
-    /// Joins whole frames into one run of bytes, so that a loop iteration's
-    /// broadcasts cost each recipient one queue entry and one iovec, however
-    /// many there are (a flood of tiny messages must not cost a syscall per
-    /// 64 of them per recipient).
-    pub fn concat(frames: &[Frame]) -> Self {
-        match frames {
-            [one] => one.clone(),
-            _ => {
-                let len = frames.iter().map(|f| f.len()).sum();
-                let mut out = Vec::with_capacity(len);
-                for f in frames {
-                    out.extend_from_slice(f);
-                }
-                Frame::from_vec(out)
-            }
-        }
-    }
-
     /// Takes ownership of an encoded buffer.
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         Frame(Rc::from(bytes))
@@ -86,50 +69,6 @@ impl Deref for Frame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.0
-    }
-}
-
-/// The broadcasts encoded in one loop iteration, waiting for fan-out, and
-/// their size, which bounds how much more input the iteration takes.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    frames: Vec<Frame>,
-    bytes: usize,
-}
-
-impl Outbox {
-    /// Adds one encoded broadcast.
-    #[inline]
-    pub fn push(&mut self, frame: Frame) {
-        self.bytes += frame.len();
-        self.frames.push(frame);
-    }
-
-    /// Bytes of the frames waiting.
-    #[inline]
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Frames waiting.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    /// Whether no frame is waiting.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
-    /// Joins the waiting frames into one (see [`Frame::concat`]) and
-    /// empties the outbox, keeping its capacity.
-    pub fn take_joined(&mut self) -> Frame {
-        let joined = Frame::concat(&self.frames);
-        self.frames.clear();
-        self.bytes = 0;
-        joined
     }
 }
 
@@ -239,19 +178,6 @@ mod tests {
             &ours[..],
             &tungstenite_bytes(OpCode::Data(Data::Text), whole)[..]
         );
-    }
-
-    #[test]
-    fn concat_joins_whole_frames_in_order() {
-        let frames: Vec<Frame> = (0..5u8)
-            .map(|i| encode(OP_TEXT, b"p", &vec![b'a' + i; 100 * i as usize]))
-            .collect();
-        let joined = Frame::concat(&frames);
-        let expected: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
-        assert_eq!(&joined[..], &expected[..]);
-        // One frame is shared as it is, not copied.
-        let one = Frame::concat(&frames[..1]);
-        assert!(std::rc::Rc::ptr_eq(&one.0, &frames[0].0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `ws://HOST/` is the lobby; `ws://HOST/rooms/NAME` joins room `NAME`. A
 //! room exists while it has members (the lobby always), keeps its members'
 //! slab keys in a list (a member knows its slot, so leaving is a swap
-//! remove), and collects this iteration's broadcasts in its own outbox, so
+//! remove), and encodes this iteration's broadcasts into its own batch, so
 //! fan-out visits only the members of rooms that have something to say:
 //! a message costs its room, not the server.
 
@@ -11,7 +11,12 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
-use crate::frame::{Frame, Outbox};
+use crate::frame::{self, Frame};
+
+/// A room's encoding buffer keeps its capacity across iterations up to
+/// this much; a burst's larger buffer is given back, so quiet rooms hold
+/// little.
+const KEEP_BATCH_CAPACITY: usize = 4096;
 
 /// The lobby's id: always there, never removed.
 pub const LOBBY: u32 = 0;
@@ -22,8 +27,11 @@ struct Room {
     name: Box<str>,
     /// Slab keys of its members; a member's `slot` is its index here.
     members: Vec<usize>,
-    /// This iteration's broadcasts to it.
-    outbox: Outbox,
+    /// This iteration's broadcasts to it, encoded one after another (each
+    /// message is encoded once, straight into its room's batch).
+    batch: Vec<u8>,
+    /// Messages in `batch`.
+    count: usize,
     /// Members that received this iteration's batch (for publish answers).
     recipients: u64,
 }
@@ -34,9 +42,9 @@ pub struct Rooms {
     by_name: HashMap<Box<str>, u32>,
     /// Named rooms at most (`--max-rooms`).
     max: usize,
-    /// Rooms whose outbox is not empty, each once.
+    /// Rooms whose batch is not empty, each once.
     dirty: Vec<u32>,
-    /// Outbox bytes across all rooms.
+    /// Batch bytes across all rooms.
     pending: usize,
 }
 
@@ -92,8 +100,8 @@ impl Rooms {
         room.members.swap_remove(slot as usize);
         let moved = room.members.get(slot as usize).copied();
         // Members leave in the end phase, after the fan-out emptied every
-        // outbox: nothing waits for a room removed here.
-        debug_assert!(room.outbox.is_empty());
+        // batch: nothing waits for a room removed here.
+        debug_assert_eq!(room.count, 0);
         if room.members.is_empty() && id != LOBBY {
             let room = self.rooms.remove(id as usize);
             self.by_name.remove(&room.name);
@@ -101,17 +109,36 @@ impl Rooms {
         moved
     }
 
-    /// Queues a broadcast to room `id`.
-    pub fn push(&mut self, id: u32, frame: Frame) {
-        self.pending += frame.len();
+    /// Encodes a message to room `id` into the room's batch: a final frame
+    /// with `opcode` whose payload is `prefix` then `payload`.
+    pub fn push(&mut self, id: u32, opcode: u8, prefix: &[u8], payload: &[u8]) {
         let room = &mut self.rooms[id as usize];
-        if room.outbox.is_empty() {
+        if room.count == 0 {
             self.dirty.push(id);
         }
-        room.outbox.push(frame);
+        let before = room.batch.len();
+        let len = prefix.len() + payload.len();
+        room.batch.reserve(frame::header_len(len) + len);
+        frame::write_header(&mut room.batch, opcode, len);
+        room.batch.extend_from_slice(prefix);
+        room.batch.extend_from_slice(payload);
+        room.count += 1;
+        self.pending += room.batch.len() - before;
     }
 
-    /// Outbox bytes across all rooms: what this iteration will fan out.
+    /// Appends a frame already encoded (a publish body, encoded while its
+    /// request is parsed) to room `id`'s batch.
+    pub fn push_encoded(&mut self, id: u32, encoded: &[u8]) {
+        let room = &mut self.rooms[id as usize];
+        if room.count == 0 {
+            self.dirty.push(id);
+        }
+        room.batch.extend_from_slice(encoded);
+        room.count += 1;
+        self.pending += encoded.len();
+    }
+
+    /// Batch bytes across all rooms: what this iteration will fan out.
     pub fn pending(&self) -> usize {
         self.pending
     }
@@ -127,13 +154,18 @@ impl Rooms {
         std::mem::swap(&mut self.dirty, into);
     }
 
-    /// Room `id`'s broadcasts joined into one frame, with their count; its
-    /// outbox is emptied.
+    /// Room `id`'s broadcasts as one shared frame (the one copy and
+    /// allocation of this iteration's messages to it), with their count;
+    /// its batch is emptied.
     pub fn take_batch(&mut self, id: u32) -> (Frame, usize) {
         let room = &mut self.rooms[id as usize];
-        let count = room.outbox.len();
-        let batch = room.outbox.take_joined();
-        self.pending -= batch.len();
+        let batch = Frame::from_bytes(&room.batch);
+        let count = std::mem::take(&mut room.count);
+        self.pending -= room.batch.len();
+        room.batch.clear();
+        if room.batch.capacity() > KEEP_BATCH_CAPACITY {
+            room.batch = Vec::new();
+        }
         (batch, count)
     }
 
@@ -174,7 +206,8 @@ impl Room {
         Room {
             name: name.into(),
             members: Vec::new(),
-            outbox: Outbox::default(),
+            batch: Vec::new(),
+            count: 0,
             recipients: 0,
         }
     }

@@ -597,7 +597,7 @@ impl Server {
                     self.stats.feed_lines += 1;
                     // A room without members does not exist: nobody hears it.
                     if let Some(room) = self.rooms.find(self.cfg.feed_room.as_deref()) {
-                        self.rooms.push(room, frame::encode(OP_TEXT, b"", &line));
+                        self.rooms.push(room, OP_TEXT, b"", &line);
                     }
                 }
                 Err(TryRecvError::Empty) => return,
