@@ -461,12 +461,6 @@ impl Conn {
         self.begin_closing(reason, close_by);
     }
 
-    /// Closes without a last word: what is queued still goes out, then the
-    /// write side is shut.
-    pub fn end_quietly(&mut self, reason: CloseReason, close_by: Instant) {
-        self.begin_closing(reason, close_by);
-    }
-
     /// Stops accepting input and broadcasts; what is queued still goes out.
     fn begin_closing(&mut self, reason: CloseReason, close_by: Instant) {
         if !matches!(self.state, State::Closing { .. }) {
@@ -847,8 +841,11 @@ impl Conn {
     pub fn on_deadline(&mut self, close_by: Instant) -> Option<u16> {
         match &self.state {
             State::Http(head) if head.is_empty() => {
-                // An idle kept-alive connection: nothing to say.
-                self.reason = CloseReason::Timeout;
+                // An idle kept-alive connection (or one idle when shutdown
+                // began): nothing to say.
+                if self.reason == CloseReason::Normal {
+                    self.reason = CloseReason::Timeout;
+                }
                 self.doomed = true;
                 None
             }

@@ -898,10 +898,18 @@ impl Server {
                     CloseReason::Shutdown,
                     now + self.cfg.close_timeout,
                 ),
-                // No request under way: a response nobody asked for would
-                // be read as the answer to the next request sent on it.
+                // No request read yet: a response nobody asked for would be
+                // read as the answer to the next request sent on it. A
+                // request already on its way is read (next iteration) and
+                // answered as a draining server answers; a connection still
+                // silent at the next sweep is closed without a word.
                 State::Http(ref head) if head.is_empty() && conn.pending.is_none() => {
-                    conn.end_quietly(CloseReason::Shutdown, now + self.cfg.close_timeout)
+                    conn.reason = CloseReason::Shutdown;
+                    conn.deadline = Some(now);
+                    if !conn.unread {
+                        conn.unread = true;
+                        self.unread.push_back(k);
+                    }
                 }
                 State::Http(_) | State::Body(_) => conn.finish_with(
                     http::error_response(Status::Unavailable, "server shutting down"),
