@@ -126,7 +126,7 @@ pub(crate) enum Pending {
         keep_alive: bool,
     },
     /// Answer 202 with the recipients, once per publish of this connection
-    /// in this iteration's outbox.
+    /// in this iteration's batches.
     Published {
         /// Publishes waiting for their answer (pipelined ones are routed in
         /// the same pass, so they share one fan-out).
@@ -397,6 +397,13 @@ impl Conn {
             room: NO_ROOM,
             slot: 0,
         }
+    }
+
+    /// Flags the connection as listed for reading; true if it was not
+    /// already, so the caller lists it: a connection is on one read list
+    /// at most once.
+    pub fn list(&mut self) -> bool {
+        !std::mem::replace(&mut self.unread, true)
     }
 
     /// Whether broadcasts should be queued for this connection.

@@ -2,10 +2,11 @@
 //!
 //! Each iteration: poll → read the connections left over from the last
 //! iteration, then those with events (each within its budget and the
-//! iteration's) → the end-of-iteration phase, which joins this iteration's
-//! broadcasts into one frame, offers it to every open connection and
-//! flushes each with one vectored `sendmsg`, flushes the other connections
-//! that queued bytes, and only then removes the connections marked doomed.
+//! iteration's) → the end-of-iteration phase, which turns each room's batch
+//! of this iteration's broadcasts into one frame, offers it to the room's
+//! open members and flushes each with one vectored `sendmsg`, flushes the
+//! other connections that queued bytes, and only then removes the
+//! connections marked doomed.
 //! Slab keys are tokens and are reused, so a connection is never removed
 //! mid-batch.
 
@@ -101,7 +102,7 @@ pub(crate) struct Server {
     rooms: Rooms,
     /// The rooms being fanned out (kept to reuse its allocation).
     fanning: Vec<u32>,
-    /// The most outbox bytes an iteration takes input for.
+    /// The most batch bytes (across rooms) an iteration takes input for.
     batch_cap: usize,
     /// How many bytes of broadcast one byte of input can become at most (a
     /// 6-byte empty frame becomes a header plus the prefix): reads are
@@ -109,7 +110,7 @@ pub(crate) struct Server {
     expansion: usize,
     /// Input this iteration may still read, across all connections.
     input_left: usize,
-    /// Connections whose publish is answered once the outbox is fanned out.
+    /// Connections whose publish is answered once the batches are fanned out.
     publish_acks: Vec<usize>,
     /// Connections with bytes to flush in the end phase.
     dirty: Vec<usize>,
@@ -460,8 +461,7 @@ impl Server {
                 READ_BUDGET
             };
             if total.saturating_add(MIN_READ) > budget {
-                if !conn.unread {
-                    conn.unread = true;
+                if conn.list() {
                     self.spent.push(k);
                 }
                 break;
@@ -482,8 +482,7 @@ impl Server {
                 .min(self.input_left)
                 .min(room);
             if cap < MIN_READ {
-                if !conn.unread {
-                    conn.unread = true;
+                if conn.list() {
                     // One that had its turn goes behind those that had none:
                     // the first to be read must not take the iteration's
                     // room every time.
@@ -505,8 +504,7 @@ impl Server {
             }
             if cap == 0 {
                 ctx.stats.throttled += 1;
-                if !conn.unread {
-                    conn.unread = true;
+                if conn.list() {
                     self.throttled.push(k);
                 }
                 break;
@@ -582,7 +580,7 @@ impl Server {
         metrics::render(&self.stats, gauges, &sizes, &self.iteration_time)
     }
 
-    /// Moves lines from `--feed` into the outbox, until the batch is full;
+    /// Moves lines from `--feed` into their room's batch, until the batches are full;
     /// the rest waits in the feed's bounded channel for the next iteration.
     fn drain_feed(&mut self) {
         self.feed_pending = false;
@@ -687,7 +685,7 @@ impl Server {
     /// Fans out this iteration's broadcasts, flushes, then removes the doomed.
     ///
     /// # Invariants
-    /// On return the outbox, the flush list and the removal list are empty:
+    /// On return the rooms' batches, the flush list and the removal list are empty:
     /// no frame, flush or removal is carried into the next iteration, and
     /// every slab key removed here was last used by this iteration's events.
     fn end_of_iteration(&mut self, now: Instant) {
@@ -813,7 +811,7 @@ impl Server {
         let mut fanning = std::mem::take(&mut self.fanning);
         self.rooms.take_dirty(&mut fanning);
         for &room in &fanning {
-            // The room's frames, joined once: each member gets one handle
+            // The room's batch as one frame: each member gets one handle
             // (one queue entry, one iovec), whatever the count.
             let (shared, count) = self.rooms.take_batch(room);
             let mut recipients = 0u64;
@@ -906,8 +904,7 @@ impl Server {
                 State::Http(ref head) if head.is_empty() && conn.pending.is_none() => {
                     conn.reason = CloseReason::Shutdown;
                     conn.deadline = Some(now);
-                    if !conn.unread {
-                        conn.unread = true;
+                    if conn.list() {
                         self.unread.push_back(k);
                     }
                 }
@@ -929,8 +926,7 @@ impl Server {
 fn relist_if_ready(conn: &mut Conn, k: usize, unread: &mut VecDeque<usize>, limit: usize) {
     if conn.held && conn.wants_input(limit) {
         conn.held = false;
-        if !conn.unread {
-            conn.unread = true;
+        if conn.list() {
             unread.push_back(k);
         }
     }
