@@ -42,13 +42,16 @@ impl Config {
     /// under it (`/` and room 7 give `/rooms/r7`).
     pub fn ws_path(&self, client: u32) -> std::borrow::Cow<'_, str> {
         let base = &self.url.path;
-        match &self.scenario {
-            Scenario::Broadcast(b) if b.rooms > 0 => {
-                let slash = if base.ends_with('/') { "" } else { "/" };
-                format!("{base}{slash}rooms/{}", b.room_name(b.room_of(client))).into()
-            }
-            _ => base.as_str().into(),
+        let rooms = match &self.scenario {
+            Scenario::Broadcast(b) => b.rooms,
+            Scenario::Idle { rooms } => *rooms,
+            Scenario::Connect => 0,
+        };
+        if rooms == 0 {
+            return base.as_str().into();
         }
+        let slash = if base.ends_with('/') { "" } else { "/" };
+        format!("{base}{slash}rooms/{}", room_name(client % rooms)).into()
     }
 
     /// The source address of client `client`'s connections (`None`: the kernel picks).
@@ -65,8 +68,11 @@ pub enum Scenario {
     Broadcast(Broadcast),
     /// Open, handshake and close connections as fast as allowed.
     Connect,
-    /// Hold the connections open.
-    Idle,
+    /// Hold the connections open, client `i` in room `i % rooms` (0: on the URL given).
+    Idle {
+        /// Rooms the connections are spread over.
+        rooms: u32,
+    },
 }
 
 /// The `broadcast` scenario's parameters.
@@ -87,6 +93,11 @@ pub struct Broadcast {
     /// Rooms the clients are spread over, client `i` in room `i % rooms` (0: none, every
     /// client on the URL given).
     pub rooms: u32,
+}
+
+/// The name room `room` has on the server: `r7`.
+pub fn room_name(room: u32) -> String {
+    format!("r{room}")
 }
 
 /// The path publishers take to the server.
@@ -124,11 +135,6 @@ impl Broadcast {
     #[inline]
     pub fn room_of(&self, client: u32) -> u32 {
         client % self.room_count()
-    }
-
-    /// The name room `room` has on the server: `r7`.
-    pub fn room_name(&self, room: u32) -> String {
-        format!("r{room}")
     }
 
     /// How many publishers room `room` has: `room`, `room + N`, ... below `publishers`. A
@@ -254,5 +260,10 @@ mod tests {
         b.rooms = 0;
         cfg.scenario = Scenario::Broadcast(b);
         assert_eq!(cfg.ws_path(2), "/chat");
+        // Idle connections spread the same way.
+        cfg.scenario = Scenario::Idle { rooms: 4 };
+        assert_eq!(cfg.ws_path(6), "/chat/rooms/r2");
+        cfg.scenario = Scenario::Idle { rooms: 0 };
+        assert_eq!(cfg.ws_path(6), "/chat");
     }
 }

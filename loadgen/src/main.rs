@@ -86,6 +86,10 @@ enum Command {
         /// Seconds to hold the connections once all are open.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// Spread the connections over N rooms: client i joins <URL path>rooms/r{i % N}
+        /// (idle members of other rooms, next to a broadcast elsewhere).
+        #[arg(long, value_name = "N")]
+        rooms: Option<u32>,
     },
     /// Draw several .hgrm files as one latency-by-percentile SVG.
     Plot {
@@ -166,6 +170,17 @@ struct Common {
 
 fn secs(s: f64) -> u64 {
     (s.max(0.0) * 1e9) as u64
+}
+
+/// `--rooms`: at least 1, under a URL path without a query (0: not given).
+fn check_rooms(rooms: Option<u32>, common: &Common) -> Result<u32, String> {
+    if rooms == Some(0) {
+        return Err("--rooms must be at least 1".into());
+    }
+    if rooms.is_some() && common.url.path.contains('?') {
+        return Err("--rooms needs a --url without a query (rooms go under its path)".into());
+    }
+    Ok(rooms.unwrap_or(0))
 }
 
 fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
@@ -279,16 +294,8 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 (Via::Ws, Some(_)) => return Err("--token needs --publish-via http".into()),
                 (Via::Http, token) => PublishVia::Http { token },
             };
-            if rooms == Some(0) {
-                return Err("--rooms must be at least 1".into());
-            }
-            if rooms.is_some() && common.url.path.contains('?') {
-                return Err(
-                    "--rooms needs a --url without a query (rooms go under its path)".into(),
-                );
-            }
             let b = Broadcast {
-                rooms: rooms.unwrap_or(0),
+                rooms: check_rooms(rooms, &common)?,
                 publishers,
                 size,
                 rate,
@@ -308,8 +315,13 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             let t = timing(&common, duration, 0.0, 0.0);
             (common, cfg, t, (None, None))
         }
-        Command::Idle { common, duration } => {
-            let cfg = config(&common, Scenario::Idle)?;
+        Command::Idle {
+            common,
+            duration,
+            rooms,
+        } => {
+            let rooms = check_rooms(rooms, &common)?;
+            let cfg = config(&common, Scenario::Idle { rooms })?;
             let t = timing(&common, duration, 0.0, 0.0);
             (common, cfg, t, (None, None))
         }

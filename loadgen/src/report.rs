@@ -150,7 +150,7 @@ pub fn to_json(o: &Outcome) -> Value {
             v["mode"] = json!("connect");
             v["handshakes_per_sec"] = json!(s.connected as f64 / o.connect_secs.max(1e-9));
         }
-        Scenario::Idle => {
+        Scenario::Idle { .. } => {
             v["scenario"] = json!("idle");
             v["mode"] = json!("idle");
         }
@@ -180,7 +180,7 @@ fn mode(o: &Outcome) -> String {
         Scenario::Broadcast(b) if b.rate == 0.0 => format!("window {}", b.window),
         Scenario::Broadcast(b) => format!("rate {}/s", b.rate),
         Scenario::Connect => "connect".into(),
-        Scenario::Idle => "idle".into(),
+        Scenario::Idle { .. } => "idle".into(),
     }
 }
 
@@ -230,7 +230,7 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
         match o.cfg.scenario {
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Connect => "connect",
-            Scenario::Idle => "idle",
+            Scenario::Idle { .. } => "idle",
         },
         o.cfg.url.host,
         o.cfg.url.path,

@@ -102,7 +102,7 @@ fn a_wrong_accept_key_fails_every_handshake() {
          Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n",
     );
     let mut cfg = broadcast_config(&format!("ws://{addr}/"), 3, 10.0, 0);
-    cfg.scenario = Scenario::Idle;
+    cfg.scenario = Scenario::Idle { rooms: 0 };
     let out = run(cfg, short_timing(0.1)).unwrap();
     assert_eq!(out.stats.connected, 0);
     assert_eq!(
@@ -121,7 +121,7 @@ fn a_wrong_accept_key_fails_every_handshake() {
 fn a_refusing_server_is_counted_by_status() {
     let addr = start_raw("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
     let mut cfg = broadcast_config(&format!("ws://{addr}/"), 2, 10.0, 0);
-    cfg.scenario = Scenario::Idle;
+    cfg.scenario = Scenario::Idle { rooms: 0 };
     let out = run(cfg, short_timing(0.1)).unwrap();
     assert_eq!(
         out.stats.failures.get("handshake: HTTP status 503"),

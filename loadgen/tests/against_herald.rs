@@ -175,3 +175,36 @@ fn herald_keeps_each_room_to_itself() {
         }
     });
 }
+
+/// herald's `herald_rooms` gauge, read from `GET /metrics` at `url`'s address.
+fn rooms_on(url: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("herald_rooms "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn idle_connections_spread_over_rooms() {
+    with_herald(|url| {
+        // 30 idle connections over 3 rooms: herald holds 3 rooms while they
+        // stay, and none once they left.
+        let mut cfg = broadcast_config(&url, 30, 0.0, 1);
+        cfg.scenario = Scenario::Idle { rooms: 3 };
+        let idle = thread::spawn(move || loadgen::run::run(cfg, short_timing(2.0)).unwrap());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rooms_on(&url) != Some(3) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", rooms_on(&url));
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = idle.join().unwrap();
+        assert_eq!(out.stats.connected, 30);
+        assert!(problems(&out).is_empty(), "{:?}", problems(&out));
+    });
+}

@@ -11,7 +11,7 @@ use loadgen::run::run;
 fn idle_holds_every_connection_without_spinning() {
     let server = start(20, 64, |_, _, _| None);
     let mut cfg = broadcast_config(&server.url(), 20, 0.0, 1);
-    cfg.scenario = Scenario::Idle;
+    cfg.scenario = Scenario::Idle { rooms: 0 };
     let out = run(cfg, short_timing(1.0)).unwrap();
     assert_eq!(out.stats.connected, 20);
     assert_eq!(out.stats.dropped(), 0);

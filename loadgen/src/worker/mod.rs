@@ -6,7 +6,7 @@ mod http;
 mod receive;
 
 use crate::clock::{now_ns, MS, SEC};
-use crate::config::{Broadcast, Config, PublishVia, Scenario};
+use crate::config::{room_name, Broadcast, Config, PublishVia, Scenario};
 use crate::control::{new_histogram, Control, Phase};
 use crate::frame;
 use crate::message::{self, Stamp};
@@ -444,7 +444,7 @@ impl Worker {
                             &self.ctx.cfg.url,
                             token.as_deref(),
                             b.size,
-                            (b.rooms > 0).then(|| b.room_name(room)).as_deref(),
+                            (b.rooms > 0).then(|| room_name(room)).as_deref(),
                         ))))
                     }
                     _ => None,
