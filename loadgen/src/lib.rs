@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod frame;
 pub mod handshake;
+pub mod loghist;
 pub mod message;
 pub mod net;
 pub mod plot;

@@ -50,6 +50,40 @@ fn latency_json(h: &Histogram<u64>) -> Value {
     Value::Object(m)
 }
 
+/// The quantiles of the receivers' medians reported: `min` is the fastest-served receiver's
+/// median, `max` the slowest's.
+const CLIENT_QUANTILES: [(&str, f64); 5] = [
+    ("min", 0.0),
+    ("p10", 0.1),
+    ("p50", 0.5),
+    ("p90", 0.9),
+    ("max", 1.0),
+];
+
+/// How unevenly the receivers were served: (p90 / p10, max / min) of their medians, `None`
+/// when no receiver had a delivery in the window. A server that always serves the same
+/// receivers last shows it here, not in the run's percentiles, which mix everyone.
+pub fn client_p50_spread(h: &Histogram<u64>) -> Option<(f64, f64)> {
+    if h.is_empty() {
+        return None;
+    }
+    let ratio =
+        |hi: f64, lo: f64| h.value_at_quantile(hi) as f64 / h.value_at_quantile(lo).max(1) as f64;
+    Some((ratio(0.9, 0.1), ratio(1.0, 0.0)))
+}
+
+fn client_p50_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return Value::Null;
+    }
+    let mut m = serde_json::Map::new();
+    for (name, q) in CLIENT_QUANTILES {
+        m.insert(name.into(), json!(h.value_at_quantile(q) as f64 / 1e6));
+    }
+    m.insert("count".into(), json!(h.len()));
+    Value::Object(m)
+}
+
 /// Why the run failed, if it did: what makes the exit status non-zero.
 pub fn problems(o: &Outcome) -> Vec<String> {
     let s = &o.stats;
@@ -138,6 +172,9 @@ pub fn to_json(o: &Outcome) -> Value {
             v["drained"] = json!(o.drained);
             v["latency"] = latency_json(&s.latency);
             v["send_lag"] = latency_json(&s.send_lag);
+            v["client_p50_ms"] = client_p50_json(&s.client_p50);
+            v["client_p50_spread"] = json!(client_p50_spread(&s.client_p50)
+                .map(|(p90_p10, max_min)| json!({"p90_p10": p90_p10, "max_min": max_min})));
             v["lost"] = json!(s.lost);
             v["duplicated"] = json!(s.duplicates);
             v["reordered"] = json!(s.reordered);
@@ -310,6 +347,23 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
             "latency p99.9/p99.99/max",
             quantiles(l, &[0.999, 0.9999, 1.0]),
         )?;
+        if let Some((p90_p10, max_min)) = client_p50_spread(&s.client_p50) {
+            let qs: Vec<f64> = CLIENT_QUANTILES.iter().map(|&(_, q)| q).collect();
+            row(
+                out,
+                "client p50 min/p10/p50/p90/max",
+                format!(
+                    "{} ({} receivers)",
+                    quantiles(&s.client_p50, &qs),
+                    s.client_p50.len()
+                ),
+            )?;
+            row(
+                out,
+                "client p50 spread",
+                format!("p90/p10 {p90_p10:.2}x, max/min {max_min:.2}x"),
+            )?;
+        }
         if !s.send_lag.is_empty() {
             row(
                 out,

@@ -16,6 +16,10 @@ pub struct Stats {
     pub send_lag: Histogram<u64>,
     /// Handshake latency (from `connect()` to a checked 101), ns.
     pub handshake: Histogram<u64>,
+    /// Each receiver's median latency over its deliveries in `latency`, ns, one value per
+    /// receiver that had any: taken from its [`LogHistogram`](crate::loghist::LogHistogram),
+    /// so each is within 1/16 of the exact median.
+    pub client_p50: Histogram<u64>,
     /// Distinct deliveries (duplicates excluded), warm-up and drain included.
     pub delivered: u64,
     /// Deliveries received inside the measured window.
@@ -59,6 +63,7 @@ impl Default for Stats {
             latency: new_histogram(),
             handshake: new_histogram(),
             send_lag: new_histogram(),
+            client_p50: new_histogram(),
             delivered: 0,
             in_window: 0,
             duplicates: 0,
@@ -85,6 +90,7 @@ impl Stats {
         self.latency.add(&other.latency).expect("same bounds");
         self.handshake.add(&other.handshake).expect("same bounds");
         self.send_lag.add(&other.send_lag).expect("same bounds");
+        self.client_p50.add(&other.client_p50).expect("same bounds");
         self.delivered += other.delivered;
         self.in_window += other.in_window;
         self.duplicates += other.duplicates;
@@ -160,6 +166,7 @@ impl Stats {
             "latency": histogram_to_value(&self.latency),
             "send_lag": histogram_to_value(&self.send_lag),
             "handshake": histogram_to_value(&self.handshake),
+            "client_p50": histogram_to_value(&self.client_p50),
             "counts": [self.delivered, self.in_window, self.duplicates, self.reordered,
                        self.lost, self.malformed, self.published, self.pings, self.connected,
                        self.misrouted, self.expected],
@@ -200,6 +207,7 @@ impl Stats {
             latency: histogram_from_value(&v["latency"])?,
             send_lag: histogram_from_value(&v["send_lag"])?,
             handshake: histogram_from_value(&v["handshake"])?,
+            client_p50: histogram_from_value(&v["client_p50"])?,
             delivered,
             in_window,
             duplicates,
@@ -231,6 +239,7 @@ mod tests {
             s.latency.record_n(v, v % 7 + 1).unwrap();
         }
         s.handshake.record(123_456).unwrap();
+        s.client_p50.record_n(2_000_000, 3).unwrap();
         (s.delivered, s.lost, s.connected, s.pings) = (10, 2, 3, 4);
         (s.misrouted, s.expected) = (5, 12);
         s.failures.insert("connect: timed out".into(), 5);
@@ -240,6 +249,7 @@ mod tests {
         let back = Stats::from_value(&s.to_value()).unwrap();
         assert_eq!(back.latency, s.latency);
         assert_eq!(back.handshake, s.handshake);
+        assert_eq!(back.client_p50, s.client_p50);
         assert_eq!(back.send_lag.len(), 0);
         assert_eq!(
             (back.delivered, back.lost, back.connected, back.pings),

@@ -4,11 +4,10 @@
 
 mod common;
 
-use common::{broadcast_config, cli, short_timing};
+use common::{broadcast_config, cli, short_timing, with_herald, TOKEN};
 use loadgen::config::{Config, PublishVia, Scenario};
 use loadgen::frame;
 use loadgen::report::problems;
-use std::net::TcpListener;
 use std::thread;
 
 #[test]
@@ -36,26 +35,6 @@ fn parses_heralds_encoded_frames() {
     assert_eq!(&close.payload[..2], 1001u16.to_be_bytes());
     assert_eq!(&close.payload[2..], b"going away");
     assert_eq!(pos + used, wire.len());
-}
-
-/// The token the in-process herald takes publishes with.
-const TOKEN: &str = "s3cret";
-
-/// Runs `body` against a herald serving on 127.0.0.1:0 (`POST /publish` enabled with
-/// [`TOKEN`]), then shuts herald down.
-fn with_herald(body: impl FnOnce(String)) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
-    let shutdown = herald::Shutdown::new();
-    let handle = shutdown.clone();
-    let cfg = herald::Config {
-        publish_token: Some(TOKEN.into()),
-        ..herald::Config::default()
-    };
-    let server = thread::spawn(move || herald::run(listener, cfg, handle));
-    body(url);
-    shutdown.trigger();
-    server.join().unwrap().unwrap();
 }
 
 #[test]

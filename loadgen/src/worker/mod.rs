@@ -9,6 +9,7 @@ use crate::clock::{now_ns, MS, SEC};
 use crate::config::{room_name, Broadcast, Config, PublishVia, Scenario};
 use crate::control::{new_histogram, Control, Phase};
 use crate::frame;
+use crate::loghist::LogHistogram;
 use crate::message::{self, Stamp};
 use crate::rng::Rng;
 use crate::stats::Stats;
@@ -76,6 +77,9 @@ struct Conn {
     /// Sequence tracking per publisher of its room, publisher `j` at `j / rooms`
     /// (broadcast only).
     trackers: Box<[SeqTracker]>,
+    /// Its deliveries' latencies, the same ones the run's histogram records, for its own
+    /// median (broadcast only: `None` costs the other scenarios nothing).
+    latency: Option<Box<LogHistogram>>,
     /// Set when this client publishes.
     publisher: Option<Publisher>,
     /// A publisher's HTTP connection (`--publish-via http`).
@@ -434,7 +438,7 @@ impl Worker {
         ) {
             return self.count_failure(format!("register: {}", net::describe(&e)));
         }
-        let (room, trackers, publisher, http) = match self.ctx.broadcast() {
+        let (room, trackers, latency, publisher, http) = match self.ctx.broadcast() {
             Some(b) => {
                 let publishes = client < b.publishers;
                 let room = b.room_of(client);
@@ -452,6 +456,7 @@ impl Worker {
                 (
                     room,
                     vec![SeqTracker::default(); b.publishers_in(room) as usize].into_boxed_slice(),
+                    Some(LogHistogram::boxed()),
                     publishes.then_some(Publisher {
                         id: client,
                         next_seq: 0,
@@ -460,7 +465,7 @@ impl Worker {
                     http,
                 )
             }
-            None => (0, Box::default(), None, None),
+            None => (0, Box::default(), None, None, None),
         };
         entry.insert(Conn {
             stream,
@@ -474,6 +479,7 @@ impl Worker {
             client,
             room,
             trackers,
+            latency,
             publisher,
             http,
         });
@@ -764,6 +770,9 @@ impl Worker {
                 if !conn.trackers.is_empty() {
                     let trackers = std::mem::take(&mut conn.trackers);
                     self.dead_trackers.push((conn.room, trackers));
+                }
+                if let Some(p50) = conn.latency.and_then(|h| h.value_at_quantile(0.5)) {
+                    self.ctx.stats.client_p50.saturating_record(p50);
                 }
             }
         }

@@ -193,6 +193,9 @@ fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
     let latency = now.saturating_sub(stamp.intended_ns).max(1);
     if stamp.intended_ns >= ctx.measure_ns && stamp.intended_ns < ctx.end_ns {
         ctx.stats.latency.saturating_record(latency);
+        if let Some(h) = conn.latency.as_deref_mut() {
+            h.record(latency);
+        }
     }
     if now >= ctx.measure_ns && now < ctx.end_ns {
         ctx.stats.in_window += 1;

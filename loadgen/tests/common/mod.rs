@@ -274,3 +274,23 @@ pub fn cli(url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     });
     (out.status.code(), json)
 }
+
+/// The token the in-process herald takes publishes with.
+pub const TOKEN: &str = "s3cret";
+
+/// Runs `body` against a herald serving on 127.0.0.1:0 (`POST /publish` enabled with
+/// [`TOKEN`]), then shuts herald down.
+pub fn with_herald(body: impl FnOnce(String)) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let shutdown = herald::Shutdown::new();
+    let handle = shutdown.clone();
+    let cfg = herald::Config {
+        publish_token: Some(TOKEN.into()),
+        ..herald::Config::default()
+    };
+    let server = thread::spawn(move || herald::run(listener, cfg, handle));
+    body(url);
+    shutdown.trigger();
+    server.join().unwrap().unwrap();
+}
