@@ -188,8 +188,46 @@ pub fn parse_local_addrs(s: &str) -> Result<Vec<IpAddr>, String> {
     Ok(out)
 }
 
+/// Configurations for unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// `publishers` publishing 64-byte messages on their WebSockets at `rate` in all (0:
+    /// saturation with a window of 1), without rooms.
+    pub(crate) fn broadcast(publishers: u32, rate: f64) -> Broadcast {
+        Broadcast {
+            publishers,
+            size: 64,
+            rate,
+            window: u32::from(rate == 0.0),
+            prefix: vec![],
+            via: PublishVia::Ws,
+            rooms: 0,
+        }
+    }
+
+    /// `clients` clients of `url` playing `scenario`, on one thread, in one process.
+    pub(crate) fn config(url: &str, clients: u32, scenario: Scenario) -> Config {
+        Config {
+            url: url.parse().unwrap(),
+            clients,
+            threads: 1,
+            local_addrs: vec![],
+            batch: 1,
+            batch_interval_ns: 0,
+            max_pending: 1,
+            connect_timeout_ns: 0,
+            max_frame: 0,
+            scenario,
+            shard: (0, 1),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{broadcast, config};
     use super::*;
 
     #[test]
@@ -204,15 +242,7 @@ mod tests {
 
     #[test]
     fn open_loop_schedule_interleaves_publishers() {
-        let b = Broadcast {
-            publishers: 2,
-            size: 64,
-            rate: 1000.0,
-            window: 0,
-            prefix: vec![],
-            via: PublishVia::Ws,
-            rooms: 0,
-        };
+        let b = broadcast(2, 1000.0);
         assert_eq!(b.due_ns(0, 0, 0), 0);
         assert_eq!(b.due_ns(0, 1, 0), 1_000_000);
         assert_eq!(b.due_ns(0, 0, 1), 2_000_000);
@@ -221,15 +251,7 @@ mod tests {
 
     #[test]
     fn rooms_split_clients_and_publishers() {
-        let mut b = Broadcast {
-            publishers: 5,
-            size: 64,
-            rate: 0.0,
-            window: 1,
-            prefix: vec![],
-            via: PublishVia::Ws,
-            rooms: 0,
-        };
+        let mut b = broadcast(5, 0.0);
         assert_eq!(
             (b.room_count(), b.room_of(7), b.publishers_in(0)),
             (1, 0, 5)
@@ -241,19 +263,7 @@ mod tests {
         // More rooms than publishers: the rooms past the last publisher have none.
         b.rooms = 8;
         assert_eq!((b.publishers_in(4), b.publishers_in(5)), (1, 0));
-        let mut cfg = Config {
-            url: "ws://127.0.0.1:8080/".parse().unwrap(),
-            clients: 10,
-            threads: 1,
-            local_addrs: vec![],
-            batch: 1,
-            batch_interval_ns: 0,
-            max_pending: 1,
-            connect_timeout_ns: 0,
-            max_frame: 0,
-            scenario: Scenario::Broadcast(b.clone()),
-            shard: (0, 1),
-        };
+        let mut cfg = config("ws://127.0.0.1:8080/", 10, Scenario::Broadcast(b.clone()));
         assert_eq!(cfg.ws_path(15), "/rooms/r7");
         cfg.url = "ws://127.0.0.1:8080/chat".parse().unwrap();
         assert_eq!(cfg.ws_path(2), "/chat/rooms/r2");

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod handshake;
 pub mod loghist;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod plot;
 pub mod procfs;

@@ -70,6 +70,11 @@ enum Command {
         /// Draw the latency-by-percentile curve into an SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
+        /// Read the server's herald_frames_per_write histogram from GET /metrics on the
+        /// --url's address (loopback only) at both ends of the window: writes per delivery
+        /// and frames per write. Left out of the report when the server does not have it.
+        #[arg(long)]
+        server_metrics: bool,
     },
     /// Open, handshake and close connections; reports handshakes/s and their latency.
     Connect {
@@ -222,6 +227,7 @@ fn timing(c: &Common, duration: f64, warmup: f64, drain: f64) -> Timing {
         drain_ns: secs(drain),
         connect_phase_ns: secs(c.connect_phase_timeout),
         server_pid: c.server_pid,
+        server_metrics: false,
         live: !c.quiet,
     }
 }
@@ -276,6 +282,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             drain,
             hgrm,
             plot,
+            server_metrics,
         } => {
             if size < loadgen::message::HEADER_LEN {
                 return Err(format!(
@@ -303,8 +310,16 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 prefix: prefix.into_bytes(),
                 via,
             };
+            if server_metrics && !common.url.addr.ip().is_loopback() {
+                return Err(
+                    "--server-metrics reads /metrics over plain HTTP: loopback --url only".into(),
+                );
+            }
             let cfg = config(&common, Scenario::Broadcast(b))?;
-            let t = timing(&common, duration, warmup, drain);
+            let t = Timing {
+                server_metrics,
+                ..timing(&common, duration, warmup, drain)
+            };
             (common, cfg, t, (hgrm, plot))
         }
         Command::Connect { common, duration } => {

@@ -17,8 +17,9 @@
 
 use crate::clock::{now_ns, MS, SEC};
 use crate::config::Config;
+use crate::metrics::ServerWrites;
 use crate::procfs;
-use crate::run::{Outcome, ServerUsage, ShardLink, Timing};
+use crate::run::{scrape, Outcome, ServerUsage, ShardLink, Timing};
 use crate::stats::Stats;
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Write};
@@ -199,6 +200,8 @@ pub fn run_parent(
     sleep_until(measure);
     let window_start = sample(timing.server_pid);
     let steal_start = procfs::steal_ticks();
+    // After the samples, so a slow answer cannot move the window's marks.
+    let writes_start = scrape(&cfg, &timing);
     let mut max_rss = window_start.map_or(0, |s| s.rss_bytes);
     while now_ns() + SEC < end {
         sleep_until(now_ns() + SEC);
@@ -213,6 +216,7 @@ pub fn run_parent(
     sleep_until(end);
     let window_end = sample(timing.server_pid);
     let steal_end = procfs::steal_ticks();
+    let writes_end = scrape(&cfg, &timing);
     let mut totals: Vec<u64> = Vec::new();
     for s in &mut shards.0 {
         let mine = numbers(&s.read()?, "published")?;
@@ -259,6 +263,7 @@ pub fn run_parent(
         window_secs: (end - measure) as f64 / 1e9,
         drained,
         server,
+        server_writes: ServerWrites::between(writes_start, writes_end),
         self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),
@@ -267,10 +272,11 @@ pub fn run_parent(
 }
 
 /// The command line for the shards: the parent's own arguments without those only the
-/// parent acts on (`--procs`, `--json`, `--hgrm`, `--plot`, `--server-pid`), made quiet.
+/// parent acts on (`--procs`, `--json`, `--hgrm`, `--plot`, `--server-pid`,
+/// `--server-metrics`), made quiet.
 pub fn child_args(args: &[String]) -> Vec<String> {
     const WITH_VALUE: [&str; 4] = ["--procs", "--hgrm", "--plot", "--server-pid"];
-    const ALONE: [&str; 3] = ["--json", "--quiet", "-q"];
+    const ALONE: [&str; 4] = ["--json", "--quiet", "-q", "--server-metrics"];
     let mut out = Vec::new();
     let mut skip_next = false;
     for a in args {
@@ -295,7 +301,8 @@ mod tests {
     #[test]
     fn children_get_the_scenario_not_the_parents_outputs() {
         let args: Vec<String> = "broadcast --procs 3 --clients 30000 --json --hgrm=x.hgrm \
-                                 --plot p.svg --server-pid 42 -q --local-addrs 127.0.0.1-127.0.0.8"
+                                 --plot p.svg --server-pid 42 -q --server-metrics \
+                                 --local-addrs 127.0.0.1-127.0.0.8"
             .split_whitespace()
             .map(String::from)
             .collect();

@@ -209,7 +209,29 @@ pub fn to_json(o: &Outcome) -> Value {
         }
         v["server"] = server;
     }
+    if let Some(w) = &o.server_writes {
+        if v["server"].is_null() {
+            v["server"] = json!({});
+        }
+        let server = &mut v["server"];
+        server["writes"] = json!(w.writes);
+        server["frames_written"] = json!(w.frames);
+        if let Some(r) = writes_per_delivery(o) {
+            server["writes_per_delivery"] = json!(r);
+        }
+        if let Some(f) = w.frames_per_write() {
+            server["frames_per_write"] = json!(f);
+        }
+    }
     v
+}
+
+/// The server's writes that carried frames, per delivery received in the window: 1 when
+/// each frame went out in a write of its own, 1/N when writes carried N frames each.
+/// `None` without the server's counts or without deliveries.
+pub fn writes_per_delivery(o: &Outcome) -> Option<f64> {
+    let w = o.server_writes?;
+    (o.stats.in_window > 0).then(|| w.writes / o.stats.in_window as f64)
 }
 
 fn mode(o: &Outcome) -> String {
@@ -411,6 +433,24 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
             ),
         )?;
     }
+    if let Some(w) = &o.server_writes {
+        let per_delivery = match writes_per_delivery(o) {
+            Some(r) => format!("{r:.4} per delivery"),
+            None => "no deliveries".into(),
+        };
+        let per_write = match w.frames_per_write() {
+            Some(f) => format!("{f:.1} frames per write"),
+            None => "no frames written".into(),
+        };
+        row(
+            out,
+            "server writes",
+            format!(
+                "{per_delivery}, {per_write} ({} writes in the window)",
+                w.writes
+            ),
+        )?;
+    }
     row(
         out,
         "loadgen CPU",
@@ -548,5 +588,56 @@ mod tests {
         assert_eq!(q, 1.0);
         assert!((v - 10.0).abs() < 0.01, "max {v} ms");
         assert!(text.contains("Total count    =        10000]"));
+    }
+
+    #[test]
+    fn server_writes_are_reported_per_delivery_and_per_write() {
+        use crate::config::fixtures::{broadcast, config};
+        use crate::metrics::ServerWrites;
+        let b = Scenario::Broadcast(broadcast(1, 100.0));
+        let mut o = Outcome {
+            cfg: config("ws://127.0.0.1:9/", 1, b),
+            timing: crate::run::Timing {
+                warmup_ns: 0,
+                duration_ns: 0,
+                drain_ns: 0,
+                connect_phase_ns: 0,
+                server_pid: None,
+                server_metrics: true,
+                live: false,
+            },
+            stats: crate::stats::Stats::default(),
+            connect_secs: 1.0,
+            window_secs: 1.0,
+            published: 1,
+            drained: true,
+            server: None,
+            server_writes: None,
+            self_cpu_ns: 0,
+            self_cpus: 1,
+            steal: 0.0,
+            procs: 1,
+        };
+        o.stats.in_window = 4000;
+        assert_eq!(to_json(&o)["server"], Value::Null, "unreadable: absent");
+        o.server_writes = Some(ServerWrites {
+            writes: 100.0,
+            frames: 3000.0,
+        });
+        let server = &to_json(&o)["server"];
+        assert_eq!(server["writes_per_delivery"], 0.025);
+        assert_eq!(server["frames_per_write"], 30.0);
+        let mut table = Vec::new();
+        write_table(&o, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(
+            table.contains("0.0250 per delivery, 30.0 frames per write (100 writes"),
+            "{table}"
+        );
+        // Writes counted but nothing delivered: only what can be divided.
+        o.stats.in_window = 0;
+        let server = &to_json(&o)["server"];
+        assert!(server.get("writes_per_delivery").is_none(), "{server}");
+        assert_eq!(server["frames_per_write"], 30.0);
     }
 }

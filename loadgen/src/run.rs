@@ -4,6 +4,7 @@
 use crate::clock::{now_ns, MS, SEC};
 use crate::config::{Config, Scenario};
 use crate::control::{Control, Phase};
+use crate::metrics::{self, ServerWrites};
 use crate::procfs::{self, ProcSample};
 use crate::stats::Stats;
 use crate::worker::Worker;
@@ -25,6 +26,8 @@ pub struct Timing {
     pub connect_phase_ns: u64,
     /// The server process to sample from `/proc`.
     pub server_pid: Option<u32>,
+    /// Read the server's write counts from its `/metrics` at both ends of the window.
+    pub server_metrics: bool,
     /// Print a live line each second on stderr.
     pub live: bool,
 }
@@ -70,6 +73,9 @@ pub struct Outcome {
     pub drained: bool,
     /// The server's usage, with `--server-pid`.
     pub server: Option<ServerUsage>,
+    /// The server's writes over the window, with `--server-metrics` and a server that
+    /// counts them.
+    pub server_writes: Option<ServerWrites>,
     /// loadgen's own CPU time in the measured window.
     pub self_cpu_ns: u64,
     /// CPUs loadgen may run on.
@@ -94,6 +100,14 @@ impl Outcome {
 /// Samples a pid, or `None` without one (or when it is gone).
 fn sample(pid: Option<u32>) -> Option<ProcSample> {
     pid.and_then(|p| procfs::sample(&p.to_string()).ok())
+}
+
+/// The server's frames-per-write totals now, when the run reads them.
+pub(crate) fn scrape(cfg: &Config, timing: &Timing) -> Option<metrics::Totals> {
+    timing
+        .server_metrics
+        .then(|| metrics::frames_per_write(&cfg.url))
+        .flatten()
 }
 
 /// The coordinator's view while it waits.
@@ -243,6 +257,7 @@ pub fn run_shard(
     let connect_only = matches!(cfg.scenario, Scenario::Connect);
     let connect_secs;
     let (window_start, window_end, self_start, self_end, steal_start, steal_end);
+    let mut writes_start = None;
     let (measure_ns, end_ns);
     if connect_only {
         measure_ns = t0;
@@ -281,12 +296,16 @@ pub fn run_shard(
         window_start = sample(timing.server_pid);
         self_start = procfs::sample("self").ok();
         steal_start = procfs::steal_ticks();
+        // After the samples, so a slow answer cannot move the window's marks (herald
+        // renders its page in well under a millisecond).
+        writes_start = scrape(&cfg, &timing);
         watch.wait(end_ns, |_| false);
         window_end = sample(timing.server_pid);
         self_end = procfs::sample("self").ok();
         steal_end = procfs::steal_ticks();
     }
     let end_actual = now_ns();
+    let writes_end = scrape(&cfg, &timing);
     let mut drained = true;
     if !connect_only {
         ctl.set_phase(Phase::Drain);
@@ -342,6 +361,7 @@ pub fn run_shard(
         window_secs,
         drained,
         server,
+        server_writes: ServerWrites::between(writes_start, writes_end),
         self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),
