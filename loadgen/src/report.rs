@@ -282,7 +282,7 @@ fn quantiles(h: &Histogram<u64>, qs: &[f64]) -> String {
 /// Only from `out`.
 pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
     let s = &o.stats;
-    let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<26} {v}");
+    let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<30} {v}");
     writeln!(
         out,
         "loadgen {} ws://{}{} ({}, {}{} thread{})",
