@@ -5,8 +5,9 @@
 
 Each OUT_DIR is one compare.sh run (its OUT); the servers and scenarios are read from the
 JSON files there. Rounds of one run are comparable with each other, so the median of a
-few rounds of "herald" next to "before" (SERVERS="herald before") is the fairest
-before/after figure on a noisy machine.
+few rounds of "herald" next to "baseline" (SERVERS="herald baseline", HERALD_BASELINE=...)
+is the fairest before/after figure on a noisy machine. Runs of "before", the baseline's
+older name, count as "baseline".
 """
 import json
 import os
@@ -28,10 +29,20 @@ def figures(r):
         "deliveries/s": r.get("deliveries_per_sec"),
         "p50 ms": lat.get("p50_ms"),
         "p99 ms": lat.get("p99_ms"),
+        # p90/p10 of the clients' own median latencies.
+        "p50 spread": (r.get("client_p50_spread") or {}).get("p90_p10"),
         "CPU ns/deliv": srv.get("cpu_ns_per_delivery"),
+        # The server's socket writes per delivery, when its /metrics counts them.
+        "writes/deliv": srv.get("writes_per_delivery"),
         "KiB/conn": (srv.get("bytes_per_connection") or 0) / 1024 or None,
         "lost": r.get("lost"),
     }
+
+
+def server_and_scenario(json_name):
+    """`herald-a.json` as ("herald", "a"); the baseline's older name "before" as "baseline"."""
+    server, _, sc = json_name[:-5].rpartition("-")
+    return ("baseline" if server == "before" else server), sc
 
 
 def main(dirs):
@@ -41,28 +52,29 @@ def main(dirs):
         here = {}
         for name in os.listdir(d):
             if name.endswith(".json"):
-                server, _, sc = name[:-5].rpartition("-")
+                server, sc = server_and_scenario(name)
                 r = load(os.path.join(d, name))
                 if r is not None:
                     here[(sc, server)] = figures(r)
-        # herald over before within this round: the ratio the noise cancels in.
+        # herald over the baseline within this round: the ratio the noise cancels in.
         for (sc, server), f in here.items():
-            b = here.get((sc, "before"))
+            b = here.get((sc, "baseline"))
             if server != "herald" or b is None:
                 continue
             for c, better_high in (("deliveries/s", True), ("CPU ns/deliv", False),
-                                   ("p99 ms", False), ("KiB/conn", False)):
+                                   ("p50 ms", False), ("p99 ms", False), ("KiB/conn", False)):
                 if f[c] and b[c]:
                     ratio = f[c] / b[c] if better_high else b[c] / f[c]
                     ratios.setdefault((sc, c), []).append(ratio)
         for name in sorted(os.listdir(d)):
             if not name.endswith(".json"):
                 continue
-            server, _, sc = name[:-5].rpartition("-")
+            server, sc = server_and_scenario(name)
             r = load(os.path.join(d, name))
             if r is not None:
                 runs.setdefault((sc, server), []).append(figures(r))
-    cols = ["deliveries/s", "p50 ms", "p99 ms", "CPU ns/deliv", "KiB/conn", "lost"]
+    cols = ["deliveries/s", "p50 ms", "p99 ms", "p50 spread", "CPU ns/deliv", "writes/deliv",
+            "KiB/conn", "lost"]
     print(f"median of {len(dirs)} rounds")
     print("| scenario | server | " + " | ".join(cols) + " |")
     print("|---|---|" + "---|" * len(cols))
@@ -76,12 +88,16 @@ def main(dirs):
                 cells.append(str(max(vals)) + " (max)")
             elif c in ("p50 ms", "p99 ms", "KiB/conn"):
                 cells.append(f"{statistics.median(vals):.2f}")
+            elif c == "p50 spread":
+                cells.append(f"{statistics.median(vals):.2f}x")
+            elif c == "writes/deliv":
+                cells.append(f"{statistics.median(vals):.4f}")
             else:
                 cells.append(f"{statistics.median(vals):,.0f}")
         print(f"| {sc} | {server} | " + " | ".join(cells) + " |")
     if ratios:
         print()
-        print("herald against before, median of the per-round ratios (above 1 favours herald):")
+        print("herald against the baseline, median of the per-round ratios (above 1 favours herald):")
         for sc in sorted({sc for sc, _ in ratios}):
             parts = [f"{c} {statistics.median(v):.2f}x ({', '.join(f'{x:.2f}' for x in v)})"
                      for (s2, c), v in sorted(ratios.items()) if s2 == sc]
