@@ -12,7 +12,7 @@ use tungstenite::{Error as WsError, Message};
 
 use crate::config::{Config, Mode, SlowConsumer};
 use crate::frame::{self, Frame, OP_BINARY, OP_PONG, OP_TEXT};
-use crate::http::{self, Resource, Route, RouteConfig, Status};
+use crate::http::{self, Phase, Resource, Route, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::queue::{Flushed, Kind, WriteQueue, ENTRY_COST};
 use crate::rooms::Rooms;
@@ -218,6 +218,8 @@ pub(crate) struct Ctx<'a> {
     pub cfg: &'a Config,
     /// The front door's view of it.
     pub route: &'a RouteConfig,
+    /// Whether the server still takes new clients.
+    pub phase: Phase,
     /// tungstenite's limits, derived from `cfg`.
     pub ws_config: &'a WebSocketConfig,
     /// The rooms, with this iteration's broadcasts, fanned out at its end.
@@ -568,7 +570,7 @@ impl Conn {
             if input.is_empty() {
                 break;
             }
-            let route = http::route(input, ctx.route);
+            let route = http::route(input, ctx.route, ctx.phase);
             if let Some(Pending::Published { room: owed, .. }) = self.pending {
                 // Only a publish to the same room joins the same answer.
                 let same_room = matches!(&route, Route::Publish { room, .. }
@@ -615,19 +617,14 @@ impl Conn {
                         Resource::Page => self
                             .queue
                             .push(http::page_response(body, keep_alive), Kind::Own),
-                        Resource::Health => self.queue.push(
-                            http::text_response(
-                                !ctx.route.draining,
-                                if ctx.route.draining {
-                                    "shutting down\n"
-                                } else {
-                                    "ok\n"
-                                },
-                                body,
-                                keep_alive,
-                            ),
-                            Kind::Own,
-                        ),
+                        Resource::Health => {
+                            let serving = ctx.phase == Phase::Serving;
+                            let text = if serving { "ok\n" } else { "shutting down\n" };
+                            self.queue.push(
+                                http::text_response(serving, text, body, keep_alive),
+                                Kind::Own,
+                            )
+                        }
                         Resource::Metrics => {
                             // Answered (and, without keep-alive, closed) by
                             // the server, which sees every connection.

@@ -30,7 +30,7 @@ use tungstenite::protocol::WebSocketConfig;
 use crate::config::Config;
 use crate::conn::{Conn, Ctx, Offer, Pending, State, NO_ROOM};
 use crate::frame::{self, Frame, OP_PING, OP_TEXT};
-use crate::http::{self, RouteConfig, Status};
+use crate::http::{self, Phase, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::queue::Kind;
 use crate::rooms::Rooms;
@@ -188,7 +188,6 @@ impl Server {
             metrics_path: Some(cfg.metrics_path.clone()).filter(|p| !p.is_empty()),
             publish_token: cfg.publish_token.clone().filter(|t| !t.is_empty()),
             max_body: cfg.max_message_size,
-            draining: false,
         };
         let now = Instant::now();
         // Output per message is at most a 10-byte header, the prefix and the
@@ -236,6 +235,15 @@ impl Server {
     /// Seconds since the server started: the clock of `last_seen`.
     fn tick(&self, now: Instant) -> u32 {
         now.duration_since(self.epoch).as_secs() as u32
+    }
+
+    /// Whether new clients are still taken: not once shutdown began.
+    fn phase(&self) -> Phase {
+        if self.draining.is_some() {
+            Phase::Draining
+        } else {
+            Phase::Serving
+        }
     }
 
     /// Runs until shutdown completes.
@@ -436,12 +444,14 @@ impl Server {
         let tick = self.tick(now);
         let ms = now.duration_since(self.epoch).as_millis() as u32;
         let limit = self.cfg.max_queued_bytes;
+        let phase = self.phase();
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut total = 0usize;
         while let Some(conn) = self.conns.get_mut(k) {
             let mut ctx = Ctx {
                 cfg: &self.cfg,
                 route: &self.route,
+                phase,
                 ws_config: &self.ws_config,
                 rooms: &mut self.rooms,
                 key: k,
@@ -885,7 +895,6 @@ impl Server {
         }
         tracing::info!(open = self.conns.len(), "shutting down");
         self.draining = Some(now + self.cfg.shutdown_timeout);
-        self.route.draining = true;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             let conn = &mut self.conns[k];
