@@ -2,8 +2,9 @@
 //! connection), parsed without blocking, answered with a WebSocket upgrade,
 //! the chat page, health, metrics, a publish or a status.
 //!
-//! [`route`] is a pure function of the bytes received so far, so the whole
-//! front door can be fuzzed and property-tested without sockets.
+//! [`route`] is a pure function of the bytes received so far (given the
+//! configuration and the server's [`Phase`]), so the whole front door can
+//! be fuzzed and property-tested without sockets.
 
 use crate::frame::Frame;
 

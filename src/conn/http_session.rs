@@ -8,7 +8,9 @@ use super::{Conn, Ctx, State, NO_ROOM};
 use crate::config::Config;
 use crate::frame::{self, Frame, OP_BINARY, OP_TEXT};
 use crate::http::{self, Phase, Resource, Route, Status};
+use crate::metrics;
 use crate::queue::Kind;
+use crate::rooms::Rooms;
 use crate::stats::CloseReason;
 
 /// Bytes read at once from a connection waiting for a request head: two
@@ -16,7 +18,7 @@ use crate::stats::CloseReason;
 pub(super) const HTTP_READ: usize = 2 * http::MAX_HEAD_LEN;
 
 /// A publish body being read.
-pub(crate) struct Body {
+pub(super) struct Body {
     buf: Vec<u8>,
     len: usize,
     binary: bool,
@@ -28,7 +30,7 @@ pub(crate) struct Body {
 /// connection: the metrics need every connection, a publish's answer needs
 /// the count of recipients, known once the broadcast is fanned out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pending {
+pub(super) enum Pending {
     /// Render the metrics and queue them (`body` false for HEAD).
     Metrics {
         /// Whether to send the body.
@@ -50,7 +52,78 @@ pub(crate) enum Pending {
     },
 }
 
+/// What a connection waits for the server to do before it handles more
+/// input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Awaiting {
+    /// Render the metrics, which need every connection, for
+    /// [`Conn::answer_metrics`].
+    Metrics,
+    /// Fan out this iteration's broadcasts, which counts the recipients
+    /// [`Conn::answer_published`] reports.
+    FanOut,
+}
+
 impl Conn {
+    /// What this connection waits for the server to do, if anything.
+    pub fn awaits(&self) -> Option<Awaiting> {
+        match self.pending? {
+            Pending::Metrics { .. } => Some(Awaiting::Metrics),
+            Pending::Published { .. } => Some(Awaiting::FanOut),
+        }
+    }
+
+    /// Answers a pending metrics request with `text`, the rendered metrics.
+    pub fn answer_metrics(&mut self, text: &str, now: Instant, cfg: &Config) {
+        let Some(Pending::Metrics { body, keep_alive }) = self.pending else {
+            return;
+        };
+        let answer = |keep_alive: bool| {
+            http::reply(
+                "200 OK",
+                metrics::CONTENT_TYPE,
+                text.as_bytes(),
+                body,
+                keep_alive,
+            )
+        };
+        // Pipelined requests after it wait in the buffer until the
+        // answer has left (the connection is held till then).
+        self.answer_pending(answer, 1, keep_alive, now, cfg);
+    }
+
+    /// Answers this iteration's publishes of the connection, once the
+    /// fan-out counted their recipients in `rooms`. False if it had none.
+    pub fn answer_published(&mut self, rooms: &Rooms, now: Instant, cfg: &Config) -> bool {
+        let Some(Pending::Published {
+            count,
+            keep_alive,
+            room,
+        }) = self.pending
+        else {
+            return false;
+        };
+        let recipients = if room == NO_ROOM {
+            0
+        } else {
+            rooms.recipients(room)
+        };
+        let body = format!("{{\"recipients\":{recipients}}}\n");
+        let answer = |keep_alive: bool| {
+            http::reply(
+                "202 Accepted",
+                "application/json",
+                body.as_bytes(),
+                true,
+                keep_alive,
+            )
+        };
+        // Pipelined requests after them wait in the buffer until the
+        // answers have left (the connection is held till then).
+        self.answer_pending(answer, count, keep_alive, now, cfg);
+        true
+    }
+
     /// Handles bytes read while waiting for a request head (or, with
     /// `data` empty, bytes left over from a pipelined request).
     pub(super) fn on_http_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
@@ -235,7 +308,7 @@ impl Conn {
     /// Queues the answer to each of `count` requests the server finished
     /// (all kept alive but perhaps the last), then waits for the next
     /// request or closes.
-    pub fn answer_pending(
+    fn answer_pending(
         &mut self,
         answer: impl Fn(bool) -> Frame,
         count: u32,

@@ -20,7 +20,7 @@ use crate::queue::{Kind, WriteQueue, ENTRY_COST};
 use crate::stats::CloseReason;
 
 /// An open WebSocket.
-pub(crate) struct Ws {
+pub(super) struct Ws {
     ctx: WebSocketContext,
     fragments: FragmentGuard,
     allowance: Allowance,
@@ -366,7 +366,7 @@ impl Conn {
 
     /// Starts the close handshake (shutdown, idle timeout); the peer has
     /// until `close_by` to answer.
-    pub fn close_ws(
+    pub(super) fn close_ws(
         &mut self,
         code: CloseCode,
         why: &'static str,
@@ -388,6 +388,39 @@ impl Conn {
             self.ws_closing = true;
             self.reason = reason;
             self.deadline = Some(close_by);
+        }
+    }
+
+    /// The once-a-second keepalive of an open WebSocket, at second
+    /// `tick`: a client silent for `idle_after` seconds is closed (1001),
+    /// one silent for `ping_after` seconds is pinged, once (`None`: that
+    /// rule is off). Returns whether it queued anything.
+    pub fn keepalive(
+        &mut self,
+        tick: u32,
+        ping: &Frame,
+        ping_after: Option<u32>,
+        idle_after: Option<u32>,
+        close_by: Instant,
+    ) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        let silent = tick.saturating_sub(self.last_seen);
+        // Taking nothing while bytes wait is silence too, whatever the
+        // client sends (a ping a second must not keep a client that
+        // never reads).
+        let stalled =
+            |idle: u32| !self.queue.is_empty() && tick.saturating_sub(self.last_drained) >= idle;
+        if idle_after.is_some_and(|idle| silent >= idle || stalled(idle)) {
+            self.close_ws(CloseCode::Away, "idle timeout", CloseReason::Idle, close_by);
+            true
+        } else if ping_after.is_some_and(|after| silent >= after) && !self.pinged {
+            self.queue.push(ping.clone(), Kind::Own);
+            self.pinged = true;
+            true
+        } else {
+            false
         }
     }
 
