@@ -128,10 +128,10 @@ impl Conn {
     /// `data` empty, bytes left over from a pipelined request).
     pub(super) fn on_http_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
         if let State::Http(buf) = &mut self.state {
-            // Everything is kept: past a complete head come a publish
-            // body or pipelined requests. Growth is bounded: an
-            // incomplete head past MAX_HEAD_LEN is answered 431, and no
-            // more is read while a request waits for the server.
+            // Everything is kept: past a complete head come a publish body
+            // or pipelined requests. Growth is bounded: an incomplete head
+            // past MAX_HEAD_LEN is answered 431, and no more is read while
+            // a request waits for the server.
             buf.extend_from_slice(data);
             self.route_request(ctx);
         }

@@ -307,9 +307,9 @@ impl Conn {
         match read_messages(&mut ws.ctx, data, &mut self.queue, self.room, ctx) {
             Ok(()) => {}
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
-                // Both Close frames are exchanged: the peer has
-                // nothing more to say, so once the reply is out
-                // the server closes TCP first (RFC 6455 §7.1.1).
+                // Both Close frames are exchanged: the peer has nothing
+                // more to say, so once the reply is out the server closes
+                // TCP first (RFC 6455 §7.1.1).
                 self.begin_closing(self.reason, ctx.close_by());
                 self.peer_eof = true;
             }
