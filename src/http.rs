@@ -2,8 +2,9 @@
 //! connection), parsed without blocking, answered with a WebSocket upgrade,
 //! the chat page, health, metrics, a publish or a status.
 //!
-//! [`route`] is a pure function of the bytes received so far, so the whole
-//! front door can be fuzzed and property-tested without sockets.
+//! [`route`] is a pure function of the bytes received so far (given the
+//! configuration and the server's [`Phase`]), so the whole front door can
+//! be fuzzed and property-tested without sockets.
 
 use crate::frame::Frame;
 
@@ -46,8 +47,18 @@ pub struct RouteConfig {
     pub publish_token: Option<String>,
     /// Largest body `POST /publish` accepts.
     pub max_body: usize,
-    /// The server is shutting down: no new WebSockets, health is 503.
-    pub draining: bool,
+}
+
+/// Whether the server is taking new clients. State, not configuration:
+/// it changes once, when shutdown begins, so it is passed to [`route`]
+/// beside the [`RouteConfig`] the command line fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serving: upgrades are accepted, connections kept alive.
+    Serving,
+    /// Shutting down: no new WebSockets, no connection kept alive, and
+    /// health answers 503.
+    Draining,
 }
 
 /// What to do with the bytes received so far on an HTTP connection.
@@ -267,11 +278,12 @@ pub fn text_response(ok: bool, text: &str, body: bool, keep_alive: bool) -> Fram
     ))
 }
 
-/// Decides what the request head at the start of `buf` asks for.
+/// Decides what the request head at the start of `buf` asks for, in the
+/// server's `phase`.
 ///
 /// Never panics, whatever the bytes; bounded by [`MAX_HEAD_LEN`] and
 /// [`MAX_HEADERS`].
-pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
+pub fn route(buf: &[u8], cfg: &RouteConfig, phase: Phase) -> Route {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -365,7 +377,7 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
             what,
             head_len,
             body: is_get,
-            keep_alive: keep_alive && !cfg.draining,
+            keep_alive: keep_alive && phase == Phase::Serving,
         };
     }
     if !is_get {
@@ -411,7 +423,7 @@ pub fn route(buf: &[u8], cfg: &RouteConfig) -> Route {
             "data sent before the handshake completed",
         );
     }
-    if cfg.draining {
+    if phase == Phase::Draining {
         return Route::Reject(Status::Unavailable, "server shutting down");
     }
     let accept = tungstenite::handshake::derive_accept_key(key);
@@ -724,7 +736,7 @@ mod tests {
     }
 
     fn code(req: &str, cfg: &RouteConfig) -> u16 {
-        match route(req.as_bytes(), cfg) {
+        match route(req.as_bytes(), cfg, Phase::Serving) {
             Route::Reject(s, _) => s.code(),
             Route::Upgrade { .. } => 101,
             Route::Get { .. } => 200,
@@ -735,7 +747,7 @@ mod tests {
 
     #[test]
     fn upgrade_gets_the_rfc_accept_key() {
-        match route(upgrade("").as_bytes(), &cfg()) {
+        match route(upgrade("").as_bytes(), &cfg(), Phase::Serving) {
             Route::Upgrade { response, .. } => {
                 let r = String::from_utf8(response).unwrap();
                 // The worked example of RFC 6455 §1.3.
@@ -791,7 +803,7 @@ mod tests {
         let mut junk = upgrade("").into_bytes();
         junk.extend_from_slice(b"\x81\x80abcd");
         assert!(matches!(
-            route(&junk, &c),
+            route(&junk, &c, Phase::Serving),
             Route::Reject(Status::BadRequest, _)
         ));
     }
@@ -809,11 +821,20 @@ mod tests {
             Route::Publish { binary, .. } => Some(binary),
             _ => None,
         };
-        assert_eq!(binary(route(req("").as_bytes(), &c)), Some(false));
+        assert_eq!(
+            binary(route(req("").as_bytes(), &c, Phase::Serving)),
+            Some(false)
+        );
         let text = req("Content-Type: text/plain; charset=utf-8\r\n");
-        assert_eq!(binary(route(text.as_bytes(), &c)), Some(false));
+        assert_eq!(
+            binary(route(text.as_bytes(), &c, Phase::Serving)),
+            Some(false)
+        );
         let bin = req("Content-Type: application/octet-stream\r\n");
-        assert_eq!(binary(route(bin.as_bytes(), &c)), Some(true));
+        assert_eq!(
+            binary(route(bin.as_bytes(), &c, Phase::Serving)),
+            Some(true)
+        );
         assert_eq!(code(&req("Content-Type: image/png\r\n"), &c), 415);
     }
 
@@ -898,11 +919,11 @@ mod tests {
         assert_eq!(code(&upgrade(""), &strict), 403);
         let two = upgrade("Origin: https://x.good.org\r\nOrigin: https://x.good.org\r\n");
         assert_eq!(
-            route(two.as_bytes(), &strict),
+            route(two.as_bytes(), &strict, Phase::Serving),
             Route::Reject(Status::BadRequest, "repeated Origin")
         );
         assert_eq!(
-            route(two.as_bytes(), &cfg()),
+            route(two.as_bytes(), &cfg(), Phase::Serving),
             Route::Reject(Status::BadRequest, "repeated Origin")
         );
     }
@@ -931,7 +952,7 @@ mod tests {
         ];
         for (req, why) in cases {
             assert_eq!(
-                route(req.as_bytes(), &c),
+                route(req.as_bytes(), &c, Phase::Serving),
                 Route::Reject(Status::BadRequest, why),
                 "{req:?}"
             );
@@ -969,14 +990,14 @@ mod tests {
                 format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {v}\r\n\r\n"),
             ] {
                 assert_eq!(
-                    route(req.as_bytes(), &c),
+                    route(req.as_bytes(), &c, Phase::Serving),
                     Route::Reject(Status::BadRequest, "invalid Content-Length"),
                     "{v:?}"
                 );
             }
         }
         for (v, n) in [("5", 5), (" \t5\t ", 5), ("0", 0), ("1024", 1024)] {
-            match route(publish(v).as_bytes(), &c) {
+            match route(publish(v).as_bytes(), &c, Phase::Serving) {
                 Route::Publish { body_len, .. } => assert_eq!(body_len, n, "{v:?}"),
                 other => panic!("{v:?}: {other:?}"),
             }
@@ -1010,7 +1031,10 @@ mod tests {
     fn head_limits() {
         let c = cfg();
         let partial = "GET / HTTP/1.1\r\nHost: x\r\n";
-        assert_eq!(route(partial.as_bytes(), &c), Route::Incomplete);
+        assert_eq!(
+            route(partial.as_bytes(), &c, Phase::Serving),
+            Route::Incomplete
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_LEN));
         assert_eq!(code(&big, &c), 431);
         let many: String = (0..MAX_HEADERS + 1)
@@ -1018,21 +1042,31 @@ mod tests {
             .collect();
         let req = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(
-            route(req.as_bytes(), &c),
+            route(req.as_bytes(), &c, Phase::Serving),
             Route::Reject(Status::HeadersTooLarge, "too many headers")
         );
     }
 
     #[test]
     fn draining_turns_new_clients_away() {
-        let c = RouteConfig {
-            draining: true,
-            ..cfg()
-        };
-        assert_eq!(code(&upgrade(""), &c), 503);
-        match route(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", &c) {
-            Route::Get { keep_alive, .. } => assert!(!keep_alive),
-            other => panic!("{other:?}"),
+        let c = cfg();
+        let health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        for (phase, upgraded, kept_alive) in [
+            (Phase::Serving, true, true),
+            (Phase::Draining, false, false),
+        ] {
+            match route(upgrade("").as_bytes(), &c, phase) {
+                Route::Upgrade { .. } => assert!(upgraded, "{phase:?}"),
+                Route::Reject(status, _) => {
+                    assert!(!upgraded, "{phase:?}");
+                    assert_eq!(status, Status::Unavailable);
+                }
+                other => panic!("{phase:?}: {other:?}"),
+            }
+            match route(health, &c, phase) {
+                Route::Get { keep_alive, .. } => assert_eq!(keep_alive, kept_alive, "{phase:?}"),
+                other => panic!("{phase:?}: {other:?}"),
+            }
         }
     }
 }

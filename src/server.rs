@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::net::TcpListener as StdListener;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -24,15 +24,13 @@ use prometheus_client::metrics::histogram::Histogram;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
-use crate::conn::{Conn, Ctx, Offer, Pending, State, NO_ROOM};
+use crate::conn::{Awaiting, Conn, Ctx, Input, Offer, ReadLimit};
 use crate::frame::{self, Frame, OP_PING, OP_TEXT};
-use crate::http::{self, RouteConfig, Status};
+use crate::http::{self, Phase, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
-use crate::queue::Kind;
 use crate::rooms::Rooms;
 use crate::stats::{CloseReason, Stats};
 use crate::{feed, metrics, sockopt, Shutdown};
@@ -118,7 +116,7 @@ pub(crate) struct Server {
     doomed: Vec<usize>,
     /// Connections to read first in the next iteration, in order (budget
     /// spent, iteration bound reached, or input held back until now);
-    /// each is listed once (`Conn::unread`).
+    /// each is listed once (`Conn::list_for_read`).
     unread: VecDeque<usize>,
     /// The list being read in this iteration (swapped with `unread`, so
     /// neither allocates per iteration).
@@ -128,7 +126,7 @@ pub(crate) struct Server {
     /// connection with input is read in turn.
     spent: Vec<usize>,
     /// Connections past their rate allowance, looked at every
-    /// `THROTTLE_TICK` (also flagged `Conn::unread`).
+    /// `THROTTLE_TICK` (also listed by `Conn::list_for_read`).
     throttled: Vec<usize>,
     /// When `throttled` is looked at next.
     throttle_check: Instant,
@@ -188,7 +186,6 @@ impl Server {
             metrics_path: Some(cfg.metrics_path.clone()).filter(|p| !p.is_empty()),
             publish_token: cfg.publish_token.clone().filter(|t| !t.is_empty()),
             max_body: cfg.max_message_size,
-            draining: false,
         };
         let now = Instant::now();
         // Output per message is at most a 10-byte header, the prefix and the
@@ -236,6 +233,15 @@ impl Server {
     /// Seconds since the server started: the clock of `last_seen`.
     fn tick(&self, now: Instant) -> u32 {
         now.duration_since(self.epoch).as_secs() as u32
+    }
+
+    /// Whether new clients are still taken: not once shutdown began.
+    fn phase(&self) -> Phase {
+        if self.draining.is_some() {
+            Phase::Draining
+        } else {
+            Phase::Serving
+        }
     }
 
     /// Runs until shutdown completes.
@@ -288,15 +294,15 @@ impl Server {
                         // A listed connection is read from its list, in turn.
                         if event.is_error() {
                             if let Some(c) = self.conns.get_mut(k) {
-                                c.reset = true;
+                                c.on_reset();
                             }
                         }
-                        if readable && self.conns.get(k).is_some_and(|c| !c.unread) {
+                        if readable && self.conns.get(k).is_some_and(|c| !c.is_listed_for_read()) {
                             self.read_conn(k, now);
                         }
                         if event.is_writable() {
                             if let Some(c) = self.conns.get_mut(k) {
-                                c.blocked = false;
+                                c.on_writable();
                             }
                             self.mark_dirty(k);
                         }
@@ -311,7 +317,7 @@ impl Server {
             self.stats.iterations += 1;
             self.iteration_time.observe(now.elapsed().as_secs_f64());
             if let Some(deadline) = self.draining {
-                let clients_left = self.conns.iter().any(|(_, c)| c.was_ws);
+                let clients_left = self.conns.iter().any(|(_, c)| c.was_websocket());
                 if !clients_left || Instant::now() >= deadline {
                     tracing::info!(left = self.conns.len(), "shutdown complete");
                     return Ok(());
@@ -331,7 +337,7 @@ impl Server {
         }
         while let Some(k) = self.carry.pop_front() {
             if let Some(conn) = self.conns.get_mut(k) {
-                conn.unread = false;
+                conn.unlist_for_read();
                 self.read_conn(k, now);
             }
         }
@@ -436,22 +442,24 @@ impl Server {
         let tick = self.tick(now);
         let ms = now.duration_since(self.epoch).as_millis() as u32;
         let limit = self.cfg.max_queued_bytes;
+        let phase = self.phase();
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut total = 0usize;
         while let Some(conn) = self.conns.get_mut(k) {
             let mut ctx = Ctx {
                 cfg: &self.cfg,
                 route: &self.route,
+                phase,
                 ws_config: &self.ws_config,
                 rooms: &mut self.rooms,
                 key: k,
                 now,
                 ms,
+                tick,
                 stats: &mut self.stats,
             };
             conn.resume(&mut ctx);
-            if !conn.wants_input(limit) {
-                conn.held = true;
+            if !conn.hold_unless_ready(limit) {
                 break;
             }
             // A closing connection's input is only read to find its end.
@@ -461,7 +469,7 @@ impl Server {
                 READ_BUDGET
             };
             if total.saturating_add(MIN_READ) > budget {
-                if conn.list() {
+                if conn.list_for_read() {
                     self.spent.push(k);
                 }
                 break;
@@ -482,7 +490,7 @@ impl Server {
                 .min(self.input_left)
                 .min(room);
             if cap < MIN_READ {
-                if conn.list() {
+                if conn.list_for_read() {
                     // One that had its turn goes behind those that had none:
                     // the first to be read must not take the iteration's
                     // room every time.
@@ -494,42 +502,25 @@ impl Server {
                 }
                 break;
             }
-            let cap = conn.read_allowance(&self.cfg, ms, cap);
-            if cap == 0 && conn.reset {
-                // Past its allowance with input a peer abandoned: not worth
-                // reading at the paced rate.
-                conn.reason = CloseReason::PeerGone;
-                conn.doomed = true;
-                break;
-            }
-            if cap == 0 {
-                ctx.stats.throttled += 1;
-                if conn.list() {
-                    self.throttled.push(k);
-                }
-                break;
-            }
-            match conn.stream.read(&mut buf[..cap]) {
-                Ok(0) => {
-                    conn.on_eof(now + self.cfg.close_timeout);
+            let cap = match conn.read_allowance(&self.cfg, ms, cap) {
+                ReadLimit::Bytes(cap) => cap,
+                ReadLimit::Throttled => {
+                    ctx.stats.throttled += 1;
+                    if conn.list_for_read() {
+                        self.throttled.push(k);
+                    }
                     break;
                 }
-                Ok(n) => {
-                    conn.last_seen = tick;
-                    conn.pinged = false;
-                    let frames = conn.on_input(&buf[..n], &mut ctx) as usize;
-                    let work = n + frames * FRAME_COST;
+                ReadLimit::Abandoned => break,
+            };
+            match conn.read_input(&mut buf[..cap], &mut ctx) {
+                Input::Read { bytes, frames } => {
+                    let work = bytes + frames as usize * FRAME_COST;
                     total += work;
                     self.input_left = self.input_left.saturating_sub(work);
                 }
-                Err(e) if would_block(&e) => break,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => {
-                    tracing::debug!(peer = %conn.peer, error = %e, "read failed");
-                    conn.reason = CloseReason::IoError;
-                    conn.doomed = true;
-                    break;
-                }
+                Input::Interrupted => {}
+                Input::Drained | Input::Ended => break,
             }
         }
         self.read_buf = buf;
@@ -542,24 +533,12 @@ impl Server {
         let Some(conn) = self.conns.get(k) else {
             return;
         };
-        match conn.pending {
-            Some(Pending::Metrics { body, keep_alive }) => {
+        match conn.awaits() {
+            Some(Awaiting::Metrics) => {
                 let text = self.render_metrics();
-                let answer = |keep_alive: bool| {
-                    http::reply(
-                        "200 OK",
-                        metrics::CONTENT_TYPE,
-                        text.as_bytes(),
-                        body,
-                        keep_alive,
-                    )
-                };
-                let now = Instant::now();
-                // Pipelined requests after it wait in the buffer until the
-                // answer has left (the connection is held till then).
-                self.conns[k].answer_pending(answer, 1, keep_alive, now, &self.cfg);
+                self.conns[k].answer_metrics(&text, Instant::now(), &self.cfg);
             }
-            Some(Pending::Published { .. }) if !self.publish_acks.contains(&k) => {
+            Some(Awaiting::FanOut) if !self.publish_acks.contains(&k) => {
                 self.publish_acks.push(k);
             }
             _ => {}
@@ -573,7 +552,7 @@ impl Server {
         };
         for (_, c) in self.conns.iter() {
             gauges.websockets += usize::from(c.is_open());
-            gauges.queued_bytes += c.queue.queued();
+            gauges.queued_bytes += c.queued();
         }
         gauges.rooms = self.rooms.len();
         let sizes: Vec<usize> = self.rooms.sizes().collect();
@@ -609,11 +588,7 @@ impl Server {
 
     /// Lists `k` for the end phase: flush if it has bytes, remove if doomed.
     fn mark_dirty(&mut self, k: usize) {
-        let Some(conn) = self.conns.get_mut(k) else {
-            return;
-        };
-        if !conn.dirty {
-            conn.dirty = true;
+        if self.conns.get_mut(k).is_some_and(Conn::list_for_flush) {
             self.dirty.push(k);
         }
     }
@@ -624,47 +599,27 @@ impl Server {
         let tick = self.tick(now);
         let keepalive = tick != self.last_keepalive;
         self.last_keepalive = tick;
-        let ping_after = self.cfg.ping_interval.as_secs().max(1) as u32;
-        let idle_after = self.cfg.idle_timeout.as_secs().max(1) as u32;
-        let (ping_on, idle_on) = (
-            !self.cfg.ping_interval.is_zero(),
-            !self.cfg.idle_timeout.is_zero(),
-        );
+        // Whole seconds, at least 1; `None` when the option is 0 (off).
+        let seconds = |d: Duration| (!d.is_zero()).then(|| d.as_secs().max(1) as u32);
+        let ping_after = seconds(self.cfg.ping_interval);
+        let idle_after = seconds(self.cfg.idle_timeout);
+        let close_by = now + self.cfg.close_timeout;
         for (k, conn) in self.conns.iter_mut() {
             let mut touched = false;
-            if matches!(conn.deadline, Some(d) if now >= d) {
-                if let Some(status) = conn.on_deadline(now + self.cfg.close_timeout) {
+            if conn.deadline_passed(now) {
+                if let Some(status) = conn.on_deadline(close_by) {
                     *self.stats.rejected.entry(status).or_default() += 1;
                 }
                 touched = true;
-            } else if keepalive && conn.is_open() {
-                let silent = tick.saturating_sub(conn.last_seen);
-                // Taking nothing while bytes wait is silence too, whatever
-                // the client sends (a ping a second must not keep a client
-                // that never reads).
-                let stalled =
-                    !conn.queue.is_empty() && tick.saturating_sub(conn.last_drained) >= idle_after;
-                if idle_on && (silent >= idle_after || stalled) {
-                    conn.close_ws(
-                        CloseCode::Away,
-                        "idle timeout",
-                        CloseReason::Idle,
-                        now + self.cfg.close_timeout,
-                    );
-                    touched = true;
-                } else if ping_on && silent >= ping_after && !conn.pinged {
-                    conn.queue.push(self.ping.clone(), Kind::Own);
-                    conn.pinged = true;
-                    touched = true;
-                }
+            } else if keepalive {
+                touched = conn.keepalive(tick, &self.ping, ping_after, idle_after, close_by);
             }
             if keepalive {
                 // An idle connection holds no queue memory; a busy one
                 // allocates it again once a second at most.
-                conn.queue.release_if_empty();
+                conn.release_queue_if_empty();
             }
-            if touched && !conn.dirty {
-                conn.dirty = true;
+            if touched && conn.list_for_flush() {
                 self.dirty.push(k);
             }
         }
@@ -699,13 +654,12 @@ impl Server {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
-            conn.dirty = false;
-            let must_shut = matches!(conn.state, State::Closing { write_shut: false });
-            if !conn.doomed && !conn.blocked && (!conn.queue.is_empty() || must_shut) {
+            conn.unlist_for_flush();
+            if conn.wants_flush() {
                 self.stats.bytes_written += conn.flush(tick) as u64;
             }
             relist_if_ready(conn, k, &mut self.unread, limit);
-            if conn.doomed {
+            if conn.is_doomed() {
                 self.doomed.push(k);
             }
         }
@@ -715,16 +669,15 @@ impl Server {
                 continue;
             }
             let conn = self.conns.remove(k);
-            listed_gone |= conn.unread;
-            if conn.room != NO_ROOM {
-                if let Some(moved) = self.rooms.leave(conn.room, conn.slot) {
-                    self.conns[moved].slot = conn.slot;
+            listed_gone |= conn.is_listed_for_read();
+            if let Some((room, slot)) = conn.room_slot() {
+                if let Some(moved) = self.rooms.leave(room, slot) {
+                    self.conns[moved].set_slot(slot);
                 }
                 self.stats.room_leaves += 1;
             }
-            self.stats.closed[conn.reason as usize] += 1;
-            let _ = self.poll.registry().deregister(&mut { conn.stream });
-            tracing::debug!(peer = %conn.peer, reason = %conn.reason.name(), "disconnect");
+            let reason = conn.disconnect(self.poll.registry());
+            self.stats.closed[reason as usize] += 1;
         }
         if listed_gone {
             // One pass for all the removed, not one per removal: nothing was
@@ -744,7 +697,7 @@ impl Server {
             self.unread
                 .iter()
                 .chain(&self.throttled)
-                .all(|&k| self.conns.get(k).is_some_and(|c| c.unread)),
+                .all(|&k| self.conns.get(k).is_some_and(|c| c.is_listed_for_read())),
             "a listed connection is gone or unflagged"
         );
         debug_assert!(
@@ -825,12 +778,10 @@ impl Server {
                     Offer::Dropped => self.stats.dropped_messages += count as u64,
                     Offer::Closed => self.stats.slow_consumers += 1,
                 }
-                if !conn.blocked {
-                    self.stats.bytes_written += conn.flush(tick) as u64;
-                }
+                self.stats.bytes_written += conn.flush(tick) as u64;
                 relist_if_ready(conn, k, &mut self.unread, limit);
-                queued_total += conn.queue.queued();
-                if conn.doomed {
+                queued_total += conn.queued();
+                if conn.is_doomed() {
                     self.doomed.push(k);
                 }
             }
@@ -845,33 +796,8 @@ impl Server {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
-            if let Some(Pending::Published {
-                count,
-                keep_alive,
-                room,
-            }) = conn.pending
-            {
-                let recipients = if room == NO_ROOM {
-                    0
-                } else {
-                    self.rooms.recipients(room)
-                };
-                let body = format!("{{\"recipients\":{recipients}}}\n");
-                let answer = |keep_alive: bool| {
-                    http::reply(
-                        "202 Accepted",
-                        "application/json",
-                        body.as_bytes(),
-                        true,
-                        keep_alive,
-                    )
-                };
-                // Pipelined requests after them wait in the buffer until
-                // the answers have left (the connection is held till then).
-                conn.answer_pending(answer, count, keep_alive, now, &self.cfg);
-                if !conn.blocked {
-                    self.stats.bytes_written += conn.flush(tick) as u64;
-                }
+            if conn.answer_published(&self.rooms, now, &self.cfg) {
+                self.stats.bytes_written += conn.flush(tick) as u64;
                 relist_if_ready(conn, k, &mut self.unread, limit);
             }
         }
@@ -885,50 +811,23 @@ impl Server {
         }
         tracing::info!(open = self.conns.len(), "shutting down");
         self.draining = Some(now + self.cfg.shutdown_timeout);
-        self.route.draining = true;
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let close_by = now + self.cfg.close_timeout;
         for k in keys {
-            let conn = &mut self.conns[k];
-            match conn.state {
-                State::Open(_) => conn.close_ws(
-                    CloseCode::Away,
-                    "server shutting down",
-                    CloseReason::Shutdown,
-                    now + self.cfg.close_timeout,
-                ),
-                // No request read yet: a response nobody asked for would be
-                // read as the answer to the next request sent on it. A
-                // request already on its way is read (next iteration) and
-                // answered as a draining server answers; a connection still
-                // silent at the next sweep is closed without a word.
-                State::Http(ref head) if head.is_empty() && conn.pending.is_none() => {
-                    conn.reason = CloseReason::Shutdown;
-                    conn.deadline = Some(now);
-                    if conn.list() {
-                        self.unread.push_back(k);
-                    }
-                }
-                State::Http(_) | State::Body(_) => conn.finish_with(
-                    http::error_response(Status::Unavailable, "server shutting down"),
-                    CloseReason::Shutdown,
-                    now + self.cfg.close_timeout,
-                ),
-                State::Closing { .. } => {}
+            if self.conns[k].on_shutdown(now, close_by) {
+                self.unread.push_back(k);
             }
             self.mark_dirty(k);
         }
     }
 }
 
-/// Lists a held connection for reading once it may take input again (its
-/// queue drained, its answer left): readiness is edge-triggered, so the
-/// input it left in its socket would otherwise never be reported again.
+/// Lists `k` for reading if it was held and may take input again (see
+/// [`Conn::unhold_if_ready`]).
+#[inline]
 fn relist_if_ready(conn: &mut Conn, k: usize, unread: &mut VecDeque<usize>, limit: usize) {
-    if conn.held && conn.wants_input(limit) {
-        conn.held = false;
-        if conn.list() {
-            unread.push_back(k);
-        }
+    if conn.unhold_if_ready(limit) {
+        unread.push_back(k);
     }
 }
 

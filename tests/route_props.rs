@@ -9,7 +9,9 @@
 //! `Content-Length` is canonical digits or 400. (`fuzz/` runs the same
 //! entry point under libFuzzer.)
 
-use herald::http::{origin_allowed, route, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN};
+use herald::http::{
+    origin_allowed, route, Phase, Route, RouteConfig, Status, MAX_HEADERS, MAX_HEAD_LEN,
+};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -236,8 +238,8 @@ fn not_canonical_digits() -> impl Strategy<Value = String> {
 }
 
 /// Checks what holds of any decision, whatever the input.
-fn consistent(buf: &[u8], cfg: &RouteConfig) -> Result<Route, TestCaseError> {
-    let decided = route(buf, cfg);
+fn consistent(buf: &[u8], cfg: &RouteConfig, phase: Phase) -> Result<Route, TestCaseError> {
+    let decided = route(buf, cfg, phase);
     match &decided {
         Route::Incomplete => prop_assert!(buf.len() < MAX_HEAD_LEN),
         Route::Upgrade { response, .. } => {
@@ -251,14 +253,14 @@ fn consistent(buf: &[u8], cfg: &RouteConfig) -> Result<Route, TestCaseError> {
             prop_assert!(!reason.is_empty() && !reason.contains('\n'));
         }
     }
-    prop_assert_eq!(&route(buf, cfg), &decided, "not a pure function");
+    prop_assert_eq!(&route(buf, cfg, phase), &decided, "not a pure function");
     Ok(decided)
 }
 
 /// Builds an upgrade with a tungstenite client's key and checks the
 /// accept key in the response.
 fn assert_upgrades(head: &str, key: &str, cfg: &RouteConfig) -> Result<(), TestCaseError> {
-    match route(head.as_bytes(), cfg) {
+    match route(head.as_bytes(), cfg, Phase::Serving) {
         Route::Upgrade { response, .. } => {
             let response = String::from_utf8(response).unwrap();
             let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
@@ -275,7 +277,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..12_000)) {
-        consistent(&buf, &config())?;
+        consistent(&buf, &config(), Phase::Serving)?;
     }
 
     #[test]
@@ -300,11 +302,14 @@ proptest! {
         let strict = RouteConfig {
             allow_origins: vec!["*.example.com".into()],
             require_origin: true,
-            draining: true,
             ..config()
         };
-        for cfg in [config(), RouteConfig::default(), strict] {
-            consistent(&buf, &cfg)?;
+        for (cfg, phase) in [
+            (config(), Phase::Serving),
+            (RouteConfig::default(), Phase::Serving),
+            (strict, Phase::Draining),
+        ] {
+            consistent(&buf, &cfg, phase)?;
         }
     }
 
@@ -322,7 +327,7 @@ proptest! {
         for h in [head, get] {
             let at = cut.index(h.len());
             let part = &h.as_bytes()[..at];
-            prop_assert_eq!(route(part, &config()), Route::Incomplete, "{:?}", &h[..at]);
+            prop_assert_eq!(route(part, &config(), Phase::Serving), Route::Incomplete, "{:?}", &h[..at]);
         }
     }
 
@@ -334,7 +339,7 @@ proptest! {
         let mut buf = head.into_bytes();
         buf.extend(tail);
         prop_assert_eq!(
-            route(&buf, &config()),
+            route(&buf, &config(), Phase::Serving),
             Route::Reject(Status::BadRequest, "data sent before the handshake completed")
         );
     }
@@ -346,7 +351,7 @@ proptest! {
     ) {
         let mut buf = head.clone().into_bytes();
         buf.extend(tail);
-        match route(&buf, &config()) {
+        match route(&buf, &config(), Phase::Serving) {
             Route::Get { head_len, body, keep_alive, .. } => {
                 prop_assert_eq!(head_len, head.len());
                 prop_assert!(body && keep_alive);
@@ -359,7 +364,7 @@ proptest! {
     fn up_to_64_headers_are_read_and_more_are_431(n in 1usize..200) {
         let lines: String = (1..n).map(|i| format!("X-{i}: v\r\n")).collect();
         let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
-        let decided = route(head.as_bytes(), &config());
+        let decided = route(head.as_bytes(), &config(), Phase::Serving);
         if n <= MAX_HEADERS {
             prop_assert!(matches!(decided, Route::Get { .. }), "{} headers: {:?}", n, decided);
         } else {
@@ -377,7 +382,7 @@ proptest! {
             head.push_str("\r\n");
         }
         prop_assert_eq!(
-            route(head.as_bytes(), &config()),
+            route(head.as_bytes(), &config(), Phase::Serving),
             Route::Reject(Status::HeadersTooLarge, "request head too large")
         );
     }
@@ -390,7 +395,7 @@ proptest! {
         prop_assume!(version != "13");
         let head = with_header_value(&head, "sec-websocket-version", &version);
         prop_assert_eq!(
-            route(head.as_bytes(), &config()),
+            route(head.as_bytes(), &config(), Phase::Serving),
             Route::Reject(Status::UpgradeRequired, "only WebSocket version 13 is supported")
         );
     }
@@ -408,7 +413,7 @@ proptest! {
             Ok(_) if canonical => Some("a GET request has no body"),
             _ => Some("invalid Content-Length"),
         };
-        match (route(head.as_bytes(), &config()), expected) {
+        match (route(head.as_bytes(), &config(), Phase::Serving), expected) {
             (Route::Get { .. }, None) => {}
             (Route::Reject(Status::BadRequest, why), Some(want)) => prop_assert_eq!(why, want),
             // httparse refuses some values (e.g. with control characters) itself.
@@ -445,7 +450,7 @@ proptest! {
         for o in &refused {
             prop_assert!(!origin_allowed(o.as_bytes(), &cfg.allow_origins), "{}", o);
             prop_assert_eq!(
-                route(with_origin(o).as_bytes(), &cfg),
+                route(with_origin(o).as_bytes(), &cfg, Phase::Serving),
                 Route::Reject(Status::Forbidden, "origin not allowed")
             );
         }
@@ -487,7 +492,7 @@ proptest! {
         assert_upgrades(&head, &key, &exact)?;
         let elsewhere = RouteConfig { allow_origins: vec!["*.elsewhere.example".into()], ..config() };
         prop_assert_eq!(
-            route(head.as_bytes(), &elsewhere),
+            route(head.as_bytes(), &elsewhere, Phase::Serving),
             Route::Reject(Status::Forbidden, "origin not allowed")
         );
     }
@@ -531,7 +536,7 @@ proptest! {
         );
         let cfg = RouteConfig { allow_origins: patterns, ..config() };
         prop_assert_eq!(
-            route(with_origin(&head, &not_an_origin).as_bytes(), &cfg),
+            route(with_origin(&head, &not_an_origin).as_bytes(), &cfg, Phase::Serving),
             Route::Reject(Status::Forbidden, "origin not allowed"),
             "{:?}", not_an_origin
         );
@@ -552,7 +557,7 @@ proptest! {
         for require_origin in [false, true] {
             let cfg = RouteConfig { allow_origins: patterns.clone(), require_origin, ..config() };
             prop_assert_eq!(
-                route(head.as_bytes(), &cfg),
+                route(head.as_bytes(), &cfg, Phase::Serving),
                 Route::Reject(Status::BadRequest, "repeated Origin")
             );
         }
@@ -580,14 +585,14 @@ proptest! {
             h.replacen("\r\n\r\n", &format!("\r\n{again}\r\n"), 1)
         };
         prop_assert_eq!(
-            route(repeat(&head).as_bytes(), &config()),
+            route(repeat(&head).as_bytes(), &config(), Phase::Serving),
             Route::Reject(Status::BadRequest, why),
             "{:?}", repeat(&head)
         );
         if which == 0 {
             // Not only on upgrades: RFC 9112 §3.2.
             prop_assert_eq!(
-                route(repeat(&get).as_bytes(), &config()),
+                route(repeat(&get).as_bytes(), &config(), Phase::Serving),
                 Route::Reject(Status::BadRequest, why)
             );
         }
@@ -603,7 +608,7 @@ proptest! {
             ),
         ] {
             prop_assert_eq!(
-                route(head.as_bytes(), &config()),
+                route(head.as_bytes(), &config(), Phase::Serving),
                 Route::Reject(Status::BadRequest, "invalid Content-Length"),
                 "{:?}", value
             );
@@ -621,13 +626,13 @@ proptest! {
             "POST /publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
              Content-Length: {value}\r\n\r\n"
         );
-        match route(publish.as_bytes(), &config()) {
+        match route(publish.as_bytes(), &config(), Phase::Serving) {
             Route::Publish { body_len, .. } => prop_assert_eq!(body_len as u64, n),
             Route::Reject(Status::PayloadTooLarge, _) => prop_assert!(n > 1024),
             other => prop_assert!(false, "{:?}: {:?}", value, other),
         }
         let get = format!("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
-        match route(get.as_bytes(), &config()) {
+        match route(get.as_bytes(), &config(), Phase::Serving) {
             Route::Get { .. } => prop_assert_eq!(n, 0),
             Route::Reject(Status::BadRequest, "a GET request has no body") => prop_assert!(n > 0),
             other => prop_assert!(false, "{:?}: {:?}", value, other),
@@ -636,9 +641,8 @@ proptest! {
 
     #[test]
     fn while_draining_nothing_upgrades((head, _) in upgrade_head(10)) {
-        let cfg = RouteConfig { draining: true, ..config() };
         prop_assert_eq!(
-            route(head.as_bytes(), &cfg),
+            route(head.as_bytes(), &config(), Phase::Draining),
             Route::Reject(Status::Unavailable, "server shutting down")
         );
     }

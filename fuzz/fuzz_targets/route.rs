@@ -4,7 +4,7 @@
 //! `--require-origin`, draining, publish endpoint), the rest is the request.
 #![no_main]
 
-use herald::http::{route, Route, RouteConfig, MAX_HEAD_LEN};
+use herald::http::{route, Phase, Route, RouteConfig, MAX_HEAD_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fn config(bits: u8) -> RouteConfig {
@@ -19,7 +19,6 @@ fn config(bits: u8) -> RouteConfig {
             Vec::new()
         },
         require_origin: bits & 2 != 0,
-        draining: bits & 4 != 0,
         publish_token: (bits & 8 != 0).then(|| "t0ken".into()),
         metrics_path: (bits & 16 != 0).then(|| "/metrics".into()),
         max_body: 1024,
@@ -31,7 +30,12 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let cfg = config(bits);
-    let decided = route(data, &cfg);
+    let phase = if bits & 4 != 0 {
+        Phase::Draining
+    } else {
+        Phase::Serving
+    };
+    let decided = route(data, &cfg, phase);
     match &decided {
         Route::Incomplete => {
             assert!(
@@ -40,11 +44,15 @@ fuzz_target!(|input: &[u8]| {
             );
             // Nothing decided on the whole means nothing decided on a part.
             for cut in [0, data.len() / 2, data.len().saturating_sub(1)] {
-                assert_eq!(route(&data[..cut], &cfg), Route::Incomplete, "cut {cut}");
+                assert_eq!(
+                    route(&data[..cut], &cfg, phase),
+                    Route::Incomplete,
+                    "cut {cut}"
+                );
             }
         }
-        Route::Upgrade { response } => {
-            assert!(!cfg.draining, "upgraded while draining");
+        Route::Upgrade { response, .. } => {
+            assert_eq!(phase, Phase::Serving, "upgraded while draining");
             assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
             assert!(response.ends_with(b"\r\n\r\n"));
         }
@@ -67,5 +75,5 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     // A pure function: the same bytes, the same answer.
-    assert_eq!(route(data, &cfg), decided);
+    assert_eq!(route(data, &cfg, phase), decided);
 });
