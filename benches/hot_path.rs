@@ -11,6 +11,7 @@ use std::io::{self, IoSlice, Write};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::frame::{encode, OP_TEXT};
 use herald::queue::WriteQueue;
+use herald::stats::WriteTally;
 
 const PREFIX: &[u8] = b"Message from server: ";
 
@@ -31,6 +32,7 @@ fn fan_out(c: &mut Criterion) {
     for n in [1_000usize, 10_000] {
         let mut queues: Vec<WriteQueue> = (0..n).map(|_| WriteQueue::new()).collect();
         let frame = encode(OP_TEXT, PREFIX, &[b'x'; 64]);
+        let mut tally = WriteTally::default();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
@@ -40,7 +42,7 @@ fn fan_out(c: &mut Criterion) {
                 // Drain so the queues keep a steady size; a sink write is
                 // the cheapest stand-in for the socket.
                 for q in queues.iter_mut() {
-                    q.flush(&mut Sink).unwrap();
+                    q.flush(&mut Sink, &mut tally).unwrap();
                 }
             })
         });
@@ -53,13 +55,14 @@ fn flush(c: &mut Criterion) {
     for frames in [1usize, 16, 64, 256] {
         let frame = encode(OP_TEXT, PREFIX, &[b'x'; 64]);
         let mut q = WriteQueue::new();
+        let mut tally = WriteTally::default();
         g.throughput(Throughput::Elements(frames as u64));
         g.bench_function(BenchmarkId::from_parameter(frames), |b| {
             b.iter(|| {
                 for _ in 0..frames {
                     q.push(frame.clone(), herald::queue::Kind::Broadcast);
                 }
-                q.flush(&mut Sink).unwrap()
+                q.flush(&mut Sink, &mut tally).unwrap()
             })
         });
     }

@@ -75,6 +75,13 @@ pub struct Config {
     #[arg(long, value_parser = parse_size, default_value = "4MiB")]
     pub max_queued_bytes: usize,
 
+    /// Connections flushed per loop iteration before sockets are read again
+    /// (0: every one with bytes, then read). A message read while a round of
+    /// flushes is under way joins the queues not yet flushed and leaves in
+    /// the same write as the messages before it.
+    #[arg(long, default_value_t = 512)]
+    pub flush_slice: usize,
+
     /// What to do with a client past --max-queued-bytes.
     #[arg(long, value_enum, default_value_t = SlowConsumer::Close)]
     pub slow_consumer: SlowConsumer,
@@ -317,7 +324,7 @@ impl Config {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         format!(
             "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
-             slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
+             flush_slice={} slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
@@ -328,6 +335,7 @@ impl Config {
             self.max_connections,
             self.max_message_size,
             self.max_queued_bytes,
+            self.flush_slice,
             self.slow_consumer,
             self.client_rate,
             self.client_burst,

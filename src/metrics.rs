@@ -6,13 +6,49 @@
 //! iteration-time histogram lives across scrapes.
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::stats::{CloseReason, Stats};
+use crate::stats::{CloseReason, Stats, WriteTally, WRITE_BUCKETS};
+
+/// [`WriteTally`] as a Prometheus histogram: its buckets are counted by the
+/// loop in plain integers, so they are encoded here as they are, without a
+/// `Histogram` (whose `observe` takes a lock) on the write path.
+#[derive(Debug)]
+struct WritesHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl WritesHistogram {
+    fn new(t: &WriteTally) -> Self {
+        let mut buckets: Vec<(f64, u64)> = (0..WRITE_BUCKETS - 1)
+            .map(|i| ((1u64 << i) as f64, t.buckets[i]))
+            .collect();
+        buckets.push((f64::INFINITY, t.buckets[WRITE_BUCKETS - 1]));
+        WritesHistogram {
+            sum: t.frames as f64,
+            count: t.writes,
+            buckets,
+        }
+    }
+}
+
+impl EncodeMetric for WritesHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &self.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 /// Content type of the exposition (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -174,6 +210,11 @@ pub fn render(
         "over_limit",
         "Connections turned away at the connection or descriptor limit",
         c(stats.over_limit),
+    );
+    r.register(
+        "frames_per_write",
+        "Broadcast messages each write (sendmsg) completed, over the writes that carried any broadcast bytes: _count is the writes, _sum the messages",
+        WritesHistogram::new(&stats.writes),
     );
     r.register(
         "loop_iterations",

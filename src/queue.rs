@@ -30,6 +30,7 @@ use std::mem::MaybeUninit;
 
 use crate::frame::Frame;
 use crate::nonblock::{interrupted, would_block};
+use crate::stats::WriteTally;
 
 /// How many frames one vectored write carries at most. Linux allows 1024; past a
 /// few dozen small frames the syscall cost is already amortised.
@@ -74,6 +75,9 @@ pub enum Flushed {
 struct Entry {
     frame: Frame,
     kind: Kind,
+    /// Broadcast messages in `frame` (a room's batch joins several), for
+    /// [`WriteTally`]; 0 for herald's own frames.
+    frames: u32,
 }
 
 /// A FIFO of encoded frames waiting for one socket.
@@ -107,6 +111,17 @@ impl WriteQueue {
     /// Appends a frame handle (a reference-count bump, no copy).
     #[inline]
     pub fn push(&mut self, frame: Frame, kind: Kind) {
+        self.push_entry(frame, kind, u32::from(kind == Kind::Broadcast));
+    }
+
+    /// Appends a broadcast batch of `frames` messages.
+    #[inline]
+    pub fn push_broadcast(&mut self, batch: Frame, frames: u32) {
+        self.push_entry(batch, Kind::Broadcast, frames);
+    }
+
+    #[inline]
+    fn push_entry(&mut self, frame: Frame, kind: Kind, frames: u32) {
         if kind == Kind::Pong {
             if self.waiting_pongs >= MAX_WAITING_PONGS {
                 let i = self.pong.wrapping_sub(self.head) as usize;
@@ -122,7 +137,11 @@ impl WriteQueue {
             self.backlog += frame.len();
             self.broadcasts += 1;
         }
-        self.entries.push_back(Entry { frame, kind });
+        self.entries.push_back(Entry {
+            frame,
+            kind,
+            frames,
+        });
     }
 
     /// Unwritten bytes.
@@ -197,12 +216,13 @@ impl WriteQueue {
         }
     }
 
-    /// Writes as much as `w` takes, gathering frames into vectored writes.
+    /// Writes as much as `w` takes, gathering frames into vectored writes,
+    /// each write that carried broadcast bytes counted in `tally`.
     ///
     /// # Errors
     /// Any error of `w` other than `WouldBlock` and `Interrupted`; a write of
     /// zero bytes is reported as `WriteZero`.
-    pub fn flush<W: Write>(&mut self, w: &mut W) -> io::Result<Flushed> {
+    pub fn flush<W: Write>(&mut self, w: &mut W, tally: &mut WriteTally) -> io::Result<Flushed> {
         while !self.entries.is_empty() {
             let written = {
                 // Only the slices in use are initialised: a flush of one
@@ -227,7 +247,10 @@ impl WriteQueue {
                     Err(e) => return Err(e),
                 }
             };
-            self.advance(written);
+            let (frames, carried_broadcast) = self.advance(written);
+            if carried_broadcast {
+                tally.record(frames);
+            }
         }
         // A drained queue gives back memory a burst made it take.
         if self.entries.capacity() > 64 {
@@ -236,11 +259,15 @@ impl WriteQueue {
         Ok(Flushed::Empty)
     }
 
-    /// Marks `n` bytes from the front as written.
-    fn advance(&mut self, mut n: usize) {
+    /// Marks `n` bytes from the front as written. Returns the broadcast
+    /// messages this completed and whether any broadcast bytes were among
+    /// the `n`.
+    fn advance(&mut self, mut n: usize) -> (u32, bool) {
         debug_assert!(n <= self.queued);
         if n == self.queued {
             // The common case: the socket took everything.
+            let frames = self.entries.iter().map(|e| e.frames).sum();
+            let carried = self.backlog > 0;
             self.head = self.head.wrapping_add(self.entries.len() as u32);
             self.entries.clear();
             self.offset = 0;
@@ -248,15 +275,19 @@ impl WriteQueue {
             self.backlog = 0;
             self.broadcasts = 0;
             self.waiting_pongs = 0;
-            return;
+            return (frames, carried);
         }
         self.queued -= n;
+        let (mut frames, mut carried) = (0, false);
         while n > 0 {
             let front = &self.entries[0];
             let left = front.frame.len() - self.offset;
             let step = n.min(left);
             match front.kind {
-                Kind::Broadcast => self.backlog -= step,
+                Kind::Broadcast => {
+                    self.backlog -= step;
+                    carried = true;
+                }
                 Kind::Pong if self.offset == 0 => {
                     // Started: a newer pong must not replace it mid-write.
                     // (Pongs start in order, so the newest is the last.)
@@ -269,6 +300,7 @@ impl WriteQueue {
                 if front.kind == Kind::Broadcast {
                     self.broadcasts -= 1;
                 }
+                frames += front.frames;
                 self.offset = 0;
                 self.entries.pop_front();
                 self.head = self.head.wrapping_add(1);
@@ -276,6 +308,7 @@ impl WriteQueue {
                 self.offset += step;
             }
         }
+        (frames, carried)
     }
 }
 
@@ -371,15 +404,53 @@ mod tests {
             step: frames[5].len() + 1,
             calls: 0,
         };
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(
+            q.flush(&mut w, &mut WriteTally::default()).unwrap(),
+            Flushed::Blocked
+        );
         assert_eq!(q.waiting_pongs, MAX_WAITING_PONGS - 1);
         q.push(pong(b"newer"), Kind::Pong);
         q.push(pong(b"newest"), Kind::Pong);
         expected.extend_from_slice(&pong(b"newest"));
-        while q.flush(&mut w).unwrap() == Flushed::Blocked {}
+        while q.flush(&mut w, &mut WriteTally::default()).unwrap() == Flushed::Blocked {}
         assert_eq!(w.out, expected);
         assert_eq!((q.queued(), q.backlog(), q.cost()), (0, 0, 0));
         assert_eq!(q.waiting_pongs, 0);
+    }
+
+    #[test]
+    fn writes_are_tallied_by_the_broadcast_messages_they_complete() {
+        let (frames, _) = frames();
+        let mut q = WriteQueue::new();
+        // A batch of 3 messages, herald's own frame, a batch of 2.
+        q.push_broadcast(frames[5].clone(), 3);
+        q.push(frames[1].clone(), Kind::Own);
+        q.push_broadcast(frames[6].clone(), 2);
+        let mut tally = WriteTally::default();
+        // All at once: one write, five messages.
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: usize::MAX,
+            calls: 0,
+        };
+        assert_eq!(q.flush(&mut w, &mut tally).unwrap(), Flushed::Empty);
+        assert_eq!((tally.writes, tally.frames), (1, 5));
+        // A byte at a time: every write that carried broadcast bytes counts,
+        // each message is counted by the write that completed it, and the
+        // writes of herald's own frame alone do not count.
+        q.push_broadcast(frames[5].clone(), 3);
+        q.push(frames[1].clone(), Kind::Own);
+        let mut tally = WriteTally::default();
+        let mut w = Trickle {
+            out: Vec::new(),
+            step: 1,
+            calls: 0,
+        };
+        while q.flush(&mut w, &mut tally).unwrap() == Flushed::Blocked {}
+        assert_eq!(tally.frames, 3);
+        assert_eq!(tally.writes, frames[5].len() as u64);
+        assert_eq!(tally.buckets[0], frames[5].len() as u64 - 1);
+        assert_eq!(tally.buckets[2], 1, "the write that completed the batch");
     }
 
     #[test]
@@ -414,7 +485,7 @@ mod tests {
             step: 1000,
             calls: 0,
         };
-        while q.flush(&mut w).unwrap() == Flushed::Blocked {}
+        while q.flush(&mut w, &mut WriteTally::default()).unwrap() == Flushed::Blocked {}
         let mut expected = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();
         expected.extend_from_slice(&pong(b"p"));
         expected.extend_from_slice(&pong(b"q"));
@@ -449,7 +520,7 @@ mod tests {
                 calls: 0,
             };
             let mut rounds = 0;
-            while q.flush(&mut w).unwrap() == Flushed::Blocked {
+            while q.flush(&mut w, &mut WriteTally::default()).unwrap() == Flushed::Blocked {
                 assert_eq!(q.queued(), expected.len() - w.out.len());
                 assert_eq!(q.backlog(), backlog_of(&q));
                 rounds += 1;
@@ -474,11 +545,14 @@ mod tests {
             step: 3,
             calls: 0,
         };
-        assert_eq!(q.flush(&mut w).unwrap(), Flushed::Blocked);
+        assert_eq!(
+            q.flush(&mut w, &mut WriteTally::default()).unwrap(),
+            Flushed::Blocked
+        );
         q.discard_broadcasts();
         assert_eq!(q.backlog(), backlog_of(&q));
         q.push(crate::frame::encode_close(1008, "slow"), Kind::Own);
-        while q.flush(&mut w).unwrap() == Flushed::Blocked {}
+        while q.flush(&mut w, &mut WriteTally::default()).unwrap() == Flushed::Blocked {}
         let mut expected = first.to_vec();
         expected.extend_from_slice(&crate::frame::encode_close(1008, "slow"));
         assert_eq!(w.out, expected);
@@ -501,7 +575,9 @@ mod tests {
             Kind::Own,
         );
         assert_eq!(
-            q.flush(&mut Zero).unwrap_err().kind(),
+            q.flush(&mut Zero, &mut WriteTally::default())
+                .unwrap_err()
+                .kind(),
             io::ErrorKind::WriteZero
         );
     }

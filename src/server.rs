@@ -64,6 +64,10 @@ const FRAME_COST: usize = 64;
 /// as the kernel lets it never holds a batch near the limit.
 const BATCH_FRACTION: usize = 4;
 
+/// How far each fan-out moves the start of its walk over a room's members:
+/// a large prime, so that successive starts spread over any room size.
+const ROTATION_STEP: usize = 7_919;
+
 /// Bytes read per iteration from a connection that is closing: its input
 /// is discarded, so a client that keeps sending after its close costs
 /// little until its close deadline.
@@ -112,6 +116,16 @@ pub(crate) struct Server {
     publish_acks: Vec<usize>,
     /// Connections with bytes to flush in the end phase.
     dirty: Vec<usize>,
+    /// The round of broadcast flushes: recipients with bytes queued, in
+    /// turn. The end phase flushes `--flush-slice` of them per iteration and
+    /// the loop reads again in between, so a message read meanwhile joins
+    /// the queues still waiting and leaves in the same write. A connection
+    /// flushed goes to the back when it next has bytes: every one is
+    /// flushed once per round.
+    round: VecDeque<usize>,
+    /// Where the next fan-out starts in its room's member list: moved on
+    /// every fan-out, so the members served last are not always the same.
+    rotation: usize,
     /// Connections to remove in the end phase.
     doomed: Vec<usize>,
     /// Connections to read first in the next iteration, in order (budget
@@ -205,6 +219,8 @@ impl Server {
             input_left: ITERATION_INPUT,
             publish_acks: Vec::new(),
             dirty: Vec::new(),
+            round: VecDeque::new(),
+            rotation: 0,
             doomed: Vec::new(),
             unread: VecDeque::new(),
             carry: VecDeque::new(),
@@ -251,7 +267,8 @@ impl Server {
             self.begin_shutdown(Instant::now());
         }
         loop {
-            let timeout = if !self.unread.is_empty() || self.feed_pending {
+            let timeout = if !self.unread.is_empty() || self.feed_pending || !self.round.is_empty()
+            {
                 Duration::ZERO
             } else if !self.throttled.is_empty() {
                 self.throttle_check
@@ -443,6 +460,7 @@ impl Server {
         let ms = now.duration_since(self.epoch).as_millis() as u32;
         let limit = self.cfg.max_queued_bytes;
         let phase = self.phase();
+        let batch_cap = self.iteration_cap();
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut total = 0usize;
         while let Some(conn) = self.conns.get_mut(k) {
@@ -481,9 +499,9 @@ impl Server {
             let room = if !conn.may_broadcast() {
                 usize::MAX
             } else if ctx.rooms.pending() == 0 {
-                (self.batch_cap / self.expansion).max(MIN_READ)
+                (batch_cap / self.expansion).max(MIN_READ)
             } else {
-                self.batch_cap.saturating_sub(ctx.rooms.pending()) / self.expansion
+                batch_cap.saturating_sub(ctx.rooms.pending()) / self.expansion
             };
             let cap = READ_BUF_LEN
                 .min(budget.saturating_sub(total))
@@ -565,7 +583,7 @@ impl Server {
         self.feed_pending = false;
         let Some(rx) = &self.feed else { return };
         loop {
-            if self.rooms.pending() >= self.batch_cap {
+            if self.rooms.pending() >= self.iteration_cap() {
                 self.feed_pending = true;
                 return;
             }
@@ -583,6 +601,20 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// The batch bytes this iteration may read input for. `batch_cap` is
+    /// what one round of flushes may bring a client; a round of `n` listed
+    /// connections takes about `n / --flush-slice` iterations, which share
+    /// it, so a client that keeps up holds about `batch_cap` at most when
+    /// its turn comes, however long the round.
+    fn iteration_cap(&self) -> usize {
+        let (slice, listed) = (self.cfg.flush_slice, self.round.len());
+        if slice == 0 || listed <= slice {
+            self.batch_cap
+        } else {
+            (self.batch_cap / listed.div_ceil(slice)).max(MIN_READ)
         }
     }
 
@@ -637,12 +669,16 @@ impl Server {
         }
     }
 
-    /// Fans out this iteration's broadcasts, flushes, then removes the doomed.
+    /// Fans out this iteration's broadcasts, flushes what must leave now
+    /// and a slice of the round, then removes the doomed.
     ///
     /// # Invariants
-    /// On return the rooms' batches, the flush list and the removal list are empty:
-    /// no frame, flush or removal is carried into the next iteration, and
-    /// every slab key removed here was last used by this iteration's events.
+    /// On return the rooms' batches, the flush list and the removal list are
+    /// empty: no frame, urgent flush or removal is carried into the next
+    /// iteration, and every slab key removed here was last used by this
+    /// iteration's events. The round carries over: every key in it is a
+    /// connection flagged `in_round`, listed once, and the loop polls
+    /// without waiting while it is not empty.
     fn end_of_iteration(&mut self, now: Instant) {
         if self.rooms.has_pending() || !self.publish_acks.is_empty() {
             self.fan_out(now);
@@ -650,26 +686,43 @@ impl Server {
         debug_assert!(!self.rooms.has_pending(), "fan-out left frames behind");
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
+        // Answers, pongs, closes and writable sockets first, whole.
         for k in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
             conn.unlist_for_flush();
             if conn.wants_flush() {
-                self.stats.bytes_written += conn.flush(tick) as u64;
+                conn.flush(tick, &mut self.stats);
             }
             relist_if_ready(conn, k, &mut self.unread, limit);
             if conn.is_doomed() {
                 self.doomed.push(k);
             }
         }
-        let mut listed_gone = false;
+        let slice = match self.cfg.flush_slice {
+            0 => self.round.len(),
+            n => n.min(self.round.len()),
+        };
+        for k in self.round.drain(..slice) {
+            let conn = &mut self.conns[k];
+            conn.unlist_for_round();
+            if conn.wants_flush() {
+                conn.flush(tick, &mut self.stats);
+            }
+            relist_if_ready(conn, k, &mut self.unread, limit);
+            if conn.is_doomed() {
+                self.doomed.push(k);
+            }
+        }
+        let (mut listed_gone, mut round_gone) = (false, false);
         for k in std::mem::take(&mut self.doomed) {
             if !self.conns.contains(k) {
                 continue;
             }
             let conn = self.conns.remove(k);
             listed_gone |= conn.is_listed_for_read();
+            round_gone |= conn.is_listed_for_round();
             if let Some((room, slot)) = conn.room_slot() {
                 if let Some(moved) = self.rooms.leave(room, slot) {
                     self.conns[moved].set_slot(slot);
@@ -687,6 +740,10 @@ impl Server {
             self.spent.retain(|&k| conns.contains(k));
             self.throttled.retain(|&k| conns.contains(k));
         }
+        if round_gone {
+            let conns = &self.conns;
+            self.round.retain(|&k| conns.contains(k));
+        }
         debug_assert!(
             self.publish_acks.is_empty(),
             "publishes answered in fan-out"
@@ -699,6 +756,12 @@ impl Server {
                 .chain(&self.throttled)
                 .all(|&k| self.conns.get(k).is_some_and(|c| c.is_listed_for_read())),
             "a listed connection is gone or unflagged"
+        );
+        debug_assert!(
+            self.round
+                .iter()
+                .all(|&k| self.conns.get(k).is_some_and(|c| c.is_listed_for_round())),
+            "a connection in the round is gone or unflagged"
         );
         debug_assert!(
             self.rooms.pending() == 0 && self.carry.is_empty(),
@@ -753,7 +816,7 @@ impl Server {
 
     /// Queues each room's broadcasts of this iteration for the room's open
     /// members (handles only: no copy, no allocation per recipient) and
-    /// flushes each with one vectored write; then answers this iteration's
+    /// lists them in the round of flushes; then answers this iteration's
     /// publishes. Rooms with nothing to say cost nothing.
     fn fan_out(&mut self, now: Instant) {
         let tick = self.tick(now);
@@ -768,7 +831,13 @@ impl Server {
             // (one queue entry, one iovec), whatever the count.
             let (shared, count) = self.rooms.take_batch(room);
             let mut recipients = 0u64;
-            for &k in self.rooms.members(room) {
+            // Members new to the round join it from a different place each
+            // time, so the tail of a round is not always the same clients.
+            let members = self.rooms.members(room);
+            let start = self.rotation % members.len().max(1);
+            self.rotation = self.rotation.wrapping_add(ROTATION_STEP);
+            let (tail, head) = members.split_at(start);
+            for &k in head.iter().chain(tail) {
                 let conn = &mut self.conns[k];
                 if !conn.is_open() {
                     continue;
@@ -778,8 +847,9 @@ impl Server {
                     Offer::Dropped => self.stats.dropped_messages += count as u64,
                     Offer::Closed => self.stats.slow_consumers += 1,
                 }
-                self.stats.bytes_written += conn.flush(tick) as u64;
-                relist_if_ready(conn, k, &mut self.unread, limit);
+                if conn.list_for_round() {
+                    self.round.push_back(k);
+                }
                 queued_total += conn.queued();
                 if conn.is_doomed() {
                     self.doomed.push(k);
@@ -797,7 +867,7 @@ impl Server {
                 continue;
             };
             if conn.answer_published(&self.rooms, now, &self.cfg) {
-                self.stats.bytes_written += conn.flush(tick) as u64;
+                conn.flush(tick, &mut self.stats);
                 relist_if_ready(conn, k, &mut self.unread, limit);
             }
         }

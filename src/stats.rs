@@ -45,6 +45,38 @@ pub struct Stats {
     pub closed: [u64; CloseReason::ALL.len()],
     /// Requests answered with an error status, by status code.
     pub rejected: BTreeMap<u16, u64>,
+    /// Broadcast frames per write.
+    pub writes: WriteTally,
+}
+
+/// How many broadcast frames each write carried: the figure batching moves.
+/// Counted per `sendmsg` that carried broadcast bytes (one per recipient per
+/// flush, not per message), as a histogram over powers of two.
+#[derive(Debug, Default, Clone)]
+pub struct WriteTally {
+    /// Writes that carried broadcast bytes.
+    pub writes: u64,
+    /// Broadcast frames those writes completed.
+    pub frames: u64,
+    /// Writes by frames completed: bucket `i` counts writes that completed at
+    /// most `2^i` frames and more than `2^(i-1)` (bucket 0: none or one, a
+    /// write that only continued a frame completes none); the last bucket
+    /// holds everything past `2^(WRITE_BUCKETS - 2)`.
+    pub buckets: [u64; WRITE_BUCKETS],
+}
+
+/// Buckets of [`WriteTally`]: up to 65,536 frames a write, then the rest.
+pub const WRITE_BUCKETS: usize = 18;
+
+impl WriteTally {
+    /// Counts one write that carried broadcast bytes and completed `frames`.
+    #[inline]
+    pub fn record(&mut self, frames: u32) {
+        self.writes += 1;
+        self.frames += frames as u64;
+        let i = (u32::BITS - frames.saturating_sub(1).leading_zeros()) as usize;
+        self.buckets[i.min(WRITE_BUCKETS - 1)] += 1;
+    }
 }
 
 /// Why a connection ended, for the disconnect log and the counters.
@@ -101,5 +133,36 @@ impl CloseReason {
             CloseReason::Limit => "limit",
             CloseReason::Shutdown => "shutdown",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_land_in_power_of_two_buckets() {
+        let mut t = WriteTally::default();
+        for frames in [0, 1, 2, 3, 4, 5, 64, 65, 65_536, 65_537, u32::MAX] {
+            t.record(frames);
+        }
+        let mut want = [0u64; WRITE_BUCKETS];
+        // 0 and 1 | 2 | 3, 4 | 5 | 64 | 65 | 65,536 | past it
+        want[0] = 2;
+        want[1] = 1;
+        want[2] = 2;
+        want[3] = 1;
+        want[6] = 1;
+        want[7] = 1;
+        want[16] = 1;
+        want[17] = 2;
+        assert_eq!(t.buckets, want);
+        assert_eq!(t.writes, 11);
+        assert_eq!(
+            t.frames,
+            [0u64, 1, 2, 3, 4, 5, 64, 65, 65_536, 65_537, u32::MAX as u64]
+                .iter()
+                .sum::<u64>()
+        );
     }
 }

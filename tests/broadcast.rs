@@ -3,9 +3,11 @@
 
 mod common;
 
-use std::thread;
+use std::time::Duration;
 
-use common::{connect, connect_many, recv, recv_text, send_text, split, TestServer, PREFIX};
+use common::{
+    connect, connect_many, publish_concurrently, recv, recv_text, send_text, TestServer, PREFIX,
+};
 use tungstenite::Message;
 
 #[test]
@@ -80,71 +82,9 @@ fn a_fragmented_message_is_reassembled_before_broadcast() {
 /// publisher's in the order it sent them.
 #[test]
 fn ten_thousand_messages_from_four_publishers_arrive_complete_and_in_order_everywhere() {
-    const PUBLISHERS: usize = 4;
-    const LISTENERS: usize = 2;
-    const PER_PUBLISHER: usize = 2_500;
-    const TOTAL: usize = PUBLISHERS * PER_PUBLISHER;
-
     let server = TestServer::start(&[]);
-    // Every client is connected (and so a recipient) before anyone publishes.
-    let clients = connect_many(server.addr, PUBLISHERS + LISTENERS);
-
-    let mut writers = Vec::new();
-    let mut readers = Vec::new();
-    for (i, ws) in clients.into_iter().enumerate() {
-        let (writer, mut reader) = split(ws);
-        if i < PUBLISHERS {
-            writers.push(writer);
-        }
-        readers.push(thread::spawn(move || {
-            let mut next = [0usize; PUBLISHERS];
-            for n in 0..TOTAL {
-                let text = recv_text(&mut reader);
-                let body = text.strip_prefix(PREFIX).unwrap_or_else(|| {
-                    panic!("client {i}: message {n} lacks the prefix: {text:?}")
-                });
-                let (p, seq) = body
-                    .split_once('#')
-                    .and_then(|(p, s)| Some((p.parse::<usize>().ok()?, s.parse::<usize>().ok()?)))
-                    .unwrap_or_else(|| panic!("client {i}: unexpected message {text:?}"));
-                assert!(p < PUBLISHERS, "client {i}: unknown publisher in {text:?}");
-                assert_eq!(
-                    seq, next[p],
-                    "client {i}: publisher {p}'s messages out of order or lost"
-                );
-                next[p] += 1;
-            }
-            next
-        }));
+    let seen = publish_concurrently(server.addr, 6, 4, 2_500, 64, Duration::ZERO);
+    for (i, s) in seen.iter().enumerate() {
+        assert_eq!(s.len(), 10_000, "client {i}");
     }
-
-    let publishers: Vec<_> = writers
-        .into_iter()
-        .enumerate()
-        .map(|(p, mut ws)| {
-            thread::spawn(move || {
-                for seq in 0..PER_PUBLISHER {
-                    ws.write(Message::text(format!("{p}#{seq}")))
-                        .expect("publish");
-                    if seq % 64 == 63 {
-                        ws.flush().expect("flush");
-                    }
-                }
-                ws.flush().expect("flush");
-                ws // kept open until every reader is done
-            })
-        })
-        .collect();
-
-    let publishers: Vec<_> = publishers
-        .into_iter()
-        .map(|t| t.join().expect("publisher panicked"))
-        .collect();
-    for (i, r) in readers.into_iter().enumerate() {
-        let counts = r
-            .join()
-            .unwrap_or_else(|_| panic!("reader {i} failed (see its panic above)"));
-        assert_eq!(counts, [PER_PUBLISHER; PUBLISHERS], "client {i}");
-    }
-    drop(publishers);
 }

@@ -318,6 +318,7 @@ fn exposition_is_openmetrics_with_every_family_herald_documents() {
         ("herald_over_limit", OpenMetricsType::Counter),
         ("herald_loop_iterations", OpenMetricsType::Counter),
         ("herald_loop_iteration_seconds", OpenMetricsType::Histogram),
+        ("herald_frames_per_write", OpenMetricsType::Histogram),
     ];
     for (name, ty) in types {
         let f = s.family(name);
@@ -457,6 +458,13 @@ fn traffic_moves_connection_message_delivery_and_byte_counters() {
         "bytes written between two scrapes"
     );
     assert_eq!(m2.gauge("herald_queued_bytes"), 0, "everything was flushed");
+    // Each message was read back by every client before the next was sent:
+    // six writes of one frame each.
+    let w = m2.histogram("herald_frames_per_write");
+    assert_eq!(w.count, Some(6), "{}", m2.text);
+    assert_eq!(w.sum.expect("_sum").as_f64(), 6.0);
+    assert_eq!(w.buckets[0].upper_bound, 1.0);
+    assert_eq!(w.buckets[0].count.as_i64(), Some(6));
     assert!(m2.counter("herald_loop_iterations") > iterations0);
     let h = m2.histogram("herald_loop_iteration_seconds");
     assert_eq!(h.count, Some(m2.counter("herald_loop_iterations")));
@@ -480,6 +488,8 @@ fn traffic_moves_connection_message_delivery_and_byte_counters() {
     assert_eq!(m4.counter("herald_messages_received"), 3);
     assert_eq!(m4.counter("herald_broadcasts"), 3);
     assert_eq!(m4.counter("herald_deliveries"), 6 + 2);
+    let w = m4.histogram("herald_frames_per_write");
+    assert_eq!((w.count, w.sum.map(|s| s.as_f64())), (Some(8), Some(8.0)));
     assert!(m4.counter("herald_written_bytes") > m3.counter("herald_written_bytes"));
     assert_eq!(
         m4.counter("herald_connections_accepted"),

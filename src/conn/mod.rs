@@ -94,6 +94,9 @@ pub(crate) struct Conn {
     doomed: bool,
     /// Listed in the loop's flush list for this iteration.
     dirty: bool,
+    /// Listed in the loop's round of broadcast flushes (see
+    /// [`Conn::list_for_round`]).
+    in_round: bool,
     /// The last flush hit `WouldBlock`: wait for a writable event.
     blocked: bool,
     /// Listed in the loop's read list (budget spent, or throttled): read
@@ -202,6 +205,7 @@ impl Conn {
             peer_eof: false,
             doomed: false,
             dirty: false,
+            in_round: false,
             blocked: false,
             unread: false,
             held: false,
@@ -246,6 +250,28 @@ impl Conn {
     #[inline]
     pub fn unlist_for_flush(&mut self) {
         self.dirty = false;
+    }
+
+    /// Flags the connection for the round of broadcast flushes, which the
+    /// loop works through a slice per iteration; true if it was not
+    /// already, so the caller appends it. One already listed keeps its
+    /// place, and what is queued for it meanwhile leaves in the same write.
+    #[inline]
+    pub fn list_for_round(&mut self) -> bool {
+        !std::mem::replace(&mut self.in_round, true)
+    }
+
+    /// Its turn in the round came.
+    #[inline]
+    pub fn unlist_for_round(&mut self) {
+        self.in_round = false;
+    }
+
+    /// Whether it waits in the round (its key must leave the round's list
+    /// when it is removed).
+    #[inline]
+    pub fn is_listed_for_round(&self) -> bool {
+        self.in_round
     }
 
     /// Whether it is to be removed at the end of the iteration.
@@ -533,22 +559,18 @@ impl Conn {
     /// (a writable event comes first); when a closing connection has
     /// drained, shuts its write side (or dooms it if the peer is gone
     /// too). A client that lost messages under `--slow-consumer drop` is
-    /// told as soon as its queue drains. Returns the bytes written.
+    /// told as soon as its queue drains. Bytes and writes are counted in
+    /// `stats`.
     #[inline]
-    pub fn flush(&mut self, tick: u32) -> usize {
+    pub fn flush(&mut self, tick: u32, stats: &mut Stats) {
         if self.blocked {
-            return 0;
+            return;
         }
-        self.write_out(tick)
-    }
-
-    fn write_out(&mut self, tick: u32) -> usize {
-        let mut written = self.write_once(tick);
+        self.write_queued(tick, stats);
         if self.dropped > 0 && self.queue.is_empty() && self.is_open() {
             self.queue_drop_notice();
-            written += self.write_once(tick);
+            self.write_queued(tick, stats);
         }
-        written
     }
 
     /// Gives the queue's memory back if it holds nothing: an idle
@@ -583,11 +605,15 @@ impl Conn {
         written
     }
 
-    /// One vectored write of what the queue holds.
-    fn write_once(&mut self, tick: u32) -> usize {
+    /// Vectored writes of what the queue holds, until it is empty or the
+    /// socket would block.
+    fn write_queued(&mut self, tick: u32, stats: &mut Stats) {
         let before = self.queue.queued();
-        let result = self.queue.flush(&mut SendMsg(&self.stream));
+        let result = self
+            .queue
+            .flush(&mut SendMsg(&self.stream), &mut stats.writes);
         let written = before - self.queue.queued();
+        stats.bytes_written += written as u64;
         if written > 0 || self.queue.is_empty() {
             self.last_drained = tick;
         }
@@ -614,7 +640,6 @@ impl Conn {
                 }
             }
         }
-        written
     }
 }
 

@@ -446,7 +446,7 @@ impl Conn {
                 // Where the gap is, before what follows it.
                 self.queue_drop_notice();
             }
-            self.queue.push(batch.clone(), Kind::Broadcast);
+            self.queue.push_broadcast(batch.clone(), count);
             Offer::Queued
         } else if policy == SlowConsumer::Drop {
             self.dropped = self.dropped.saturating_add(count);

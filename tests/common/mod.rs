@@ -610,3 +610,83 @@ fn parse_server_frame(b: &[u8]) -> Option<(u8, std::ops::Range<usize>)> {
     assert!(len <= 64 << 20, "a {len}-byte frame from the server");
     (b.len() >= header + len).then_some((first, header..header + len))
 }
+
+/// Publishers `0..publishers` of `clients` fresh clients send `per_publisher`
+/// messages `"P#SEQ"` each, concurrently, flushing every `burst` messages
+/// (pausing `pause` after each burst), while every client, publishers
+/// included, reads on its own thread. Each client must receive every
+/// message, each publisher's in the order sent; returns what each client
+/// saw, in order, as `(publisher, seq)`.
+pub fn publish_concurrently(
+    addr: SocketAddr,
+    clients: usize,
+    publishers: usize,
+    per_publisher: usize,
+    burst: usize,
+    pause: Duration,
+) -> Vec<Vec<(usize, usize)>> {
+    let all = connect_many(addr, clients);
+    let total = publishers * per_publisher;
+    let mut writers: Vec<Client> = Vec::new();
+    let mut readers = Vec::new();
+    for (i, ws) in all.into_iter().enumerate() {
+        let (writer, mut reader) = split(ws);
+        if i < publishers {
+            writers.push(writer);
+        }
+        readers.push(thread::spawn(move || {
+            let mut next = vec![0usize; publishers];
+            let mut seen = Vec::with_capacity(total);
+            for n in 0..total {
+                let text = recv_text(&mut reader);
+                let body = text.strip_prefix(PREFIX).unwrap_or_else(|| {
+                    panic!("client {i}: message {n} lacks the prefix: {text:?}")
+                });
+                let (p, seq) = body
+                    .split_once('#')
+                    .and_then(|(p, s)| Some((p.parse::<usize>().ok()?, s.parse::<usize>().ok()?)))
+                    .unwrap_or_else(|| panic!("client {i}: unexpected message {text:?}"));
+                assert!(p < publishers, "client {i}: unknown publisher in {text:?}");
+                assert_eq!(
+                    seq, next[p],
+                    "client {i}: publisher {p}'s messages out of order or lost"
+                );
+                next[p] += 1;
+                seen.push((p, seq));
+            }
+            seen
+        }));
+    }
+    let senders: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut ws)| {
+            thread::spawn(move || {
+                for seq in 0..per_publisher {
+                    ws.write(Message::text(format!("{p}#{seq}")))
+                        .expect("publish");
+                    if seq % burst == burst - 1 {
+                        ws.flush().expect("flush");
+                        thread::sleep(pause);
+                    }
+                }
+                ws.flush().expect("flush");
+                ws // kept open until every reader is done
+            })
+        })
+        .collect();
+    let senders: Vec<Client> = senders
+        .into_iter()
+        .map(|t| t.join().expect("publisher panicked"))
+        .collect();
+    let seen = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.join()
+                .unwrap_or_else(|_| panic!("reader {i} failed (see its panic above)"))
+        })
+        .collect();
+    drop(senders);
+    seen
+}
