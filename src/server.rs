@@ -686,13 +686,16 @@ impl Server {
         debug_assert!(!self.rooms.has_pending(), "fan-out left frames behind");
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
-        // Answers, pongs, closes and writable sockets first, whole.
+        // Answers, closes and writable sockets first, whole. One that waits
+        // in the round keeps its turn: flushed now, a publisher would get
+        // its own copies before the rest of its room (and, pacing itself by
+        // them, outrun its room's clients).
         for k in std::mem::take(&mut self.dirty) {
             let Some(conn) = self.conns.get_mut(k) else {
                 continue;
             };
             conn.unlist_for_flush();
-            if conn.wants_flush() {
+            if conn.wants_flush() && !conn.is_listed_for_round() {
                 conn.flush(tick, &mut self.stats);
             }
             relist_if_ready(conn, k, &mut self.unread, limit);

@@ -6,9 +6,11 @@
 
 mod common;
 
+use std::thread;
 use std::time::Duration;
 
-use common::{metric, publish_concurrently, TestServer};
+use common::{connect_many, metric, publish_concurrently, recv_text, Client, TestServer, PREFIX};
+use tungstenite::Message;
 
 #[test]
 fn every_slice_delivers_everything_in_one_order() {
@@ -42,4 +44,61 @@ fn every_slice_delivers_everything_in_one_order() {
         let writes = metric(server.addr, "herald_frames_per_write_count");
         assert!(writes > 0 && writes <= deliveries, "{writes} writes");
     }
+}
+
+/// A publisher that paces itself by its own copies (as loadgen's saturation
+/// publishers do, and any request/acknowledge client) gets them in its turn
+/// of the round, like everyone else: served out of turn, it would always see
+/// its copy first and outrun its room, every message adding to the queues of
+/// the clients still waiting their turn.
+#[test]
+fn a_publisher_gets_its_own_copies_in_its_turn() {
+    const CLIENTS: usize = 200;
+    const MESSAGES: usize = 3_000;
+    const WINDOW: usize = 16;
+    let server = TestServer::start(&[
+        "--flush-slice",
+        "1",
+        "--client-rate",
+        "0",
+        "--client-bandwidth",
+        "0",
+    ]);
+    let mut all = connect_many(server.addr, CLIENTS);
+    let mut publisher = all.remove(0);
+    let readers: Vec<_> = all
+        .into_iter()
+        .map(|mut ws| {
+            thread::spawn(move || {
+                for _ in 0..MESSAGES {
+                    recv_text(&mut ws);
+                }
+                ws
+            })
+        })
+        .collect();
+    // At most WINDOW of its messages without their copy back.
+    let mut sent = 0;
+    for got in 0..MESSAGES {
+        while sent < MESSAGES && sent < got + WINDOW {
+            publisher
+                .write(Message::text(format!("{sent:08}")))
+                .expect("publish");
+            sent += 1;
+        }
+        publisher.flush().expect("flush");
+        assert_eq!(recv_text(&mut publisher), format!("{PREFIX}{got:08}"));
+    }
+    let readers: Vec<Client> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+    // Queued at once, across all clients: the window's worth each, twice
+    // over (a client's turn may come just before the publisher's), never
+    // the hundreds a publisher out of turn piles up.
+    let frame = (2 + PREFIX.len() + 8) as u64;
+    let high_water = metric(server.addr, "herald_queued_high_water_bytes");
+    let bound = CLIENTS as u64 * 2 * WINDOW as u64 * frame;
+    assert!(
+        high_water <= bound,
+        "{high_water} bytes queued at once (bound {bound})"
+    );
+    drop(readers);
 }
