@@ -64,9 +64,8 @@ const FRAME_COST: usize = 64;
 /// as the kernel lets it never holds a batch near the limit.
 const BATCH_FRACTION: usize = 4;
 
-/// How far each fan-out moves the start of its walk over a room's members:
-/// a large prime, so that successive starts spread over any room size.
-const ROTATION_STEP: usize = 7_919;
+/// The seed of the generator that orders each round of flushes.
+const ROUND_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Bytes read per iteration from a connection that is closing: its input
 /// is discarded, so a client that keeps sending after its close costs
@@ -121,11 +120,14 @@ pub(crate) struct Server {
     /// the loop reads again in between, so a message read meanwhile joins
     /// the queues still waiting and leaves in the same write. A connection
     /// flushed goes to the back when it next has bytes: every one is
-    /// flushed once per round.
+    /// flushed once per round, and each round is shuffled when it starts.
     round: VecDeque<usize>,
-    /// Where the next fan-out starts in its room's member list: moved on
-    /// every fan-out, so the members served last are not always the same.
-    rotation: usize,
+    /// Entries of the round still to flush before the next round starts.
+    round_left: usize,
+    /// Draws each round's order (xorshift64*).
+    round_rng: u64,
+    /// Room to reorder a round in (kept to reuse its allocation).
+    round_scratch: Vec<usize>,
     /// Connections to remove in the end phase.
     doomed: Vec<usize>,
     /// Connections to read first in the next iteration, in order (budget
@@ -220,7 +222,9 @@ impl Server {
             publish_acks: Vec::new(),
             dirty: Vec::new(),
             round: VecDeque::new(),
-            rotation: 0,
+            round_left: 0,
+            round_rng: ROUND_SEED,
+            round_scratch: Vec::new(),
             doomed: Vec::new(),
             unread: VecDeque::new(),
             carry: VecDeque::new(),
@@ -677,8 +681,10 @@ impl Server {
     /// empty: no frame, urgent flush or removal is carried into the next
     /// iteration, and every slab key removed here was last used by this
     /// iteration's events. The round carries over: every key in it is a
-    /// connection flagged `in_round`, listed once, and the loop polls
-    /// without waiting while it is not empty.
+    /// connection flagged `in_round`, listed once; its first `round_left`
+    /// keys are the current round's (those after them joined since, and
+    /// wait for the next), and the loop polls without waiting while it is
+    /// not empty.
     fn end_of_iteration(&mut self, now: Instant) {
         if self.rooms.has_pending() || !self.publish_acks.is_empty() {
             self.fan_out(now);
@@ -703,10 +709,25 @@ impl Server {
                 self.doomed.push(k);
             }
         }
+        if self.round_left == 0 && !self.round.is_empty() {
+            // A new round, its blocks in an order drawn afresh: kept in one
+            // order, the clients just before a publisher's turn would wait a
+            // whole round for its messages every time, and own the tail.
+            // Blocks, not single keys, keep neighbours together: connections
+            // accepted one after another sit close in the slab and in the
+            // kernel, and a walk in that order costs measurably less.
+            shuffle_blocks(
+                &mut self.round,
+                &mut self.round_scratch,
+                &mut self.round_rng,
+            );
+            self.round_left = self.round.len();
+        }
         let slice = match self.cfg.flush_slice {
-            0 => self.round.len(),
-            n => n.min(self.round.len()),
+            0 => self.round_left,
+            n => n.min(self.round_left),
         };
+        self.round_left -= slice;
         for k in self.round.drain(..slice) {
             let conn = &mut self.conns[k];
             conn.unlist_for_round();
@@ -746,6 +767,7 @@ impl Server {
         if round_gone {
             let conns = &self.conns;
             self.round.retain(|&k| conns.contains(k));
+            self.round_left = self.round_left.min(self.round.len());
         }
         debug_assert!(
             self.publish_acks.is_empty(),
@@ -834,13 +856,7 @@ impl Server {
             // (one queue entry, one iovec), whatever the count.
             let (shared, count) = self.rooms.take_batch(room);
             let mut recipients = 0u64;
-            // Members new to the round join it from a different place each
-            // time, so the tail of a round is not always the same clients.
-            let members = self.rooms.members(room);
-            let start = self.rotation % members.len().max(1);
-            self.rotation = self.rotation.wrapping_add(ROTATION_STEP);
-            let (tail, head) = members.split_at(start);
-            for &k in head.iter().chain(tail) {
+            for &k in self.rooms.members(room) {
                 let conn = &mut self.conns[k];
                 if !conn.is_open() {
                     continue;
@@ -904,6 +920,37 @@ fn relist_if_ready(conn: &mut Conn, k: usize, unread: &mut VecDeque<usize>, limi
     }
 }
 
+/// Keys of a round kept together when it is reordered.
+const ROUND_BLOCK: usize = 64;
+
+/// Puts the blocks of [`ROUND_BLOCK`] keys of `round` in a random order
+/// (Fisher-Yates over block indices, xorshift64*), each block's keys kept in
+/// theirs. `scratch` holds the block order and then the new sequence, so a
+/// round reuses its allocation. A round of 10,000 costs about as much as one
+/// of its writes.
+fn shuffle_blocks(round: &mut VecDeque<usize>, scratch: &mut Vec<usize>, state: &mut u64) {
+    let keys = round.make_contiguous();
+    let blocks = keys.len().div_ceil(ROUND_BLOCK);
+    if blocks < 2 {
+        return;
+    }
+    scratch.clear();
+    scratch.extend(0..blocks);
+    for i in (1..blocks).rev() {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        scratch.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+    for n in 0..blocks {
+        let b = scratch[n];
+        let end = ((b + 1) * ROUND_BLOCK).min(keys.len());
+        scratch.extend_from_slice(&keys[b * ROUND_BLOCK..end]);
+    }
+    keys.copy_from_slice(&scratch[blocks..]);
+}
+
 /// Accept errors that concern one connection only.
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
@@ -930,4 +977,39 @@ mod errno {
     pub const EMFILE: i32 = 24;
     pub const EPROTO: i32 = 71;
     pub const ENOBUFS: i32 = 105;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shuffled_round_keeps_every_key_once_and_its_blocks_whole() {
+        let mut state = ROUND_SEED;
+        let mut scratch = Vec::new();
+        for n in [0, 1, 63, 64, 65, 1_000, 10_007] {
+            let mut round: VecDeque<usize> = (0..n).collect();
+            shuffle_blocks(&mut round, &mut scratch, &mut state);
+            let keys: Vec<usize> = round.iter().copied().collect();
+            let mut sorted = keys.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "n = {n}");
+            // Each block starts at a multiple of the block size and runs on
+            // in order.
+            let mut i = 0;
+            while i < n {
+                let start = keys[i];
+                assert_eq!(start % ROUND_BLOCK, 0, "n = {n}, at {i}");
+                let len = ROUND_BLOCK.min(n - start);
+                assert_eq!(
+                    keys[i..i + len],
+                    (start..start + len).collect::<Vec<_>>()[..]
+                );
+                i += len;
+            }
+            if n > 2 * ROUND_BLOCK {
+                assert_ne!(keys, (0..n).collect::<Vec<_>>(), "n = {n}: not reordered");
+            }
+        }
+    }
 }
