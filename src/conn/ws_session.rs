@@ -585,3 +585,19 @@ mod allowance_tests {
         assert!(reads <= 16, "{reads} reads for one 60 KiB frame");
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    /// An open WebSocket's box, most of it tungstenite's context: the
+    /// memory table in docs/design.md adds it up.
+    #[test]
+    fn an_open_websocket_stays_small() {
+        use tungstenite::protocol::WebSocketContext;
+        let (ws, ctx) = (
+            std::mem::size_of::<super::Ws>(),
+            std::mem::size_of::<WebSocketContext>(),
+        );
+        eprintln!("size_of::<Ws>() = {ws}, of which tungstenite's context {ctx}");
+        assert!(ws <= 304, "Ws grew to {ws} bytes");
+    }
+}
