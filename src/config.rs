@@ -11,7 +11,8 @@ use clap::{Parser, ValueEnum};
 /// What herald does with a message a client sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// Send it to every open client, the sender included (the seed's chat).
+    /// Send it to every open client of its room, the sender included (the chat of the
+    /// Node.js `ws` server herald reimplements).
     Broadcast,
     /// Send it back to its sender only, verbatim and with the same opcode
     /// (for conformance suites such as Autobahn).

@@ -663,7 +663,7 @@ impl Write for SendMsg<'_> {
 
 #[cfg(test)]
 mod size_tests {
-    /// The slab holds one `Conn` per connection: keep it small (the README
+    /// The slab holds one `Conn` per connection: keep it small (docs/benchmarks.md
     /// states memory per idle connection).
     #[test]
     fn a_connection_stays_small() {
