@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, default_value_t = 512)]
     pub flush_slice: usize,
 
+    /// Flush each slice of the round through io_uring: one `io_uring_enter`
+    /// submits a `sendmsg` per connection (readiness still comes from
+    /// epoll). Where io_uring is unavailable (`kernel.io_uring_disabled`,
+    /// an old kernel) herald says so once and writes with `sendmsg(2)`.
+    #[arg(long)]
+    pub io_uring: bool,
+
     /// What to do with a client past --max-queued-bytes.
     #[arg(long, value_enum, default_value_t = SlowConsumer::Close)]
     pub slow_consumer: SlowConsumer,
@@ -325,7 +332,7 @@ impl Config {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         format!(
             "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
-             flush_slice={} slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
+             flush_slice={} io_uring={} slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
@@ -337,6 +344,7 @@ impl Config {
             self.max_message_size,
             self.max_queued_bytes,
             self.flush_slice,
+            self.io_uring,
             self.slow_consumer,
             self.client_rate,
             self.client_burst,

@@ -5,6 +5,8 @@
 //! A broadcast is encoded once ([`frame`]) and queued as a shared handle on
 //! every recipient's [`queue::WriteQueue`], which leaves in one vectored write (`sendmsg`) per
 //! connection per loop iteration.
+//! With `--io-uring`, the vectored writes of a whole slice of recipients go to
+//! the kernel in one `io_uring_enter`.
 //!
 //! `main` only parses the command line; tests and embedders call [`run`]
 //! with a listener they bound themselves (port 0 in tests).
@@ -22,6 +24,7 @@ mod rooms;
 mod server;
 pub mod sockopt;
 pub mod stats;
+mod uring;
 
 use std::io;
 use std::net::TcpListener;

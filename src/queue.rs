@@ -224,39 +224,78 @@ impl WriteQueue {
     /// zero bytes is reported as `WriteZero`.
     pub fn flush<W: Write>(&mut self, w: &mut W, tally: &mut WriteTally) -> io::Result<Flushed> {
         while !self.entries.is_empty() {
-            let written = {
+            let result = {
                 // Only the slices in use are initialised: a flush of one
                 // frame (the common case under light load) should not pay
                 // for zeroing a whole batch.
                 let mut slices = [MaybeUninit::<IoSlice<'_>>::uninit(); MAX_IOVECS];
                 let mut n = 0;
-                for (slot, entry) in slices.iter_mut().zip(self.entries.iter()) {
-                    let start = if n == 0 { self.offset } else { 0 };
-                    slot.write(IoSlice::new(&entry.frame[start..]));
+                for (slot, bytes) in slices.iter_mut().zip(self.slices()) {
+                    slot.write(IoSlice::new(bytes));
                     n += 1;
                 }
                 // SAFETY: the first `n` elements were initialised just above,
                 // and `MaybeUninit<T>` has the layout of `T`.
                 let slices =
                     unsafe { std::slice::from_raw_parts(slices.as_ptr().cast::<IoSlice<'_>>(), n) };
-                match w.write_vectored(slices) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(written) => written,
-                    Err(e) if would_block(&e) => return Ok(Flushed::Blocked),
-                    Err(e) if interrupted(&e) => continue,
-                    Err(e) => return Err(e),
-                }
+                w.write_vectored(slices)
             };
-            let (frames, carried_broadcast) = self.advance(written);
-            if carried_broadcast {
-                tally.record(frames);
+            if let Some(outcome) = self.complete(result, tally) {
+                return outcome;
             }
         }
-        // A drained queue gives back memory a burst made it take.
+        Ok(self.drained())
+    }
+
+    /// What the next write should carry: the unwritten bytes of the first
+    /// [`MAX_IOVECS`] entries, in order. For a write made elsewhere (a ring
+    /// of `sendmsg`s); its result goes to [`WriteQueue::complete`] before
+    /// the queue changes in any other way, since the write points into the
+    /// queue's frames.
+    #[inline]
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries
+            .iter()
+            .take(MAX_IOVECS)
+            .enumerate()
+            .map(|(i, e)| &e.frame[if i == 0 { self.offset } else { 0 }..])
+    }
+
+    /// Applies the result of one write of [`WriteQueue::slices`]: the bytes
+    /// written leave the queue (counted in `tally` when they carried
+    /// broadcast bytes). Returns `None` when the flush goes on (bytes are
+    /// left and the socket did not say it would block), else its outcome.
+    ///
+    /// # Errors
+    /// The write's error, other than `WouldBlock` and `Interrupted`; a write
+    /// of zero bytes is reported as `WriteZero`.
+    pub fn complete(
+        &mut self,
+        result: io::Result<usize>,
+        tally: &mut WriteTally,
+    ) -> Option<io::Result<Flushed>> {
+        match result {
+            Ok(0) => Some(Err(io::ErrorKind::WriteZero.into())),
+            Ok(written) => {
+                let (frames, carried_broadcast) = self.advance(written);
+                if carried_broadcast {
+                    tally.record(frames);
+                }
+                self.entries.is_empty().then(|| Ok(self.drained()))
+            }
+            Err(e) if would_block(&e) => Some(Ok(Flushed::Blocked)),
+            Err(e) if interrupted(&e) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The end of a flush that left nothing: a drained queue gives back
+    /// memory a burst made it take.
+    fn drained(&mut self) -> Flushed {
         if self.entries.capacity() > 64 {
             self.entries.shrink_to(16);
         }
-        Ok(Flushed::Empty)
+        Flushed::Empty
     }
 
     /// Marks `n` bytes from the front as written. Returns the broadcast

@@ -4,8 +4,10 @@
 //! iteration, then those with events (each within its budget and the
 //! iteration's) → the end-of-iteration phase, which turns each room's batch
 //! of this iteration's broadcasts into one frame, offers it to the room's
-//! open members and flushes each with one vectored `sendmsg`, flushes the
-//! other connections that queued bytes, and only then removes the
+//! open members and lists them in the round of flushes, flushes the
+//! connections that must be written now and a slice of the round (each
+//! with one vectored `sendmsg`, or, with `--io-uring`, the slice's writes
+//! submitted at once through [`crate::uring`]), and only then removes the
 //! connections marked doomed.
 //! Slab keys are tokens and are reused, so a connection is never removed
 //! mid-batch.
@@ -33,6 +35,7 @@ use crate::http::{self, Phase, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::rooms::Rooms;
 use crate::stats::{CloseReason, Stats};
+use crate::uring::Ring;
 use crate::{feed, metrics, sockopt, Shutdown};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -128,6 +131,13 @@ pub(crate) struct Server {
     round_rng: u64,
     /// Room to reorder a round in (kept to reuse its allocation).
     round_scratch: Vec<usize>,
+    /// `--io-uring`: the ring the round's slices are written through;
+    /// `None` without the flag, or where io_uring is unavailable.
+    ring: Option<Ring>,
+    /// The slice of the round being flushed, and those of its connections
+    /// the ring writes (both kept for their allocation).
+    slice: Vec<usize>,
+    ring_batch: Vec<usize>,
     /// Connections to remove in the end phase.
     doomed: Vec<usize>,
     /// Connections to read first in the next iteration, in order (budget
@@ -207,6 +217,17 @@ impl Server {
         // Output per message is at most a 10-byte header, the prefix and the
         // payload; input at least a 6-byte header and the same payload.
         let expansion = (10 + cfg.prefix.len()).div_ceil(MIN_READ).max(1);
+        let ring = if cfg.io_uring {
+            match Ring::new() {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring unavailable: flushing with sendmsg");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -225,6 +246,9 @@ impl Server {
             round_left: 0,
             round_rng: ROUND_SEED,
             round_scratch: Vec::new(),
+            ring,
+            slice: Vec::new(),
+            ring_batch: Vec::new(),
             doomed: Vec::new(),
             unread: VecDeque::new(),
             carry: VecDeque::new(),
@@ -736,15 +760,19 @@ impl Server {
             n => n.min(self.round_left),
         };
         self.round_left -= slice;
-        for k in self.round.drain(..slice) {
-            let conn = &mut self.conns[k];
-            conn.unlist_for_round();
-            if conn.wants_flush() {
-                conn.flush(tick, &mut self.stats);
-            }
-            relist_if_ready(conn, k, &mut self.unread, limit);
-            if conn.is_doomed() {
-                self.doomed.push(k);
+        if self.ring.is_some() {
+            self.flush_slice_through_ring(slice, tick);
+        } else {
+            for k in self.round.drain(..slice) {
+                let conn = &mut self.conns[k];
+                conn.unlist_for_round();
+                if conn.wants_flush() {
+                    conn.flush(tick, &mut self.stats);
+                }
+                relist_if_ready(conn, k, &mut self.unread, limit);
+                if conn.is_doomed() {
+                    self.doomed.push(k);
+                }
             }
         }
         let (mut listed_gone, mut round_gone) = (false, false);
@@ -800,6 +828,48 @@ impl Server {
             self.rooms.pending() == 0 && self.carry.is_empty(),
             "input carried past its iteration"
         );
+    }
+
+    /// The next `len` connections of the round flushed as the `sendmsg`
+    /// loop flushes them, their writes submitted through the ring at once.
+    /// Should the ring itself fail, herald says so and writes with
+    /// `sendmsg` from then on.
+    fn flush_slice_through_ring(&mut self, len: usize, tick: u32) {
+        let limit = self.cfg.max_queued_bytes;
+        let Some(ring) = &mut self.ring else { return };
+        self.slice.clear();
+        self.slice.extend(self.round.drain(..len));
+        self.ring_batch.clear();
+        for &k in &self.slice {
+            let conn = &mut self.conns[k];
+            conn.unlist_for_round();
+            if conn.wants_flush() {
+                if conn.has_write_ready() {
+                    self.ring_batch.push(k);
+                } else {
+                    // Blocked (nothing to do) or closing with nothing
+                    // queued (shut the write side): no write to submit.
+                    conn.flush(tick, &mut self.stats);
+                }
+            }
+        }
+        if let Err(e) = ring.flush(&mut self.conns, &self.ring_batch, tick, &mut self.stats) {
+            tracing::warn!(error = %e, "io_uring failed: flushing with sendmsg from now on");
+            self.ring = None;
+            for &k in &self.ring_batch {
+                let conn = &mut self.conns[k];
+                if conn.wants_flush() {
+                    conn.flush(tick, &mut self.stats);
+                }
+            }
+        }
+        for &k in &self.slice {
+            let conn = &mut self.conns[k];
+            relist_if_ready(conn, k, &mut self.unread, limit);
+            if conn.is_doomed() {
+                self.doomed.push(k);
+            }
+        }
     }
 
     /// Logs, at info, what happened since the last summary: connections

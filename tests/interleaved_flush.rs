@@ -2,28 +2,46 @@
 //! the round per iteration and reads in between, so messages read mid-round
 //! join the queues still waiting. Whatever the slice, every client of a room
 //! receives every message, each publisher's in order, and all of them in the
-//! same sequence.
+//! same sequence. Each test runs twice: with `sendmsg` writes and with the
+//! round's slices written through io_uring (`--io-uring`).
 
 mod common;
 
 use std::thread;
 use std::time::Duration;
 
-use common::{connect_many, metric, publish_concurrently, recv_text, Client, TestServer, PREFIX};
+use common::{
+    assert_io_uring_in_use, connect_many, metric, publish_concurrently, recv_text, Client,
+    TestServer, PREFIX,
+};
 use tungstenite::Message;
 
 #[test]
 fn every_slice_delivers_everything_in_one_order() {
+    every_slice_delivers_everything_in_one_order_with(&[]);
+}
+
+#[test]
+fn every_slice_delivers_everything_in_one_order_through_io_uring() {
+    every_slice_delivers_everything_in_one_order_with(&["--io-uring"]);
+}
+
+fn every_slice_delivers_everything_in_one_order_with(extra: &[&str]) {
     // 1: a round of 40 takes 40 iterations; 0: the whole round at once.
     for slice in ["1", "3", "0"] {
-        let server = TestServer::start(&[
+        let mut flags = vec![
             "--flush-slice",
             slice,
             "--client-rate",
             "0",
             "--client-bandwidth",
             "0",
-        ]);
+        ];
+        flags.extend_from_slice(extra);
+        let server = TestServer::start(&flags);
+        if !extra.is_empty() {
+            assert_io_uring_in_use();
+        }
         // Bursts of 7, so messages arrive while rounds run.
         let seen = publish_concurrently(server.addr, 40, 4, 300, 7, Duration::from_micros(200));
         for (i, s) in seen.iter().enumerate().skip(1) {
@@ -53,17 +71,31 @@ fn every_slice_delivers_everything_in_one_order() {
 /// the clients still waiting their turn.
 #[test]
 fn a_publisher_gets_its_own_copies_in_its_turn() {
+    a_publisher_gets_its_own_copies_in_its_turn_with(&[]);
+}
+
+#[test]
+fn a_publisher_gets_its_own_copies_in_its_turn_through_io_uring() {
+    a_publisher_gets_its_own_copies_in_its_turn_with(&["--io-uring"]);
+}
+
+fn a_publisher_gets_its_own_copies_in_its_turn_with(extra: &[&str]) {
     const CLIENTS: usize = 200;
     const MESSAGES: usize = 3_000;
     const WINDOW: usize = 16;
-    let server = TestServer::start(&[
+    let mut flags = vec![
         "--flush-slice",
         "1",
         "--client-rate",
         "0",
         "--client-bandwidth",
         "0",
-    ]);
+    ];
+    flags.extend_from_slice(extra);
+    let server = TestServer::start(&flags);
+    if !extra.is_empty() {
+        assert_io_uring_in_use();
+    }
     let mut all = connect_many(server.addr, CLIENTS);
     let mut publisher = all.remove(0);
     let readers: Vec<_> = all

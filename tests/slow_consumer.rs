@@ -3,6 +3,10 @@
 //! that read get every message in order. Under `--slow-consumer drop` a
 //! client that stopped reading is told how many messages it lost as soon
 //! as it has caught up, not at the next broadcast, which may never come.
+//! A client that reads slowly through a tiny window gets every byte, in
+//! order, however its writes are cut. Each test runs twice: with `sendmsg`
+//! writes and with the round's slices written through io_uring
+//! (`--io-uring`).
 
 mod common;
 
@@ -11,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    connect, drain, handshake, recv_text, split, tcp_tiny_receive_buffer, Client, Ending,
-    TestServer, PREFIX, TIMEOUT,
+    assert_io_uring_in_use, connect, drain, handshake, metric, recv_text, split,
+    tcp_tiny_receive_buffer, Client, Ending, TestServer, PREFIX, TIMEOUT,
 };
 use tungstenite::Message;
 
@@ -66,13 +70,36 @@ impl Progress {
     }
 }
 
+/// Starts a server with `flags` and `extra`; with `--io-uring` among
+/// `extra`, checks that a ring is in use.
+fn start(flags: &[&str], extra: &[&str]) -> TestServer {
+    let all: Vec<&str> = flags.iter().chain(extra).copied().collect();
+    let server = TestServer::start(&all);
+    if extra.contains(&"--io-uring") {
+        assert_io_uring_in_use();
+    }
+    server
+}
+
 #[test]
 fn a_client_that_never_reads_is_closed_at_the_queue_limit_and_the_others_get_everything() {
+    never_reads_with(&[]);
+}
+
+#[test]
+fn a_client_that_never_reads_is_closed_at_the_queue_limit_through_io_uring() {
+    never_reads_with(&["--io-uring"]);
+}
+
+fn never_reads_with(extra: &[&str]) {
     // A fixed send buffer keeps the kernel from absorbing megabytes for the
     // stuck client (loopback autotuning would), so the queue limit is what
     // stops it.
     let limit = LIMIT.to_string();
-    let server = TestServer::start(&["--max-queued-bytes", &limit, "--send-buffer", "8KiB"]);
+    let server = start(
+        &["--max-queued-bytes", &limit, "--send-buffer", "8KiB"],
+        extra,
+    );
     let mut stuck = handshake(server.addr, tcp_tiny_receive_buffer(server.addr));
     let (mut publisher, publisher_reader) = split(connect(server.addr));
     let mut readers = vec![publisher_reader, connect(server.addr), connect(server.addr)];
@@ -151,15 +178,27 @@ const NOTICE_WITHIN: Duration = Duration::from_secs(3);
 
 #[test]
 fn under_the_drop_policy_the_loss_is_told_once_the_queue_drains_without_another_broadcast() {
+    drop_notice_with(&[]);
+}
+
+#[test]
+fn under_the_drop_policy_the_loss_is_told_once_the_queue_drains_through_io_uring() {
+    drop_notice_with(&["--io-uring"]);
+}
+
+fn drop_notice_with(extra: &[&str]) {
     let limit = LIMIT.to_string();
-    let server = TestServer::start(&[
-        "--slow-consumer",
-        "drop",
-        "--max-queued-bytes",
-        &limit,
-        "--send-buffer",
-        "8KiB",
-    ]);
+    let server = start(
+        &[
+            "--slow-consumer",
+            "drop",
+            "--max-queued-bytes",
+            &limit,
+            "--send-buffer",
+            "8KiB",
+        ],
+        extra,
+    );
     let mut stopped = handshake(server.addr, tcp_tiny_receive_buffer(server.addr));
     let mut publisher = connect(server.addr);
 
@@ -230,4 +269,70 @@ fn under_the_drop_policy_the_loss_is_told_once_the_queue_drains_without_another_
     assert_eq!(received.len() + dropped, BURST);
     assert!(dropped > 0, "nothing was dropped: no limit applied");
     drop((stopped, publisher));
+}
+
+#[test]
+fn a_slow_reader_behind_a_tiny_window_gets_every_byte_in_order() {
+    slow_reader_with(&[]);
+}
+
+#[test]
+fn a_slow_reader_behind_a_tiny_window_gets_every_byte_in_order_through_io_uring() {
+    slow_reader_with(&["--io-uring"]);
+}
+
+/// 512 KiB of 1 KiB messages, published at once, through an 8 KiB send
+/// buffer to a client with the smallest receive buffer that reads in
+/// spurts: writes are cut short or refused (`EAGAIN`) again and again,
+/// and each resumes exactly where it stopped, frame boundaries included.
+/// The queue limit is far above the total, so nothing is dropped.
+fn slow_reader_with(extra: &[&str]) {
+    let server = start(
+        &[
+            "--send-buffer",
+            "8KiB",
+            "--client-rate",
+            "0",
+            "--client-bandwidth",
+            "0",
+        ],
+        extra,
+    );
+    let mut slow = handshake(server.addr, tcp_tiny_receive_buffer(server.addr));
+    let mut publisher = connect(server.addr);
+    let reader = thread::spawn(move || {
+        for seq in 0..MESSAGES {
+            let got = recv_text(&mut slow);
+            assert!(
+                got.strip_prefix(PREFIX) == Some(message(seq).as_str()),
+                "slow reader: message {seq} lost, reordered or cut: {:?}…",
+                &got[..got.len().min(40)]
+            );
+            if seq % 16 == 15 {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        slow
+    });
+    for seq in 0..MESSAGES {
+        publisher
+            .write(Message::text(message(seq)))
+            .expect("publish");
+    }
+    publisher.flush().expect("flush");
+    for seq in 0..MESSAGES {
+        let got = recv_text(&mut publisher);
+        assert_eq!(got.strip_prefix(PREFIX), Some(message(seq).as_str()));
+    }
+    let slow = reader
+        .join()
+        .unwrap_or_else(|_| panic!("the slow reader failed (see its panic above)"));
+    // However the writes were cut, each message was counted once.
+    let deliveries = metric(server.addr, "herald_deliveries_total");
+    assert_eq!(deliveries, 2 * MESSAGES as u64);
+    assert_eq!(
+        metric(server.addr, "herald_frames_per_write_sum"),
+        deliveries
+    );
+    drop((slow, publisher));
 }

@@ -15,6 +15,7 @@ mod ws_session;
 
 use std::io::{self, Read as _, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -567,9 +568,65 @@ impl Conn {
             return;
         }
         self.write_queued(tick, stats);
+        self.tell_drops(tick, stats);
+    }
+
+    /// Tells a client that lost messages under `--slow-consumer drop` as
+    /// soon as its queue has drained.
+    fn tell_drops(&mut self, tick: u32, stats: &mut Stats) {
         if self.dropped > 0 && self.queue.is_empty() && self.is_open() {
             self.queue_drop_notice();
             self.write_queued(tick, stats);
+        }
+    }
+
+    /// Whether a write made elsewhere (the loop's ring of `sendmsg`s) may
+    /// take its queue now: bytes wait, the socket has not said it would
+    /// block, and it is not doomed. What else [`Conn::flush`] does for a
+    /// connection that wants a flush (shutting a drained closing one's
+    /// write side) is left to `flush`.
+    #[inline]
+    pub fn has_write_ready(&self) -> bool {
+        !self.blocked && !self.doomed && !self.queue.is_empty()
+    }
+
+    /// The socket, for a write made elsewhere.
+    #[inline]
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// What the next write made elsewhere carries (see
+    /// [`WriteQueue::slices`]): the queue must not change until
+    /// [`Conn::complete_write`] has its result.
+    #[inline]
+    pub fn write_slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.queue.slices()
+    }
+
+    /// Applies the result of a write of [`Conn::write_slices`] made
+    /// elsewhere, as [`Conn::flush`] applies each of its own: the bytes
+    /// leave the queue, `WouldBlock` blocks the connection until a
+    /// writable event, an error dooms it, a drained closing connection's
+    /// write side is shut and a drop notice goes out. Returns true when
+    /// bytes are left and the socket may take more now (a partial write):
+    /// the caller writes again.
+    pub fn complete_write(
+        &mut self,
+        result: io::Result<usize>,
+        tick: u32,
+        stats: &mut Stats,
+    ) -> bool {
+        let before = self.queue.queued();
+        let outcome = self.queue.complete(result, &mut stats.writes);
+        self.count_written(before, tick, stats);
+        match outcome {
+            None => true,
+            Some(outcome) => {
+                self.settle_flush(outcome);
+                self.tell_drops(tick, stats);
+                false
+            }
         }
     }
 
@@ -612,11 +669,24 @@ impl Conn {
         let result = self
             .queue
             .flush(&mut SendMsg(&self.stream), &mut stats.writes);
+        self.count_written(before, tick, stats);
+        self.settle_flush(result);
+    }
+
+    /// Counts what left the queue since it held `before` bytes.
+    #[inline]
+    fn count_written(&mut self, before: usize, tick: u32, stats: &mut Stats) {
         let written = before - self.queue.queued();
         stats.bytes_written += written as u64;
         if written > 0 || self.queue.is_empty() {
             self.last_drained = tick;
         }
+    }
+
+    /// Acts on how a flush ended: a drained closing connection shuts its
+    /// write side (or is doomed if the peer is gone too), `WouldBlock`
+    /// waits for a writable event, an error dooms the connection.
+    fn settle_flush(&mut self, result: io::Result<Flushed>) {
         match result {
             Ok(Flushed::Empty) => {
                 self.blocked = false;

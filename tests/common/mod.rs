@@ -169,6 +169,52 @@ pub fn tcp_tiny_receive_buffer(addr: SocketAddr) -> TcpStream {
     tcp_with_buffers(addr, Some(4096), None)
 }
 
+/// Whether this process may set up an io_uring instance (not where
+/// `kernel.io_uring_disabled` forbids it, or the kernel has none): probed
+/// with `io_uring_setup(2)`, the instance closed at once.
+///
+/// The probe runs on a thread of its own: the kernel tears a ring down
+/// asynchronously and then notifies the threads that used it, which
+/// interrupts a blocking read with a timeout (`EINTR`) in a test thread.
+pub fn io_uring_allowed() -> bool {
+    thread::spawn(|| {
+        // struct io_uring_params: 120 bytes, all zeros asks for the defaults.
+        let mut params = [0u64; 15];
+        // SAFETY: io_uring_setup writes into `params`, which is large enough.
+        let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: `fd` is the descriptor just returned, owned by nobody else.
+        unsafe { libc::close(fd as i32) };
+        true
+    })
+    .join()
+    .expect("io_uring probe")
+}
+
+/// Checks that a server started with `--io-uring` in this process really
+/// writes through a ring: where io_uring is allowed, the process holds an
+/// io_uring descriptor. Where it is not, the server fell back to
+/// `sendmsg` and says so; the test then checks that path.
+pub fn assert_io_uring_in_use() {
+    if !io_uring_allowed() {
+        eprintln!("io_uring is not allowed here: --io-uring falls back to sendmsg");
+        return;
+    }
+    // The server sets its ring up on its own thread, maybe after `start`
+    // returned.
+    let ring_open = || {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("read /proc/self/fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|target| target.to_string_lossy().contains("io_uring"))
+    };
+    eventually(TIMEOUT, "an io_uring instance (--io-uring given)", || {
+        ring_open().then_some(())
+    });
+}
+
 /// A WebSocket client on `/`, handshake done.
 pub fn connect(addr: SocketAddr) -> Client {
     handshake(addr, tcp(addr))
