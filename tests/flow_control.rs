@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     connect, is_timeout, masked_frame, metric, raw_websocket, reset, send_text, tcp,
-    upgrade_request, Client, FrameReader, TestServer, PREFIX, TIMEOUT,
+    upgrade_request, Client, FrameReader, TestServer, PREFIX, TIMEOUT, UNLIMITED,
 };
 use tungstenite::{Error as WsError, Message};
 
@@ -225,7 +225,6 @@ pub fn pong_flood_round_trips(flags: &[&str]) -> Vec<Duration> {
 
 /// The rate limits off: the flood reaches the loop, which must still bound
 /// its work per iteration.
-const UNLIMITED: [&str; 4] = ["--client-rate", "0", "--client-bandwidth", "0"];
 
 #[test]
 fn twenty_pong_flooders_do_not_slow_a_healthy_clients_round_trip() {

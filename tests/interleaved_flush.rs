@@ -11,8 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    assert_io_uring_in_use, connect_many, metric, publish_concurrently, recv_text, Client,
-    TestServer, PREFIX,
+    connect_many, metric, publish_concurrently, recv_text, start_with, Client, PREFIX, UNLIMITED,
 };
 use tungstenite::Message;
 
@@ -29,19 +28,7 @@ fn every_slice_delivers_everything_in_one_order_through_io_uring() {
 fn every_slice_delivers_everything_in_one_order_with(extra: &[&str]) {
     // 1: a round of 40 takes 40 iterations; 0: the whole round at once.
     for slice in ["1", "3", "0"] {
-        let mut flags = vec![
-            "--flush-slice",
-            slice,
-            "--client-rate",
-            "0",
-            "--client-bandwidth",
-            "0",
-        ];
-        flags.extend_from_slice(extra);
-        let server = TestServer::start(&flags);
-        if !extra.is_empty() {
-            assert_io_uring_in_use();
-        }
+        let server = start_with(&[&["--flush-slice", slice][..], &UNLIMITED].concat(), extra);
         // Bursts of 7, so messages arrive while rounds run.
         let seen = publish_concurrently(server.addr, 40, 4, 300, 7, Duration::from_micros(200));
         for (i, s) in seen.iter().enumerate().skip(1) {
@@ -83,19 +70,7 @@ fn a_publisher_gets_its_own_copies_in_its_turn_with(extra: &[&str]) {
     const CLIENTS: usize = 200;
     const MESSAGES: usize = 3_000;
     const WINDOW: usize = 16;
-    let mut flags = vec![
-        "--flush-slice",
-        "1",
-        "--client-rate",
-        "0",
-        "--client-bandwidth",
-        "0",
-    ];
-    flags.extend_from_slice(extra);
-    let server = TestServer::start(&flags);
-    if !extra.is_empty() {
-        assert_io_uring_in_use();
-    }
+    let server = start_with(&[&["--flush-slice", "1"][..], &UNLIMITED].concat(), extra);
     let mut all = connect_many(server.addr, CLIENTS);
     let mut publisher = all.remove(0);
     let readers: Vec<_> = all

@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_io_uring_in_use, connect, drain, handshake, metric, recv_text, split,
-    tcp_tiny_receive_buffer, Client, Ending, TestServer, PREFIX, TIMEOUT,
+    connect, drain, handshake, metric, recv_text, split, start_with, tcp_tiny_receive_buffer,
+    Client, Ending, PREFIX, TIMEOUT,
 };
 use tungstenite::Message;
 
@@ -70,17 +70,6 @@ impl Progress {
     }
 }
 
-/// Starts a server with `flags` and `extra`; with `--io-uring` among
-/// `extra`, checks that a ring is in use.
-fn start(flags: &[&str], extra: &[&str]) -> TestServer {
-    let all: Vec<&str> = flags.iter().chain(extra).copied().collect();
-    let server = TestServer::start(&all);
-    if extra.contains(&"--io-uring") {
-        assert_io_uring_in_use();
-    }
-    server
-}
-
 #[test]
 fn a_client_that_never_reads_is_closed_at_the_queue_limit_and_the_others_get_everything() {
     never_reads_with(&[]);
@@ -96,7 +85,7 @@ fn never_reads_with(extra: &[&str]) {
     // stuck client (loopback autotuning would), so the queue limit is what
     // stops it.
     let limit = LIMIT.to_string();
-    let server = start(
+    let server = start_with(
         &["--max-queued-bytes", &limit, "--send-buffer", "8KiB"],
         extra,
     );
@@ -188,7 +177,7 @@ fn under_the_drop_policy_the_loss_is_told_once_the_queue_drains_through_io_uring
 
 fn drop_notice_with(extra: &[&str]) {
     let limit = LIMIT.to_string();
-    let server = start(
+    let server = start_with(
         &[
             "--slow-consumer",
             "drop",
@@ -287,7 +276,7 @@ fn a_slow_reader_behind_a_tiny_window_gets_every_byte_in_order_through_io_uring(
 /// and each resumes exactly where it stopped, frame boundaries included.
 /// The queue limit is far above the total, so nothing is dropped.
 fn slow_reader_with(extra: &[&str]) {
-    let server = start(
+    let server = start_with(
         &[
             "--send-buffer",
             "8KiB",

@@ -193,6 +193,20 @@ pub fn io_uring_allowed() -> bool {
     .expect("io_uring probe")
 }
 
+/// herald's per-client rate limits off: tests that flood on purpose.
+pub const UNLIMITED: [&str; 4] = ["--client-rate", "0", "--client-bandwidth", "0"];
+
+/// Starts a server with `flags` and `extra` (a test's variant, such as
+/// `--io-uring`); with `--io-uring` among them, checks that a ring is in use.
+pub fn start_with(flags: &[&str], extra: &[&str]) -> TestServer {
+    let all: Vec<&str> = flags.iter().chain(extra).copied().collect();
+    let server = TestServer::start(&all);
+    if extra.contains(&"--io-uring") {
+        assert_io_uring_in_use();
+    }
+    server
+}
+
 /// Checks that a server started with `--io-uring` in this process really
 /// writes through a ring: where io_uring is allowed, the process holds an
 /// io_uring descriptor. Where it is not, the server fell back to
