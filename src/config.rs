@@ -157,6 +157,31 @@ pub struct Config {
     #[arg(long, value_name = "PATH")]
     pub feed: Option<String>,
 
+    /// Share every room with the other herald nodes on this Redis
+    /// (`redis://[user:pass@]host:port[/db]`): each broadcast is published
+    /// to the room's channel and delivered when it comes back, so every
+    /// client of a room, on every node, sees one order. Unset: one process.
+    #[arg(long, env = "HERALD_REDIS", value_name = "URL", value_parser = parse_redis_url,
+          conflicts_with = "redis_cluster", hide_env_values = true)]
+    pub redis: Option<RedisUrl>,
+
+    /// The same over a Redis Cluster with sharded pub/sub (SPUBLISH,
+    /// SSUBSCRIBE): one or more of its nodes, comma-separated
+    /// (`host:port` or `redis://` URLs); the rest is discovered.
+    #[arg(long, env = "HERALD_REDIS_CLUSTER", value_name = "URL[,URL...]",
+          value_parser = parse_redis_url, value_delimiter = ',', hide_env_values = true)]
+    pub redis_cluster: Vec<RedisUrl>,
+
+    /// Names the bus channels: PREFIX:lobby and PREFIX:room:NAME. Nodes that
+    /// share a prefix share their rooms.
+    #[arg(long, value_name = "PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
+    /// Client messages held for the bus while it is down or behind, in
+    /// bytes; past it the sender is told its message was not delivered.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1MiB")]
+    pub bus_buffer: usize,
+
     /// Once herald closes a connection (a close frame or a final HTTP
     /// answer), how long the client has to take its last bytes and close.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
@@ -312,6 +337,81 @@ pub fn parse_room(s: &str) -> Result<String, String> {
     }
 }
 
+/// Where a Redis server is and how to log in: parsed from
+/// `redis://[user:pass@]host:port[/db]` by the `redis` crate.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `AUTH` user (Redis 6 ACL), if any.
+    pub username: Option<String>,
+    /// `AUTH` password, if any.
+    pub password: Option<String>,
+    /// The database `SELECT`ed (pub/sub ignores it; kept for the URL's sake).
+    pub db: i64,
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out of logs.
+        write!(f, "{self}")
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(_)) => format!("{u}:***@"),
+            (None, Some(_)) => ":***@".into(),
+            (Some(u), None) => format!("{u}@"),
+            (None, None) => String::new(),
+        };
+        let db = if self.db == 0 {
+            String::new()
+        } else {
+            format!("/{}", self.db)
+        };
+        write!(f, "redis://{auth}{}:{}{db}", self.host, self.port)
+    }
+}
+
+/// Parses a Redis URL (`redis://…`, or `host:port` for short).
+///
+/// # Errors
+/// A one-line message naming the accepted form.
+pub fn parse_redis_url(s: &str) -> Result<RedisUrl, String> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let t = s.trim();
+    let full = if t.contains("://") {
+        t.to_string()
+    } else {
+        format!("redis://{t}")
+    };
+    let bad = |why: String| {
+        format!("invalid Redis URL {s:?}: {why}; expected redis://[user:pass@]host:port[/db]")
+    };
+    if !full.starts_with("redis://") {
+        return Err(bad("only redis:// is supported".into()));
+    }
+    let info = full
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| bad(e.to_string()))?;
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return Err(bad("not a TCP address".into()));
+    };
+    let r = info.redis_settings();
+    Ok(RedisUrl {
+        host: host.clone(),
+        port: *port,
+        username: r.username().map(str::to_string),
+        password: r.password().map(str::to_string),
+        db: r.db(),
+    })
+}
+
 /// Parses a decimal or `0x` hexadecimal number.
 ///
 /// # Errors
@@ -335,6 +435,7 @@ impl Config {
              flush_slice={} io_uring={} slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
+             redis={} redis_cluster={} redis_prefix={:?} bus_buffer={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
@@ -363,6 +464,15 @@ impl Config {
             self.feed.as_deref().unwrap_or("-"),
             self.feed_room.as_deref().unwrap_or("-"),
             self.max_rooms,
+            opt(self.redis.as_ref().map(RedisUrl::to_string)),
+            if self.redis_cluster.is_empty() {
+                "-".into()
+            } else {
+                let urls: Vec<String> = self.redis_cluster.iter().map(RedisUrl::to_string).collect();
+                urls.join(",")
+            },
+            self.redis_prefix,
+            self.bus_buffer,
             self.handshake_timeout,
             self.close_timeout,
             self.shutdown_timeout,

@@ -97,6 +97,17 @@ pub fn write_header(out: &mut Vec<u8>, opcode: u8, payload_len: usize) {
     }
 }
 
+/// The opcode and payload of one final, unmasked frame as [`encode`] made
+/// it.
+pub fn split(frame: &[u8]) -> (u8, &[u8]) {
+    let len = match frame[1] & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (frame[0] & 0x0F, &frame[len..])
+}
+
 /// Encodes one final data frame whose payload is `prefix` followed by
 /// `payload`, in a single allocation sized exactly for it.
 ///

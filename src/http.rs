@@ -107,8 +107,10 @@ pub enum Route {
 pub enum Resource {
     /// The chat page.
     Page,
-    /// `/healthz`.
+    /// `/healthz`: 200 while the process serves.
     Health,
+    /// `/readyz`: 200 while it can also reach every other node (the bus is up).
+    Ready,
     /// The Prometheus exposition.
     Metrics,
 }
@@ -358,6 +360,7 @@ pub fn route(buf: &[u8], cfg: &RouteConfig, phase: Phase) -> Route {
         "/" => Resource::Page,
         _ if room.is_some() => Resource::Page,
         "/healthz" => Resource::Health,
+        "/readyz" => Resource::Ready,
         p if cfg.metrics_path.as_deref() == Some(p) => Resource::Metrics,
         _ => return Route::Reject(Status::NotFound, "no such path"),
     };

@@ -12,6 +12,7 @@
 //! with a listener they bound themselves (port 0 in tests).
 #![deny(missing_docs)]
 
+mod bus;
 pub mod config;
 mod conn;
 mod feed;

@@ -53,6 +53,22 @@ impl EncodeMetric for WritesHistogram {
 /// Content type of the exposition (OpenMetrics text, which Prometheus reads).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// A histogram of publish-to-echo times over the bus, 50 µs to about 13 s.
+pub fn echo_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(50e-6, 2.0, 19))
+}
+
+/// The bus's state at scrape time (`--redis`).
+#[derive(Debug, Clone, Copy)]
+pub struct BusGauges<'a> {
+    /// Whether it is up.
+    pub up: bool,
+    /// Bytes held for Redis.
+    pub buffered: usize,
+    /// Publish-to-echo times of this node's messages.
+    pub echo: &'a Histogram,
+}
+
 /// A histogram of loop iteration times, 1 µs to about 4 s.
 pub fn iteration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-6, 4.0, 12))
@@ -87,6 +103,7 @@ pub fn render(
     gauges: Gauges,
     room_sizes: &[usize],
     iterations: &Histogram,
+    bus: Option<BusGauges<'_>>,
 ) -> String {
     let mut r = Registry::with_prefix("herald");
     let c = |v: u64| ConstCounter::new(v);
@@ -227,8 +244,80 @@ pub fn render(
         Unit::Seconds,
         iterations.clone(),
     );
+    if let Some(bus) = bus {
+        register_bus(&mut r, stats, bus);
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// The bus's metrics: only with `--redis`, so a single process shows none.
+fn register_bus(r: &mut Registry, stats: &Stats, bus: BusGauges<'_>) {
+    let c = |v: u64| ConstCounter::new(v);
+    r.register(
+        "bus_up",
+        "1 while the Redis bus is up (every room subscribed), else 0",
+        ConstGauge::new(i64::from(bus.up)),
+    );
+    r.register(
+        "bus_reconnects",
+        "Times the bus came back after being down",
+        c(stats.bus_reconnects),
+    );
+    r.register(
+        "bus_publishes",
+        "Messages this node published to the bus",
+        c(stats.bus_publishes),
+    );
+    r.register(
+        "bus_received",
+        "Messages received from the bus",
+        c(stats.bus_received),
+    );
+    r.register_with_unit(
+        "bus_sent",
+        "Bytes written to Redis",
+        Unit::Bytes,
+        c(stats.bus_sent_bytes),
+    );
+    r.register_with_unit(
+        "bus_received",
+        "Bytes read from Redis",
+        Unit::Bytes,
+        c(stats.bus_received_bytes),
+    );
+    r.register(
+        "bus_gaps",
+        "Messages missing from a publishing node's sequence",
+        c(stats.bus_gaps),
+    );
+    r.register(
+        "bus_duplicates",
+        "Copies of messages already delivered (published again after a reconnect), dropped",
+        c(stats.bus_duplicates),
+    );
+    r.register(
+        "bus_malformed",
+        "Bus messages this version cannot read, dropped",
+        c(stats.bus_malformed),
+    );
+    r.register(
+        "bus_undelivered",
+        "Messages refused because the bus was down or --bus-buffer full",
+        c(stats.bus_undelivered),
+    );
+    r.register_with_unit(
+        "bus_buffered",
+        "Bytes of publishes held for Redis now",
+        Unit::Bytes,
+        ConstGauge::new(bus.buffered as i64),
+    );
+    r.register_with_unit(
+        "bus_echo",
+        "Time from publishing one of this node's messages to receiving it back",
+        Unit::Seconds,
+        bus.echo.clone(),
+    );
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
+use crate::bus::RoomBus;
 use crate::frame::{self, Frame};
 
 /// A room's encoding buffer keeps its capacity across iterations up to
@@ -34,6 +35,17 @@ struct Room {
     count: usize,
     /// Members that received this iteration's batch (for publish answers).
     recipients: u64,
+    /// Its side of the Redis bus (untouched without one).
+    bus: RoomBus,
+}
+
+/// A room that lost its last member, handed to the bus: its channel is
+/// unsubscribed and its held publishes still go out.
+pub struct Vacated {
+    /// The room's name (empty for the lobby).
+    pub name: Box<str>,
+    /// Its bus state when it emptied.
+    pub bus: RoomBus,
 }
 
 /// Every room, by id and by name.
@@ -46,11 +58,20 @@ pub struct Rooms {
     dirty: Vec<u32>,
     /// Batch bytes across all rooms.
     pending: usize,
+    /// Whether a bus follows the rooms: then rooms that gain their first
+    /// member and rooms that lose their last are listed for it.
+    tracked: bool,
+    /// Rooms that gained their first member since the bus last looked.
+    occupied: Vec<u32>,
+    /// Rooms that lost their last member since the bus last looked.
+    vacated: Vec<Vacated>,
 }
 
 impl Rooms {
-    /// The lobby alone; at most `max` named rooms besides.
-    pub fn new(max: usize) -> Self {
+    /// The lobby alone; at most `max` named rooms besides. `tracked`: a bus
+    /// follows which rooms have members ([`Rooms::take_occupied`],
+    /// [`Rooms::take_vacated`]).
+    pub fn new(max: usize, tracked: bool) -> Self {
         let mut rooms = Slab::new();
         let lobby = rooms.insert(Room::new(""));
         debug_assert_eq!(lobby as u32, LOBBY);
@@ -60,6 +81,9 @@ impl Rooms {
             max,
             dirty: Vec::new(),
             pending: 0,
+            tracked,
+            occupied: Vec::new(),
+            vacated: Vec::new(),
         }
     }
 
@@ -89,7 +113,11 @@ impl Rooms {
         };
         let members = &mut self.rooms[id as usize].members;
         members.push(key);
-        Some((id, (members.len() - 1) as u32))
+        let slot = (members.len() - 1) as u32;
+        if slot == 0 && self.tracked {
+            self.occupied.push(id);
+        }
+        Some((id, slot))
     }
 
     /// Removes the member at `slot` of room `id`; returns the key of the
@@ -102,9 +130,22 @@ impl Rooms {
         // Members leave in the end phase, after the fan-out emptied every
         // batch: nothing waits for a room removed here.
         debug_assert_eq!(room.count, 0);
-        if room.members.is_empty() && id != LOBBY {
-            let room = self.rooms.remove(id as usize);
-            self.by_name.remove(&room.name);
+        if room.members.is_empty() {
+            if id != LOBBY {
+                let room = self.rooms.remove(id as usize);
+                self.by_name.remove(&room.name);
+                if self.tracked {
+                    self.vacated.push(Vacated {
+                        name: room.name,
+                        bus: room.bus,
+                    });
+                }
+            } else if self.tracked {
+                self.vacated.push(Vacated {
+                    name: "".into(),
+                    bus: std::mem::take(&mut room.bus),
+                });
+            }
         }
         moved
     }
@@ -169,6 +210,47 @@ impl Rooms {
         (batch, count)
     }
 
+    /// Room `id`'s name and bus state.
+    pub fn bus_mut(&mut self, id: u32) -> (&str, &mut RoomBus) {
+        let room = &mut self.rooms[id as usize];
+        (&room.name, &mut room.bus)
+    }
+
+    /// Room `id`'s bus state, if it has members.
+    pub fn bus(&self, id: u32) -> Option<&RoomBus> {
+        self.rooms
+            .get(id as usize)
+            .filter(|r| !r.members.is_empty())
+            .map(|r| &r.bus)
+    }
+
+    /// Every room with members: id, name and bus state.
+    pub fn each_bus_mut(&mut self) -> impl Iterator<Item = (u32, &str, &mut RoomBus)> {
+        self.rooms
+            .iter_mut()
+            .filter(|(_, r)| !r.members.is_empty())
+            .map(|(id, r)| (id as u32, &*r.name, &mut r.bus))
+    }
+
+    /// Takes the rooms that gained their first member, into `into`
+    /// (cleared first). One may have emptied again since.
+    pub fn take_occupied(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(&mut self.occupied, into);
+    }
+
+    /// Takes the rooms that lost their last member.
+    pub fn take_vacated(&mut self) -> std::vec::Drain<'_, Vacated> {
+        self.vacated.drain(..)
+    }
+
+    /// Whether room `id` has members.
+    pub fn is_occupied(&self, id: u32) -> bool {
+        self.rooms
+            .get(id as usize)
+            .is_some_and(|r| !r.members.is_empty())
+    }
+
     /// Room `id`'s members.
     pub fn members(&self, id: u32) -> &[usize] {
         &self.rooms[id as usize].members
@@ -209,6 +291,7 @@ impl Room {
             batch: Vec::new(),
             count: 0,
             recipients: 0,
+            bus: RoomBus::default(),
         }
     }
 }

@@ -28,6 +28,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::bus::{Ack, Bus, BusIo, Target};
 use crate::config::Config;
 use crate::conn::{Awaiting, Conn, Ctx, Input, Offer, ReadLimit};
 use crate::frame::{self, Frame, OP_PING, OP_TEXT};
@@ -178,6 +179,9 @@ pub(crate) struct Server {
     last_summary: (Instant, Stats),
     stats: Stats,
     iteration_time: Histogram,
+    /// The Redis bus (`--redis`), and the publish answers it handed over.
+    bus: Option<Bus>,
+    bus_acks: Vec<(Ack, i64)>,
 }
 
 impl Server {
@@ -217,6 +221,7 @@ impl Server {
         // Output per message is at most a 10-byte header, the prefix and the
         // payload; input at least a 6-byte header and the same payload.
         let expansion = (10 + cfg.prefix.len()).div_ceil(MIN_READ).max(1);
+        let bus = Bus::new(&cfg, now)?;
         let ring = if cfg.io_uring {
             match Ring::new() {
                 Ok(ring) => Some(ring),
@@ -235,7 +240,7 @@ impl Server {
             route,
             ws_config,
             read_buf: vec![0; READ_BUF_LEN],
-            rooms: Rooms::new(cfg.max_rooms),
+            rooms: Rooms::new(cfg.max_rooms, bus.is_some()),
             fanning: Vec::new(),
             batch_cap: (cfg.max_queued_bytes / BATCH_FRACTION).max(MIN_READ),
             expansion,
@@ -270,6 +275,8 @@ impl Server {
             last_summary: (now, Stats::default()),
             stats: Stats::default(),
             iteration_time: metrics::iteration_histogram(),
+            bus,
+            bus_acks: Vec::new(),
             cfg,
         })
     }
@@ -295,7 +302,10 @@ impl Server {
             self.begin_shutdown(Instant::now());
         }
         loop {
-            let timeout = if !self.unread.is_empty() || self.feed_pending || !self.round.is_empty()
+            let timeout = if !self.unread.is_empty()
+                || self.feed_pending
+                || !self.round.is_empty()
+                || self.bus.as_ref().is_some_and(Bus::has_input_left)
             {
                 Duration::ZERO
             } else if !self.throttled.is_empty() {
@@ -312,6 +322,9 @@ impl Server {
             }
             let now = Instant::now();
             self.input_left = ITERATION_INPUT;
+            // The bus before anything: its subscription fills the batches
+            // first, so Redis never waits on herald's clients.
+            self.service_bus(&events, now);
             // The feed first: clients carried over must not fill every
             // iteration's batch before it.
             if self.feed_pending {
@@ -333,6 +346,7 @@ impl Server {
                         }
                         self.begin_shutdown(now);
                     }
+                    token if Bus::owns(token) => {}
                     Token(k) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -367,6 +381,40 @@ impl Server {
                     tracing::info!(left = self.conns.len(), "shutdown complete");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Hands the bus its sockets' readiness, lets it read its subscription
+    /// and replies, and answers the HTTP publishes Redis took.
+    fn service_bus(&mut self, events: &Events, now: Instant) {
+        let cap = self.iteration_cap();
+        let Some(bus) = self.bus.as_mut() else { return };
+        for event in events.iter() {
+            if Bus::owns(event.token()) {
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                bus.on_event(event.token(), readable, event.is_writable());
+            }
+        }
+        bus.service(&mut BusIo {
+            rooms: &mut self.rooms,
+            stats: &mut self.stats,
+            cap,
+            registry: self.poll.registry(),
+            now,
+            prefix: self.cfg.prefix.as_bytes(),
+        });
+        self.bus_acks.extend(bus.take_acks());
+        let tick = self.tick(now);
+        let limit = self.cfg.max_queued_bytes;
+        for (ack, nodes) in std::mem::take(&mut self.bus_acks) {
+            let Some(conn) = self.conns.get_mut(ack.key) else {
+                continue;
+            };
+            if conn.answer_bus_published(ack.ticket, nodes, now, &self.cfg) {
+                conn.flush(tick, &mut self.stats);
+                relist_if_ready(conn, ack.key, &mut self.unread, limit);
+                self.mark_dirty(ack.key);
             }
         }
     }
@@ -503,6 +551,7 @@ impl Server {
                 ms,
                 tick,
                 stats: &mut self.stats,
+                bus: self.bus.as_mut(),
             };
             conn.resume(&mut ctx);
             if !conn.hold_unless_ready(limit) {
@@ -610,7 +659,12 @@ impl Server {
         }
         gauges.rooms = self.rooms.len();
         let sizes: Vec<usize> = self.rooms.sizes().collect();
-        metrics::render(&self.stats, gauges, &sizes, &self.iteration_time)
+        let bus = self.bus.as_ref().map(|b| metrics::BusGauges {
+            up: b.is_up(),
+            buffered: b.buffered(),
+            echo: b.echo_times(),
+        });
+        metrics::render(&self.stats, gauges, &sizes, &self.iteration_time, bus)
     }
 
     /// Moves lines from `--feed` into their room's batch, until the batches are full;
@@ -626,8 +680,22 @@ impl Server {
             match rx.try_recv() {
                 Ok(line) => {
                     self.stats.feed_lines += 1;
+                    let to = self.cfg.feed_room.as_deref();
+                    if let Some(bus) = self.bus.as_mut() {
+                        // Refused lines are counted as undelivered.
+                        let target = Target::Named(to);
+                        let _ = bus.publish(
+                            &mut self.rooms,
+                            target,
+                            OP_TEXT,
+                            &line,
+                            None,
+                            &mut self.stats,
+                        );
+                        continue;
+                    }
                     // A room without members does not exist: nobody hears it.
-                    if let Some(room) = self.rooms.find(self.cfg.feed_room.as_deref()) {
+                    if let Some(room) = self.rooms.find(to) {
                         self.rooms.push(room, OP_TEXT, b"", &line);
                     }
                 }
@@ -690,6 +758,9 @@ impl Server {
             if touched && conn.list_for_flush() {
                 self.dirty.push(k);
             }
+        }
+        if let Some(bus) = self.bus.as_mut() {
+            bus.tick(&mut self.rooms, self.poll.registry(), now);
         }
         let every = self.cfg.log_summary_interval;
         if !every.is_zero() && now.duration_since(self.last_summary.0) >= every {
@@ -804,6 +875,11 @@ impl Server {
             let conns = &self.conns;
             self.round.retain(|&k| conns.contains(k));
             self.round_left = self.round_left.min(self.round.len());
+        }
+        if let Some(bus) = self.bus.as_mut() {
+            // After the removals: rooms they emptied are unsubscribed.
+            let registry = self.poll.registry();
+            bus.end_of_iteration(&mut self.rooms, &mut self.stats, registry, now);
         }
         debug_assert!(
             self.publish_acks.is_empty(),

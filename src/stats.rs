@@ -47,6 +47,25 @@ pub struct Stats {
     pub rejected: BTreeMap<u16, u64>,
     /// Broadcast frames per write.
     pub writes: WriteTally,
+    /// Messages this node published to the bus (`--redis`).
+    pub bus_publishes: u64,
+    /// Messages received from the bus.
+    pub bus_received: u64,
+    /// Bytes written to Redis.
+    pub bus_sent_bytes: u64,
+    /// Bytes read from Redis.
+    pub bus_received_bytes: u64,
+    /// Messages missing from a publisher's sequence.
+    pub bus_gaps: u64,
+    /// Copies of messages already delivered (written again after a
+    /// reconnect), dropped.
+    pub bus_duplicates: u64,
+    /// Envelopes this version cannot read, dropped.
+    pub bus_malformed: u64,
+    /// Messages refused because the bus was down or its buffer full.
+    pub bus_undelivered: u64,
+    /// Times the bus came back after being down.
+    pub bus_reconnects: u64,
 }
 
 /// How many broadcast frames each write carried: the figure batching moves.

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::{Conn, Ctx, State, NO_ROOM};
+use crate::bus::{Ack, Target};
 use crate::config::Config;
 use crate::frame::{self, Frame, OP_BINARY, OP_TEXT};
 use crate::http::{self, Phase, Resource, Route, Status};
@@ -50,6 +51,14 @@ pub(super) enum Pending {
         /// (nobody received them).
         room: u32,
     },
+    /// With the bus: answer 202 once Redis took the publish. One at a
+    /// time: each waits for its own answer.
+    BusPublished {
+        /// Whether the connection stays open after it.
+        keep_alive: bool,
+        /// The bus's number for the publish.
+        ticket: u32,
+    },
 }
 
 /// What a connection waits for the server to do before it handles more
@@ -62,6 +71,9 @@ pub(crate) enum Awaiting {
     /// Fan out this iteration's broadcasts, which counts the recipients
     /// [`Conn::answer_published`] reports.
     FanOut,
+    /// Redis's answer to a publish, which the bus hands to
+    /// [`Conn::answer_bus_published`].
+    Bus,
 }
 
 impl Conn {
@@ -70,6 +82,7 @@ impl Conn {
         match self.pending? {
             Pending::Metrics { .. } => Some(Awaiting::Metrics),
             Pending::Published { .. } => Some(Awaiting::FanOut),
+            Pending::BusPublished { .. } => Some(Awaiting::Bus),
         }
     }
 
@@ -124,6 +137,42 @@ impl Conn {
         true
     }
 
+    /// Answers a publish Redis took (`ticket` is the bus's number for it)
+    /// with the subscribers Redis counted: herald nodes, not clients, since
+    /// each node counts its own clients when the message comes back. False
+    /// if the connection waits for no such answer (it closed, and its key
+    /// went to another connection).
+    pub fn answer_bus_published(
+        &mut self,
+        ticket: u32,
+        nodes: i64,
+        now: Instant,
+        cfg: &Config,
+    ) -> bool {
+        let Some(Pending::BusPublished {
+            keep_alive,
+            ticket: owed,
+        }) = self.pending
+        else {
+            return false;
+        };
+        if owed != ticket {
+            return false;
+        }
+        let body = format!("{{\"nodes\":{nodes}}}\n");
+        let answer = |keep_alive: bool| {
+            http::reply(
+                "202 Accepted",
+                "application/json",
+                body.as_bytes(),
+                true,
+                keep_alive,
+            )
+        };
+        self.answer_pending(answer, 1, keep_alive, now, cfg);
+        true
+    }
+
     /// Handles bytes read while waiting for a request head (or, with
     /// `data` empty, bytes left over from a pipelined request).
     pub(super) fn on_http_input(&mut self, data: &[u8], ctx: &mut Ctx<'_>) {
@@ -160,9 +209,10 @@ impl Conn {
         match self.pending {
             None => true,
             // More publishes may join the same fan-out; anything else waits,
-            // so that answers leave in request order.
+            // so that answers leave in request order. Over the bus each
+            // publish waits for its own answer from Redis.
             Some(Pending::Published { keep_alive, .. }) => keep_alive,
-            Some(Pending::Metrics { .. }) => false,
+            Some(Pending::BusPublished { .. } | Pending::Metrics { .. }) => false,
         }
     }
 
@@ -211,6 +261,17 @@ impl Conn {
                             let text = if serving { "ok\n" } else { "shutting down\n" };
                             self.queue.push(
                                 http::text_response(serving, text, body, keep_alive),
+                                Kind::Own,
+                            )
+                        }
+                        Resource::Ready => {
+                            let (ready, text) = match (&ctx.bus, ctx.phase) {
+                                (_, Phase::Draining) => (false, "shutting down\n"),
+                                (Some(bus), _) if !bus.is_up() => (false, "bus unavailable\n"),
+                                _ => (true, "ready\n"),
+                            };
+                            self.queue.push(
+                                http::text_response(ready, text, body, keep_alive),
                                 Kind::Own,
                             )
                         }
@@ -288,6 +349,41 @@ impl Conn {
             );
             return;
         };
+        if let Some(bus) = ctx.bus.as_deref_mut() {
+            // Every node hears it from Redis, this one included.
+            let outcome = if bus.is_up() {
+                let ack = Ack {
+                    key: ctx.key,
+                    ticket: bus.ticket(),
+                };
+                let (opcode, payload) = frame::split(&frame);
+                let target = Target::Named(room);
+                match bus.publish(ctx.rooms, target, opcode, payload, Some(ack), ctx.stats) {
+                    Ok(()) => Ok(ack),
+                    Err(_) => Err("bus buffer full"),
+                }
+            } else {
+                Err("bus unavailable")
+            };
+            match outcome {
+                Ok(ack) => {
+                    ctx.stats.publishes += 1;
+                    self.pending = Some(Pending::BusPublished {
+                        keep_alive,
+                        ticket: ack.ticket,
+                    });
+                }
+                Err(why) => {
+                    *ctx.stats.rejected.entry(503).or_default() += 1;
+                    self.finish_with(
+                        http::error_response(Status::Unavailable, why),
+                        CloseReason::Rejected,
+                        ctx.close_by(),
+                    );
+                }
+            }
+            return;
+        }
         // A room without members does not exist: the message reaches no one.
         let room = ctx.rooms.find(room).unwrap_or(NO_ROOM);
         if room != NO_ROOM {

@@ -23,6 +23,7 @@ use mio::Registry;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::WebSocketConfig;
 
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::http::{self, Phase, RouteConfig, Status};
@@ -142,6 +143,9 @@ pub(crate) struct Ctx<'a> {
     pub tick: u32,
     /// Counters.
     pub stats: &'a mut Stats,
+    /// The Redis bus (`--redis`): broadcasts are published to it, not
+    /// pushed to the rooms.
+    pub bus: Option<&'a mut Bus>,
 }
 
 impl Ctx<'_> {

@@ -12,6 +12,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Error as WsError, Message};
 
 use super::{Conn, Ctx, State};
+use crate::bus::{Target, UNDELIVERED};
 use crate::config::{Config, Mode, SlowConsumer};
 use crate::frame::{self, Frame, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::http::{self, Status};
@@ -497,6 +498,23 @@ fn deliver(ctx: &mut Ctx<'_>, own: &mut WriteQueue, room: u32, opcode: u8, paylo
     ctx.stats.messages_in += 1;
     tracing::debug!(opcode, len = payload.len(), "message");
     match ctx.cfg.mode {
+        Mode::Broadcast if ctx.bus.is_some() => {
+            let bus = ctx.bus.as_deref_mut().expect("checked");
+            let sent = bus.publish(
+                ctx.rooms,
+                Target::Room(room),
+                opcode,
+                payload,
+                None,
+                ctx.stats,
+            );
+            if sent.is_err() {
+                own.push(
+                    frame::encode(OP_TEXT, b"", UNDELIVERED.as_bytes()),
+                    Kind::Own,
+                );
+            }
+        }
         Mode::Broadcast => {
             let prefix = if opcode == OP_TEXT {
                 ctx.cfg.prefix.as_bytes()

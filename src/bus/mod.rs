@@ -1,0 +1,1273 @@
+//! The Redis backplane: several herald nodes, one conversation per room.
+//!
+//! With `--redis`, a broadcast is not delivered where it was sent: it is
+//! published to its room's channel (`PREFIX:lobby`, `PREFIX:room:NAME`) in an
+//! [`envelope`], and every node, the sender's included, delivers what comes
+//! back on its subscription. Redis hands a channel's messages to every
+//! subscriber in one order, so every client of a room on every node sees the
+//! same sequence; delivering locally first would let two nodes show two
+//! simultaneous messages in opposite orders.
+//!
+//! Everything runs in the server's one loop: each Redis server is two
+//! non-blocking mio sockets (one publishes, one subscribes), commands are
+//! packed by the `redis` crate, replies decoded from a buffer by
+//! `redis-protocol`, so nothing here ever blocks. An iteration's publishes
+//! leave in one write; the subscription is read first in every iteration,
+//! outside the clients' read budget, so Redis never finds herald a slow
+//! subscriber.
+//!
+//! Delivery guarantees, and how they are kept:
+//! - **Own echo.** A room's publishes wait ([`RoomBus`]'s held queue) until
+//!   its `SUBSCRIBE` is confirmed: the two sockets are two Redis clients, and
+//!   a publish that overtook the subscription would never come back.
+//! - **Outages.** Publish commands stay in the node's out buffer until Redis
+//!   answers them, and are written again after a reconnect (the subscriptions
+//!   first); receivers drop a copy whose sequence number they already saw.
+//!   Memory is bounded by `--bus-buffer`: past it a message is refused.
+//! - **Silent failures.** A `PING` on each subscription every second, and a
+//!   `PUBLISH` that reached nobody in a room this node is subscribed to,
+//!   reconnect the bus.
+//! - **Gaps** in a `(node, stream)` sequence are counted, never silent.
+
+mod envelope;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use prometheus_client::metrics::histogram::Histogram;
+use redis_protocol::resp2::decode::decode_range;
+use redis_protocol::resp2::types::RangeFrame;
+
+use crate::config::{Config, RedisUrl};
+use crate::frame::OP_TEXT;
+use crate::nonblock::{interrupted, would_block};
+use crate::rooms::Rooms;
+use crate::stats::Stats;
+
+pub use envelope::Envelope;
+
+/// The highest token the bus uses; each Redis server takes two below it.
+const TOKEN_TOP: usize = usize::MAX - 16;
+
+/// Redis servers the bus talks to at most (a cluster's masters).
+pub const MAX_SERVERS: usize = 128;
+
+/// Reconnect delays: the first, and the most, doubled in between; each
+/// drawn in its upper half, so nodes that lost Redis together do not all
+/// come back in the same millisecond.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// A connection not set up (TCP and the greeting) in this long has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often each subscription is pinged, and how long its answer may take.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Bytes read from a Redis socket per call.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// `(node, stream)` sequences a room remembers; the oldest is forgotten past
+/// it (its next message then starts it again, uncounted).
+const SEEN_PER_ROOM: usize = 64;
+
+/// Rooms without local members that this node published to, whose
+/// sequences it keeps; the map starts over past it (new streams).
+const MAX_GHOSTS: usize = 4096;
+
+/// The notice a client gets for a message the bus could not take.
+pub const UNDELIVERED: &str = "herald: message not delivered (bus unavailable)";
+
+/// A publish over HTTP that waits for Redis's answer: the connection and
+/// its ticket (so a key reused meanwhile is never answered by mistake).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// The connection's slab key.
+    pub key: usize,
+    /// The number the bus gave this publish.
+    pub ticket: u32,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A room with local members, by id.
+    Room(u32),
+    /// A room by name (`None`: the lobby), with or without local members.
+    Named(Option<&'a str>),
+}
+
+/// Why a message was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `--bus-buffer` is full.
+    Full,
+}
+
+/// A room's side of the bus, kept in the room.
+#[derive(Debug, Default)]
+pub struct RoomBus {
+    sub: Sub,
+    /// This node's stream for the room (0: none yet) and its last number.
+    stream: u32,
+    seq: u64,
+    /// Publishes waiting for the room's subscription: packed commands, and
+    /// what each is.
+    held: Vec<u8>,
+    held_cmds: Vec<Sent>,
+    /// The last number received from each `(node, stream)`.
+    seen: Vec<Seen>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    /// Not subscribed (no members, or the bus is down).
+    #[default]
+    Off,
+    /// `SUBSCRIBE` sent, not confirmed.
+    Pending,
+    /// Confirmed; the number tells this subscription from earlier ones.
+    Active(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    node: u64,
+    stream: u32,
+    seq: u64,
+}
+
+/// One command in a server's out buffer.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    /// Its packed length.
+    len: u32,
+    /// The room (for the "reached nobody" check) and the subscription it was
+    /// sent under (0: none to check).
+    room: u32,
+    generation: u32,
+    ack: Option<Ack>,
+}
+
+/// One socket to a Redis server.
+struct Link {
+    sock: Option<TcpStream>,
+    token: Token,
+    connected: bool,
+    /// Readiness seen and not yet used up (edge-triggered).
+    readable: bool,
+    writable: bool,
+    input: Vec<u8>,
+    /// Commands to write, and how much of them is written.
+    out: Vec<u8>,
+    written: usize,
+    /// Replies to the greeting (AUTH, SELECT, CLIENT SETNAME) still due,
+    /// and the greeting's bytes at the front of `out`.
+    greeting: u32,
+    greeting_len: usize,
+    /// Commands stay in `out` once written, until answered (the
+    /// publisher's); otherwise `out` is emptied when all is written.
+    retain: bool,
+}
+
+/// Where a server's connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// No sockets.
+    Idle,
+    /// TCP connects under way.
+    Connecting,
+    /// Greetings sent, replies due.
+    Greeting,
+    /// Every room's `SUBSCRIBE` sent, confirmations due.
+    Resubscribing,
+    /// Publishing.
+    Ready,
+}
+
+/// One Redis server: a socket that publishes and one that subscribes.
+struct Server {
+    addr: SocketAddr,
+    phase: Phase,
+    publisher: Link,
+    subscriber: Link,
+    /// One entry per publish in `publisher.out`, oldest first. Commands stay
+    /// until Redis answers them: after a reconnect they are written again.
+    sent: VecDeque<Sent>,
+    /// Confirmations due before a resubscribing server is ready.
+    resubscribing: usize,
+    /// When the unanswered `PING` was sent, and the last one.
+    ping_sent: Option<Instant>,
+    last_ping: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting to reconnect at this instant.
+    Down(Instant),
+    /// Connecting, greeting or resubscribing, until the deadline.
+    Connecting(Instant),
+    /// Every server ready.
+    Up,
+}
+
+/// The bus.
+pub struct Bus {
+    servers: Vec<Server>,
+    url: RedisUrl,
+    prefix: String,
+    /// This process's id in every envelope it writes.
+    node: u64,
+    state: State,
+    /// Whether the bus was ever up (the first time is not a reconnect).
+    was_up: bool,
+    backoff: Duration,
+    rng: u64,
+    /// Why the bus is down, logged once per outage.
+    down_reason: Option<String>,
+    /// Subscription numbers handed out.
+    generations: u32,
+    streams: u32,
+    /// Sequences of rooms without local members this node published to.
+    ghosts: HashMap<Box<str>, (u32, u64)>,
+    /// Channels with an `UNSUBSCRIBE` not yet confirmed: a `subscribe`
+    /// confirmation that arrives before it is an older one's.
+    unsubscribing: HashMap<Box<str>, u32>,
+    /// Bytes of publish commands kept for Redis (out buffers and held queues).
+    buffered: usize,
+    limit: usize,
+    tickets: u32,
+    /// Reused for every command, so packing allocates nothing once warm.
+    cmd: redis::Cmd,
+    channel: Vec<u8>,
+    envelope: Vec<u8>,
+    occupied: Vec<u32>,
+    /// HTTP publishes Redis answered: the ack and the subscribers it counted.
+    acks: Vec<(Ack, i64)>,
+    /// The subscription had more input than the iteration took.
+    input_left: bool,
+    echo: Histogram,
+}
+
+impl Bus {
+    /// The bus of `cfg.redis`, `None` without one. Host names are resolved
+    /// here, once.
+    ///
+    /// # Errors
+    /// A host name that does not resolve.
+    pub fn new(cfg: &Config, now: Instant) -> io::Result<Option<Bus>> {
+        let Some(url) = cfg.redis.clone() else {
+            return Ok(None);
+        };
+        let addr = resolve(&url)?;
+        let node = random_u64();
+        let bus = Bus {
+            servers: vec![Server::new(addr, 0, now)],
+            url,
+            prefix: cfg.redis_prefix.clone(),
+            node,
+            state: State::Down(now),
+            was_up: false,
+            backoff: BACKOFF_MIN,
+            rng: node | 1,
+            down_reason: None,
+            generations: 0,
+            streams: 0,
+            ghosts: HashMap::new(),
+            unsubscribing: HashMap::new(),
+            buffered: 0,
+            limit: cfg.bus_buffer,
+            tickets: 0,
+            cmd: redis::Cmd::new(),
+            channel: Vec::new(),
+            envelope: Vec::new(),
+            occupied: Vec::new(),
+            acks: Vec::new(),
+            input_left: false,
+            echo: crate::metrics::echo_histogram(),
+        };
+        tracing::info!(redis = %bus.url, node = %format_args!("{node:016x}"),
+            prefix = %bus.prefix, "bus configured");
+        Ok(Some(bus))
+    }
+
+    /// Whether `token` is one of the bus's sockets.
+    pub fn owns(token: Token) -> bool {
+        (TOKEN_TOP + 1 - 2 * MAX_SERVERS..=TOKEN_TOP).contains(&token.0)
+    }
+
+    /// Whether every broadcast can be published now (`/readyz`).
+    pub fn is_up(&self) -> bool {
+        self.state == State::Up
+    }
+
+    /// Bytes held for Redis now.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// The publish-to-echo times of this node's own messages.
+    pub fn echo_times(&self) -> &Histogram {
+        &self.echo
+    }
+
+    /// Whether the loop should poll without waiting: input is left over.
+    pub fn has_input_left(&self) -> bool {
+        self.input_left
+    }
+
+    /// Notes readiness of one of the bus's sockets.
+    pub fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+        for s in &mut self.servers {
+            for link in [&mut s.publisher, &mut s.subscriber] {
+                if link.token == token {
+                    link.readable |= readable;
+                    link.writable |= writable;
+                }
+            }
+        }
+    }
+
+    /// HTTP publishes Redis answered since the last call, with the number of
+    /// subscribers Redis counted.
+    pub fn take_acks(&mut self) -> std::vec::Drain<'_, (Ack, i64)> {
+        self.acks.drain(..)
+    }
+
+    /// A number for an HTTP publish's [`Ack`].
+    pub fn ticket(&mut self) -> u32 {
+        // Wrapping: a ticket only has to differ from the few a reused key
+        // could still be owed.
+        self.tickets = self.tickets.wrapping_add(1).max(1);
+        self.tickets
+    }
+
+    /// Publishes a message to `target`'s channel, or holds it until the
+    /// room's subscription is confirmed or the bus is back.
+    ///
+    /// # Errors
+    /// [`Refused::Full`] past `--bus-buffer` (nothing was kept).
+    pub fn publish(
+        &mut self,
+        rooms: &mut Rooms,
+        target: Target<'_>,
+        opcode: u8,
+        payload: &[u8],
+        ack: Option<Ack>,
+        stats: &mut Stats,
+    ) -> Result<(), Refused> {
+        let id = match target {
+            Target::Room(id) => Some(id),
+            Target::Named(name) => rooms.find(name).filter(|&id| rooms.is_occupied(id)),
+        };
+        let sent_us = unix_micros();
+        let server = &mut self.servers[0];
+        let (stream, seq, room, generation, out, cmds) = match id {
+            Some(id) => {
+                let (name, rb) = rooms.bus_mut(id);
+                if rb.stream == 0 {
+                    self.streams += 1;
+                    rb.stream = self.streams;
+                }
+                channel_of(&mut self.channel, &self.prefix, name);
+                rb.seq += 1;
+                let seq = &mut rb.seq;
+                match rb.sub {
+                    // Confirmed, so the server is connected: straight out.
+                    Sub::Active(g) => (rb.stream, seq, id, g, &mut server.publisher.out, None),
+                    _ => (rb.stream, seq, id, 0, &mut rb.held, Some(&mut rb.held_cmds)),
+                }
+            }
+            None => {
+                // No local member: nothing here hears it, and no room keeps
+                // its sequence.
+                let name = match target {
+                    Target::Named(n) => n.unwrap_or(""),
+                    Target::Room(_) => unreachable!("a room id is a local room"),
+                };
+                if !self.ghosts.contains_key(name) {
+                    if self.ghosts.len() >= MAX_GHOSTS {
+                        self.ghosts.clear();
+                    }
+                    self.streams += 1;
+                    self.ghosts.insert(name.into(), (self.streams, 0));
+                }
+                channel_of(&mut self.channel, &self.prefix, name);
+                let Some((stream, seq)) = self.ghosts.get_mut(name) else {
+                    unreachable!("inserted above")
+                };
+                *seq += 1;
+                (*stream, seq, u32::MAX, 0, &mut server.publisher.out, None)
+            }
+        };
+        self.envelope.clear();
+        Envelope {
+            opcode,
+            node: self.node,
+            stream,
+            seq: *seq,
+            sent_us,
+            payload,
+        }
+        .write(&mut self.envelope);
+        let len = pack(
+            &mut self.cmd,
+            "PUBLISH",
+            &[&self.channel, &self.envelope],
+            out,
+        );
+        if self.buffered + len > self.limit {
+            out.truncate(out.len() - len);
+            *seq -= 1;
+            stats.bus_undelivered += 1;
+            return Err(Refused::Full);
+        }
+        self.buffered += len;
+        let sent = Sent {
+            len: len as u32,
+            room,
+            generation,
+            ack,
+        };
+        match cmds {
+            Some(held) => held.push(sent),
+            None => server.sent.push_back(sent),
+        }
+        stats.bus_publishes += 1;
+        Ok(())
+    }
+
+    /// Handles the sockets' readiness: completes connections, reads the
+    /// subscriptions (into the rooms' batches, while they hold less than
+    /// `cap` bytes) and the publishers' replies. Called first in every
+    /// iteration; `prefix` goes before text messages, as for local ones.
+    pub fn service(&mut self, io: &mut BusIo<'_>) {
+        self.input_left = false;
+        for i in 0..self.servers.len() {
+            if let Err(why) = self.service_server(i, io) {
+                self.fail(io.rooms, io.registry, why, io.now);
+                return;
+            }
+        }
+        if matches!(self.state, State::Connecting(_))
+            && self.servers.iter().all(|s| s.phase == Phase::Ready)
+        {
+            self.state = State::Up;
+            self.backoff = BACKOFF_MIN;
+            if self.was_up {
+                io.stats.bus_reconnects += 1;
+            }
+            self.was_up = true;
+            match self.down_reason.take() {
+                Some(why) => tracing::warn!(redis = %self.url, was = %why, "bus up again"),
+                None => tracing::info!(redis = %self.url, "bus up"),
+            }
+        }
+    }
+
+    fn service_server(&mut self, i: usize, io: &mut BusIo<'_>) -> Result<(), String> {
+        let s = &mut self.servers[i];
+        if s.phase == Phase::Connecting {
+            for link in [&mut s.subscriber, &mut s.publisher] {
+                if !link.connected && (link.readable || link.writable) {
+                    link.check_connected()?;
+                }
+            }
+            if s.publisher.connected && s.subscriber.connected {
+                let node = self.node;
+                s.greet(&mut self.cmd, &self.url, node);
+            }
+        }
+        // The subscription first: it fills this iteration's batches.
+        let s = &self.servers[i];
+        if s.subscriber.connected && (s.subscriber.readable || !s.subscriber.input.is_empty()) {
+            self.read_subscription(i, io)?;
+        }
+        let s = &self.servers[i];
+        if s.publisher.connected && s.publisher.readable {
+            self.read_replies(i, io)?;
+        }
+        let s = &self.servers[i];
+        if s.phase == Phase::Greeting && s.publisher.greeting == 0 && s.subscriber.greeting == 0 {
+            self.resubscribe(i, io.rooms);
+        }
+        Ok(())
+    }
+
+    /// Reads and handles what the subscription socket holds, until the
+    /// batches are full.
+    fn read_subscription(&mut self, i: usize, io: &mut BusIo<'_>) -> Result<(), String> {
+        let mut input = std::mem::take(&mut self.servers[i].subscriber.input);
+        let mut pos = 0;
+        let result = loop {
+            if io.rooms.pending() >= io.cap {
+                self.input_left = true;
+                break Ok(());
+            }
+            match decode_range(&input[pos..]) {
+                Ok(Some((frame, used))) => {
+                    let at = pos;
+                    pos += used;
+                    if let Err(e) = self.on_push(i, &input[at..pos], &frame, io) {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => {
+                    input.drain(..pos);
+                    pos = 0;
+                    let link = &mut self.servers[i].subscriber;
+                    if !link.readable {
+                        break Ok(());
+                    }
+                    match link.fill(&mut input) {
+                        Ok(0) => link.readable = false,
+                        Ok(n) => io.stats.bus_received_bytes += n as u64,
+                        Err(e) => break Err(e),
+                    }
+                }
+                Err(e) => break Err(format!("unreadable input from Redis: {e}")),
+            }
+        };
+        input.drain(..pos);
+        self.servers[i].subscriber.input = input;
+        result
+    }
+
+    /// One frame from a subscription socket (`buf`: its bytes).
+    fn on_push(
+        &mut self,
+        i: usize,
+        buf: &[u8],
+        frame: &RangeFrame,
+        io: &mut BusIo<'_>,
+    ) -> Result<(), String> {
+        let bytes = |r: &RangeFrame| match r {
+            RangeFrame::BulkString((a, b)) | RangeFrame::SimpleString((a, b)) => Some(&buf[*a..*b]),
+            _ => None,
+        };
+        let s = &mut self.servers[i];
+        match frame {
+            RangeFrame::Array(parts) if !parts.is_empty() => {
+                let kind = bytes(&parts[0]).unwrap_or_default();
+                let channel = parts.get(1).and_then(bytes).unwrap_or_default();
+                match kind {
+                    b"message" | b"smessage" => {
+                        let payload = parts.get(2).and_then(bytes).unwrap_or_default();
+                        io.stats.bus_received += 1;
+                        self.deliver(channel, payload, io);
+                    }
+                    b"subscribe" | b"ssubscribe" => self.confirmed(i, channel, io.rooms),
+                    b"unsubscribe" | b"sunsubscribe" => {
+                        let name = String::from_utf8_lossy(channel);
+                        match self.unsubscribing.get_mut(&*name) {
+                            Some(n) if *n > 1 => *n -= 1,
+                            Some(_) => {
+                                self.unsubscribing.remove(&*name);
+                            }
+                            None => {
+                                return Err(format!("Redis dropped the subscription to {name}"))
+                            }
+                        }
+                    }
+                    b"pong" => s.ping_sent = None,
+                    _ => {}
+                }
+            }
+            RangeFrame::Error(_) => {
+                return Err(format!(
+                    "Redis refused: {}",
+                    String::from_utf8_lossy(buf).trim()
+                ))
+            }
+            RangeFrame::SimpleString(_) if s.subscriber.greeting > 0 => {
+                let link = &mut s.subscriber;
+                link.greeting -= 1;
+                if link.greeting == 0 {
+                    // Written whole before any reply came.
+                    let len = std::mem::take(&mut link.greeting_len);
+                    link.out.drain(..len);
+                    link.written -= len.min(link.written);
+                }
+            }
+            // PONG while subscribed to nothing.
+            RangeFrame::SimpleString(_) => s.ping_sent = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A message from a channel: into its room's batch, once.
+    fn deliver(&mut self, channel: &[u8], payload: &[u8], io: &mut BusIo<'_>) {
+        let Some(name) = room_of(channel, &self.prefix) else {
+            return;
+        };
+        let Some(id) = io.rooms.find(name).filter(|&id| io.rooms.is_occupied(id)) else {
+            return;
+        };
+        let Some(env) = envelope::read(payload) else {
+            io.stats.bus_malformed += 1;
+            return;
+        };
+        let (_, rb) = io.rooms.bus_mut(id);
+        if !matches!(rb.sub, Sub::Active(_)) {
+            // Sent before the room's members subscribed.
+            return;
+        }
+        match rb
+            .seen
+            .iter_mut()
+            .find(|s| s.node == env.node && s.stream == env.stream)
+        {
+            Some(s) if env.seq <= s.seq => {
+                // Written again after a reconnect, and already delivered.
+                io.stats.bus_duplicates += 1;
+                return;
+            }
+            Some(s) => {
+                io.stats.bus_gaps += env.seq - s.seq - 1;
+                s.seq = env.seq;
+            }
+            None => {
+                if rb.seen.len() >= SEEN_PER_ROOM {
+                    rb.seen.remove(0);
+                }
+                rb.seen.push(Seen {
+                    node: env.node,
+                    stream: env.stream,
+                    seq: env.seq,
+                });
+            }
+        }
+        if env.node == self.node {
+            let age = unix_micros().saturating_sub(env.sent_us);
+            self.echo.observe(age as f64 / 1e6);
+        }
+        let prefix = if env.opcode == OP_TEXT {
+            io.prefix
+        } else {
+            b""
+        };
+        io.rooms.push(id, env.opcode, prefix, env.payload);
+    }
+
+    /// A subscription confirmed: the room's held publishes may go.
+    fn confirmed(&mut self, i: usize, channel: &[u8], rooms: &mut Rooms) {
+        let s = &mut self.servers[i];
+        if s.phase == Phase::Resubscribing {
+            s.resubscribing = s.resubscribing.saturating_sub(1);
+            if s.resubscribing == 0 {
+                s.phase = Phase::Ready;
+            }
+        }
+        let name = String::from_utf8_lossy(channel);
+        if self.unsubscribing.contains_key(&*name) {
+            // Confirms a subscription made before the room last emptied.
+            return;
+        }
+        let Some(room) = room_of(channel, &self.prefix) else {
+            return;
+        };
+        let Some(id) = rooms.find(room).filter(|&id| rooms.is_occupied(id)) else {
+            return;
+        };
+        let (_, rb) = rooms.bus_mut(id);
+        if rb.sub != Sub::Pending {
+            return;
+        }
+        self.generations += 1;
+        rb.sub = Sub::Active(self.generations);
+        s.publisher.out.extend_from_slice(&rb.held);
+        rb.held.clear();
+        for mut c in rb.held_cmds.drain(..) {
+            c.generation = self.generations;
+            s.sent.push_back(c);
+        }
+    }
+
+    /// Server `i` answered both greetings: subscribe every room with
+    /// members; it is ready once Redis confirmed them all.
+    fn resubscribe(&mut self, i: usize, rooms: &mut Rooms) {
+        let mut channels = Vec::new();
+        for (_, name, rb) in rooms.each_bus_mut() {
+            if rb.sub == Sub::Off {
+                rb.sub = Sub::Pending;
+                let mut c = Vec::new();
+                channel_of(&mut c, &self.prefix, name);
+                channels.push(c);
+            }
+        }
+        let s = &mut self.servers[i];
+        s.resubscribing = channels.len();
+        s.phase = if channels.is_empty() {
+            Phase::Ready
+        } else {
+            Phase::Resubscribing
+        };
+        s.last_ping = Instant::now();
+        for chunk in channels.chunks(SUBSCRIBE_BATCH) {
+            let args: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            pack(&mut self.cmd, "SUBSCRIBE", &args, &mut s.subscriber.out);
+        }
+    }
+
+    /// Reads the publisher's replies: one per command, in order.
+    fn read_replies(&mut self, i: usize, io: &mut BusIo<'_>) -> Result<(), String> {
+        let mut input = std::mem::take(&mut self.servers[i].publisher.input);
+        let result = loop {
+            let link = &mut self.servers[i].publisher;
+            match link.fill(&mut input) {
+                Ok(0) => {
+                    link.readable = false;
+                    break Ok(());
+                }
+                Ok(n) => io.stats.bus_received_bytes += n as u64,
+                Err(e) => break Err(e),
+            }
+            let mut pos = 0;
+            let (mut answered, mut published) = (0, 0);
+            let mut failed = None;
+            loop {
+                match decode_range(&input[pos..]) {
+                    Ok(Some((frame, used))) => {
+                        let at = pos;
+                        pos += used;
+                        match self.on_reply(i, &input[at..pos], &frame, io.rooms) {
+                            Ok((bytes, publishes)) => {
+                                answered += bytes;
+                                published += publishes;
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(format!("unreadable reply from Redis: {e}"));
+                        break;
+                    }
+                }
+            }
+            input.drain(..pos);
+            // Answered commands leave the buffer in one move per read.
+            let link = &mut self.servers[i].publisher;
+            link.out.drain(..answered);
+            link.written -= answered;
+            self.buffered -= published;
+            if let Some(e) = failed {
+                break Err(e);
+            }
+        };
+        self.servers[i].publisher.input = input;
+        result
+    }
+
+    /// One reply on a publisher socket; returns the bytes now answered at
+    /// the front of the out buffer, and how many of them are publishes.
+    fn on_reply(
+        &mut self,
+        i: usize,
+        buf: &[u8],
+        frame: &RangeFrame,
+        rooms: &Rooms,
+    ) -> Result<(usize, usize), String> {
+        let s = &mut self.servers[i];
+        if s.publisher.greeting > 0 {
+            if let RangeFrame::Error(_) = frame {
+                return Err(format!(
+                    "Redis refused the greeting: {}",
+                    String::from_utf8_lossy(buf).trim()
+                ));
+            }
+            let link = &mut s.publisher;
+            link.greeting -= 1;
+            if link.greeting == 0 {
+                return Ok((std::mem::take(&mut link.greeting_len), 0));
+            }
+            return Ok((0, 0));
+        }
+        let Some(sent) = s.sent.pop_front() else {
+            return Err("Redis answered a command never sent".into());
+        };
+        match frame {
+            RangeFrame::Integer(n) => {
+                if let Some(ack) = sent.ack {
+                    self.acks.push((ack, *n));
+                }
+                if *n == 0
+                    && sent.generation != 0
+                    && generation(rooms, sent.room) == Some(sent.generation)
+                {
+                    // Subscribed, and yet the publish reached nobody, this
+                    // node included: the subscription died without a word.
+                    return Err("a publish reached no subscriber, not even this node".into());
+                }
+                Ok((sent.len as usize, sent.len as usize))
+            }
+            _ => Err(format!(
+                "Redis refused a publish: {}",
+                String::from_utf8_lossy(buf).trim()
+            )),
+        }
+    }
+
+    /// Subscribes rooms that gained members and unsubscribes those that
+    /// lost them, then writes what each socket has to send (publishes only
+    /// to a ready server). Called once per iteration, after the fan-out.
+    pub fn end_of_iteration(
+        &mut self,
+        rooms: &mut Rooms,
+        stats: &mut Stats,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        let s = &mut self.servers[0];
+        let subscribing = s.phase >= Phase::Resubscribing;
+        rooms.take_occupied(&mut self.occupied);
+        let mut subscribe: Vec<Vec<u8>> = Vec::new();
+        for &id in &self.occupied {
+            if !rooms.is_occupied(id) {
+                continue;
+            }
+            let (name, rb) = rooms.bus_mut(id);
+            // Before that, the greeting's resubscription covers it.
+            if rb.sub == Sub::Off && subscribing {
+                rb.sub = Sub::Pending;
+                let mut c = Vec::new();
+                channel_of(&mut c, &self.prefix, name);
+                subscribe.push(c);
+            }
+        }
+        let mut unsubscribe: Vec<Vec<u8>> = Vec::new();
+        for v in rooms.take_vacated() {
+            if v.bus.sub != Sub::Off && subscribing {
+                let mut c = Vec::new();
+                channel_of(&mut c, &self.prefix, &v.name);
+                *self
+                    .unsubscribing
+                    .entry(String::from_utf8_lossy(&c).into())
+                    .or_default() += 1;
+                unsubscribe.push(c);
+            }
+            // Nobody here hears them, but other nodes' members must.
+            s.publisher.out.extend_from_slice(&v.bus.held);
+            s.sent.extend(v.bus.held_cmds.iter().map(|c| Sent {
+                generation: 0,
+                ..*c
+            }));
+        }
+        for (verb, list) in [("SUBSCRIBE", &subscribe), ("UNSUBSCRIBE", &unsubscribe)] {
+            for chunk in list.chunks(SUBSCRIBE_BATCH) {
+                let args: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                pack(&mut self.cmd, verb, &args, &mut s.subscriber.out);
+            }
+        }
+        let mut failed = None;
+        for s in &mut self.servers {
+            // Publishes wait until every room is subscribed again; the
+            // greeting ahead of them does not.
+            let upto = match s.phase {
+                Phase::Ready => s.publisher.out.len(),
+                _ => s.publisher.greeting_len,
+            };
+            let r = s
+                .subscriber
+                .flush(usize::MAX, stats)
+                .and_then(|()| s.publisher.flush(upto, stats));
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(why) = failed {
+            self.fail(rooms, registry, why, now);
+        }
+    }
+
+    /// Timers: reconnects when the backoff is over, connect deadlines,
+    /// pings and their answers. Called every sweep.
+    pub fn tick(&mut self, rooms: &mut Rooms, registry: &Registry, now: Instant) {
+        match self.state {
+            State::Down(at) if now >= at => {
+                if let Err(why) = self.connect(registry, now) {
+                    self.fail(rooms, registry, why, now);
+                }
+            }
+            State::Connecting(by) if now >= by => {
+                let why = format!("no answer within {CONNECT_TIMEOUT:?}");
+                self.fail(rooms, registry, why, now);
+            }
+            State::Up => {
+                let silent = self.servers.iter().any(|s| {
+                    s.ping_sent
+                        .is_some_and(|t| now.duration_since(t) >= PING_TIMEOUT)
+                });
+                if silent {
+                    let why = format!("a subscription did not answer PING in {PING_TIMEOUT:?}");
+                    self.fail(rooms, registry, why, now);
+                    return;
+                }
+                for s in &mut self.servers {
+                    if s.ping_sent.is_none() && now.duration_since(s.last_ping) >= PING_EVERY {
+                        s.ping_sent = Some(now);
+                        s.last_ping = now;
+                        pack(&mut self.cmd, "PING", &[], &mut s.subscriber.out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn connect(&mut self, registry: &Registry, now: Instant) -> Result<(), String> {
+        tracing::debug!(redis = %self.url, "bus connecting");
+        self.state = State::Connecting(now + CONNECT_TIMEOUT);
+        for s in &mut self.servers {
+            s.phase = Phase::Connecting;
+            for link in [&mut s.publisher, &mut s.subscriber] {
+                let mut sock = TcpStream::connect(s.addr)
+                    .map_err(|e| format!("connect to {}: {e}", s.addr))?;
+                let _ = sock.set_nodelay(true);
+                registry
+                    .register(
+                        &mut sock,
+                        link.token,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(|e| format!("register: {e}"))?;
+                link.sock = Some(sock);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every connection and schedules a reconnect. Publishes Redis
+    /// has not answered stay, to be written again; rooms are subscribed
+    /// again once the servers answer.
+    fn fail(&mut self, rooms: &mut Rooms, registry: &Registry, why: String, now: Instant) {
+        for s in &mut self.servers {
+            s.reset(registry);
+        }
+        for (_, _, rb) in rooms.each_bus_mut() {
+            rb.sub = Sub::Off;
+        }
+        self.unsubscribing.clear();
+        self.input_left = false;
+        // Drawn in the upper half of the backoff: spread, never immediate.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = self.backoff / 2;
+        let delay = half + half.mul_f64((self.rng % 1000) as f64 / 1000.0);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.state = State::Down(now + delay);
+        if self.down_reason.is_none() {
+            if self.was_up {
+                tracing::warn!(redis = %self.url, why = %why, "bus down: holding client messages until it is back");
+            } else {
+                tracing::warn!(redis = %self.url, why = %why, "bus unavailable: retrying");
+            }
+            self.down_reason = Some(why);
+        } else {
+            tracing::debug!(redis = %self.url, why = %why, retry_in = ?delay, "bus still down");
+        }
+    }
+}
+
+/// What [`Bus::service`] works with, lent by the loop.
+pub struct BusIo<'a> {
+    /// The rooms, whose batches the subscription fills.
+    pub rooms: &'a mut Rooms,
+    /// Counters.
+    pub stats: &'a mut Stats,
+    /// Batch bytes past which the subscription waits for the next iteration.
+    pub cap: usize,
+    /// For deregistering sockets that fail.
+    pub registry: &'a Registry,
+    /// This iteration's clock.
+    pub now: Instant,
+    /// `--prefix`, put before text messages.
+    pub prefix: &'a [u8],
+}
+
+/// Channels per `SUBSCRIBE` command.
+const SUBSCRIBE_BATCH: usize = 1024;
+
+impl Server {
+    fn new(addr: SocketAddr, index: usize, now: Instant) -> Self {
+        Server {
+            addr,
+            phase: Phase::Idle,
+            publisher: Link::new(Token(TOKEN_TOP - 2 * index), true),
+            subscriber: Link::new(Token(TOKEN_TOP - 2 * index - 1), false),
+            sent: VecDeque::new(),
+            resubscribing: 0,
+            ping_sent: None,
+            last_ping: now,
+        }
+    }
+
+    /// Both sockets are connected: log in, name them, pick the database.
+    fn greet(&mut self, cmd: &mut redis::Cmd, url: &RedisUrl, node: u64) {
+        self.phase = Phase::Greeting;
+        for (link, role) in [(&mut self.publisher, "pub"), (&mut self.subscriber, "sub")] {
+            // What a greeting reply is answered before: nothing else may
+            // sit ahead of it in the buffer.
+            let mut greeting = Vec::new();
+            let mut n = 0;
+            match (&url.username, &url.password) {
+                (Some(u), Some(p)) => {
+                    pack(cmd, "AUTH", &[u.as_bytes(), p.as_bytes()], &mut greeting);
+                    n += 1;
+                }
+                (None, Some(p)) => {
+                    pack(cmd, "AUTH", &[p.as_bytes()], &mut greeting);
+                    n += 1;
+                }
+                _ => {}
+            }
+            if url.db != 0 && role == "pub" {
+                pack(
+                    cmd,
+                    "SELECT",
+                    &[url.db.to_string().as_bytes()],
+                    &mut greeting,
+                );
+                n += 1;
+            }
+            let name = format!("herald-{node:016x}-{role}");
+            pack(cmd, "CLIENT", &[b"SETNAME", name.as_bytes()], &mut greeting);
+            n += 1;
+            link.greeting = n;
+            link.greeting_len = greeting.len();
+            // Before the publishes kept from the last connection.
+            link.out.splice(0..0, greeting);
+            link.written = 0;
+        }
+    }
+
+    fn reset(&mut self, registry: &Registry) {
+        self.phase = Phase::Idle;
+        self.resubscribing = 0;
+        self.ping_sent = None;
+        for link in [&mut self.publisher, &mut self.subscriber] {
+            if let Some(mut sock) = link.sock.take() {
+                let _ = registry.deregister(&mut sock);
+            }
+            link.connected = false;
+            link.readable = false;
+            link.writable = false;
+            link.input.clear();
+            link.greeting = 0;
+            link.written = 0;
+            // A greeting not answered is sent again, whole, next time.
+            link.out.drain(..std::mem::take(&mut link.greeting_len));
+        }
+        // Subscriptions are made again; publishes are kept.
+        self.subscriber.out.clear();
+    }
+}
+
+impl Link {
+    fn new(token: Token, retain: bool) -> Self {
+        Link {
+            retain,
+            greeting_len: 0,
+            sock: None,
+            token,
+            connected: false,
+            readable: false,
+            writable: false,
+            input: Vec::new(),
+            out: Vec::new(),
+            written: 0,
+            greeting: 0,
+        }
+    }
+
+    /// Whether a non-blocking connect finished; an error if it failed.
+    fn check_connected(&mut self) -> Result<(), String> {
+        let Some(sock) = &self.sock else {
+            return Ok(());
+        };
+        if let Ok(Some(e)) | Err(e) = sock.take_error() {
+            return Err(format!("connect: {e}"));
+        }
+        match sock.peer_addr() {
+            Ok(_) => {
+                self.connected = true;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err(format!("connect: {e}")),
+        }
+    }
+
+    /// Reads one chunk onto `input`; `Ok(0)` when the socket has nothing
+    /// more now.
+    fn fill(&mut self, input: &mut Vec<u8>) -> Result<usize, String> {
+        let Some(sock) = &mut self.sock else {
+            return Ok(0);
+        };
+        let len = input.len();
+        input.resize(len + READ_CHUNK, 0);
+        loop {
+            match sock.read(&mut input[len..]) {
+                Ok(0) => {
+                    input.truncate(len);
+                    return Err("Redis closed the connection".into());
+                }
+                Ok(n) => {
+                    input.truncate(len + n);
+                    return Ok(n);
+                }
+                Err(e) if would_block(&e) => {
+                    input.truncate(len);
+                    return Ok(0);
+                }
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => {
+                    input.truncate(len);
+                    return Err(format!("read: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Writes what is not written yet of the first `upto` bytes, until the
+    /// socket is full.
+    fn flush(&mut self, upto: usize, stats: &mut Stats) -> Result<(), String> {
+        let upto = upto.min(self.out.len());
+        let Some(sock) = &mut self.sock else {
+            return Ok(());
+        };
+        if !self.connected {
+            return Ok(());
+        }
+        while self.written < upto {
+            match sock.write(&self.out[self.written..upto]) {
+                Ok(0) => return Err("Redis stopped taking data".into()),
+                Ok(n) => {
+                    self.written += n;
+                    stats.bus_sent_bytes += n as u64;
+                }
+                Err(e) if would_block(&e) => {
+                    self.writable = false;
+                    return Ok(());
+                }
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        if !self.retain && self.greeting == 0 {
+            self.out.clear();
+            self.written = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Packs one command onto `out`; returns its length.
+fn pack(cmd: &mut redis::Cmd, verb: &str, args: &[&[u8]], out: &mut Vec<u8>) -> usize {
+    cmd.clear();
+    cmd.arg(verb);
+    for a in args {
+        cmd.arg(*a);
+    }
+    let before = out.len();
+    cmd.write_packed_command(out);
+    out.len() - before
+}
+
+/// The channel of room `name` (empty: the lobby), into `out`.
+fn channel_of(out: &mut Vec<u8>, prefix: &str, name: &str) {
+    out.clear();
+    out.extend_from_slice(prefix.as_bytes());
+    if name.is_empty() {
+        out.extend_from_slice(b":lobby");
+    } else {
+        out.extend_from_slice(b":room:");
+        out.extend_from_slice(name.as_bytes());
+    }
+}
+
+/// The room a channel carries (`None` inside: the lobby); `None` for a
+/// channel that is not one of `prefix`'s.
+fn room_of<'c>(channel: &'c [u8], prefix: &str) -> Option<Option<&'c str>> {
+    let rest = channel.strip_prefix(prefix.as_bytes())?;
+    if rest == b":lobby" {
+        return Some(None);
+    }
+    let name = rest.strip_prefix(b":room:")?;
+    std::str::from_utf8(name).ok().map(Some)
+}
+
+fn resolve(url: &RedisUrl) -> io::Result<SocketAddr> {
+    (url.host.as_str(), url.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("{} resolves to no address", url.host)))
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A node id no other process is likely to draw: the kernel's randomness,
+/// or, failing that, the clock and the process id.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+    {
+        return u64::from_ne_bytes(b);
+    }
+    unix_micros() ^ (u64::from(std::process::id()) << 32)
+}
+
+/// The subscription number room `id` is active under, if it is.
+fn generation(rooms: &Rooms, id: u32) -> Option<u32> {
+    match rooms.bus(id)?.sub {
+        Sub::Active(g) => Some(g),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_name_rooms_and_back() {
+        let mut c = Vec::new();
+        channel_of(&mut c, "herald", "");
+        assert_eq!(c, b"herald:lobby");
+        assert_eq!(room_of(&c, "herald"), Some(None));
+        channel_of(&mut c, "herald", "a.b-c");
+        assert_eq!(c, b"herald:room:a.b-c");
+        assert_eq!(room_of(&c, "herald"), Some(Some("a.b-c")));
+        assert_eq!(room_of(&c, "other"), None);
+        assert_eq!(room_of(b"heraldx:lobby", "herald"), None);
+    }
+
+    #[test]
+    fn a_publish_is_packed_as_redis_reads_it() {
+        let mut cmd = redis::Cmd::new();
+        let mut out = b"x".to_vec();
+        let n = pack(&mut cmd, "PUBLISH", &[b"ch", b"\x00\r\n"], &mut out);
+        assert_eq!(
+            &out[1..],
+            b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$3\r\n\x00\r\n\r\n"
+        );
+        assert_eq!(n, out.len() - 1);
+    }
+}
