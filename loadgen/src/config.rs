@@ -6,8 +6,9 @@ use std::net::IpAddr;
 /// Settings shared by every worker thread of a run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The server to load.
-    pub url: WsUrl,
+    /// The servers to load (at least one): client `i` connects to `urls[i % len]`, so
+    /// publisher `j`, client `j`, publishes through `urls[j % len]` (see [`Config::url_of`]).
+    pub urls: Vec<WsUrl>,
     /// Connections to open (for `connect`: handshakes to complete).
     pub clients: u32,
     /// Worker threads; client `i` belongs to worker `i % threads`.
@@ -38,10 +39,16 @@ impl Config {
         (index..self.clients).step_by(count.max(1) as usize)
     }
 
-    /// The path client `client`'s WebSocket asks for: the URL's, or with rooms, its room's
+    /// The URL client `client` (or publisher `client`, over either path) connects to.
+    #[inline]
+    pub fn url_of(&self, client: u32) -> &WsUrl {
+        &self.urls[client as usize % self.urls.len()]
+    }
+
+    /// The path client `client`'s WebSocket asks for: its URL's, or with rooms, its room's
     /// under it (`/` and room 7 give `/rooms/r7`).
     pub fn ws_path(&self, client: u32) -> std::borrow::Cow<'_, str> {
-        let base = &self.url.path;
+        let base = &self.url_of(client).path;
         let rooms = match &self.scenario {
             Scenario::Broadcast(b) => b.rooms,
             Scenario::Idle { rooms } => *rooms,
@@ -210,7 +217,7 @@ pub(crate) mod fixtures {
     /// `clients` clients of `url` playing `scenario`, on one thread, in one process.
     pub(crate) fn config(url: &str, clients: u32, scenario: Scenario) -> Config {
         Config {
-            url: url.parse().unwrap(),
+            urls: vec![url.parse().unwrap()],
             clients,
             threads: 1,
             local_addrs: vec![],
@@ -265,7 +272,7 @@ mod tests {
         assert_eq!((b.publishers_in(4), b.publishers_in(5)), (1, 0));
         let mut cfg = config("ws://127.0.0.1:8080/", 10, Scenario::Broadcast(b.clone()));
         assert_eq!(cfg.ws_path(15), "/rooms/r7");
-        cfg.url = "ws://127.0.0.1:8080/chat".parse().unwrap();
+        cfg.urls = vec!["ws://127.0.0.1:8080/chat".parse().unwrap()];
         assert_eq!(cfg.ws_path(2), "/chat/rooms/r2");
         b.rooms = 0;
         cfg.scenario = Scenario::Broadcast(b);
@@ -275,5 +282,26 @@ mod tests {
         assert_eq!(cfg.ws_path(6), "/chat/rooms/r2");
         cfg.scenario = Scenario::Idle { rooms: 0 };
         assert_eq!(cfg.ws_path(6), "/chat");
+    }
+
+    #[test]
+    fn clients_and_publishers_take_the_urls_in_turn() {
+        let mut b = broadcast(3, 0.0);
+        b.rooms = 3;
+        let mut cfg = config("ws://127.0.0.1:8080/", 10, Scenario::Broadcast(b));
+        cfg.urls.push("ws://127.0.0.2:8081/chat".parse().unwrap());
+        let hosts: Vec<&str> = (0..4).map(|i| cfg.url_of(i).host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "127.0.0.1:8080",
+                "127.0.0.2:8081",
+                "127.0.0.1:8080",
+                "127.0.0.2:8081"
+            ]
+        );
+        // Each room path goes under the path of the client's own URL.
+        assert_eq!(cfg.ws_path(4), "/rooms/r1");
+        assert_eq!(cfg.ws_path(5), "/chat/rooms/r2");
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! It measures each delivery's latency from the message's *intended* send time into an
 //! HdrHistogram, tracks every (receiver, publisher) sequence for loss, duplication and
-//! reordering, and samples the server's CPU and memory from `/proc`.
+//! reordering, checks that all receivers of a room saw one interleaving, and samples the
+//! server's CPU and memory from `/proc`.
 #![deny(missing_docs)]
 
 pub mod clock;
@@ -15,6 +16,7 @@ pub mod loghist;
 pub mod message;
 pub mod metrics;
 pub mod net;
+pub mod order;
 pub mod plot;
 pub mod procfs;
 pub mod procs;

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 /// Load generator for WebSocket broadcast servers (herald, or any server with the seed's
 /// semantics). Exit status: 0 when everything arrived once and in order, 1 when anything
-/// was lost, duplicated, reordered, malformed or misrouted (another room's) or fewer clients
-/// connected than asked, 2 on a usage or I/O error.
+/// was lost, duplicated, reordered, malformed or misrouted (another room's), a receiver saw
+/// its room's messages interleaved otherwise than the room's other receivers (order
+/// mismatch), or fewer clients connected than asked, 2 on a usage or I/O error.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version)]
 struct Cli {
@@ -53,7 +54,7 @@ enum Command {
         /// Bearer token for --publish-via http (herald's --publish-token).
         #[arg(long, value_name = "TOKEN")]
         token: Option<String>,
-        /// Spread the clients over N rooms: client i joins <URL path>rooms/r{i % N}, and
+        /// Spread the clients over N rooms: client i joins <its URL's path>rooms/r{i % N}, and
         /// receives only its room's publishers (with --publish-via http, publisher j posts
         /// to /publish?room=r{j % N}). A delivery from another room counts as misrouted.
         #[arg(long, value_name = "N")]
@@ -72,7 +73,9 @@ enum Command {
         plot: Option<PathBuf>,
         /// Read the server's herald_frames_per_write histogram from GET /metrics on the
         /// --url's address (loopback only) at both ends of the window: writes per delivery
-        /// and frames per write. Left out of the report when the server does not have it.
+        /// and frames per write. With several --url, every distinct address is read once and
+        /// the counts are summed into one figure for all nodes. Left out of the report when
+        /// any server does not have it.
         #[arg(long)]
         server_metrics: bool,
     },
@@ -124,9 +127,17 @@ enum Via {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// Server URL, ws://HOST:PORT/PATH (HOST an IP address or localhost).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
-    url: WsUrl,
+    /// Server URL, ws://HOST:PORT/PATH (HOST an IP address or localhost). Repeat it to
+    /// load several servers (nodes sharing rooms): client i connects to the (i mod n)-th
+    /// --url, and publisher j (client j) publishes through the (j mod n)-th, over its
+    /// WebSocket or HTTP alike; the same with --procs. The order check (order mismatch)
+    /// compares the receivers of each room across all URLs and all processes.
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        default_value = "ws://127.0.0.1:8080/"
+    )]
+    urls: Vec<WsUrl>,
     /// Connections to open (connect: handshakes to do).
     #[arg(long, default_value_t = 1000)]
     clients: u32,
@@ -182,10 +193,26 @@ fn check_rooms(rooms: Option<u32>, common: &Common) -> Result<u32, String> {
     if rooms == Some(0) {
         return Err("--rooms must be at least 1".into());
     }
-    if rooms.is_some() && common.url.path.contains('?') {
+    if rooms.is_some() && common.urls.iter().any(|u| u.path.contains('?')) {
         return Err("--rooms needs a --url without a query (rooms go under its path)".into());
     }
+    let urls = common.urls.len() as u32;
+    // Shards would repeat what their parent already said.
+    if let Some(n) = rooms.filter(|&n| gcd(n, urls) > 1 && common.shard.is_none()) {
+        eprintln!(
+            "loadgen: warning: --rooms {n} and {urls} --url share a factor: each room's \
+             clients connect to only {} of the URLs",
+            urls / gcd(n, urls)
+        );
+    }
     Ok(rooms.unwrap_or(0))
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    match b {
+        0 => a,
+        _ => gcd(b, a % b),
+    }
 }
 
 fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
@@ -203,7 +230,7 @@ fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
             .ok_or_else(|| format!("--shard {s}: expected I/K with I < K"))?,
     };
     Ok(Config {
-        url: c.url.clone(),
+        urls: c.urls.clone(),
         clients: c.clients,
         threads: c.threads,
         local_addrs: match &c.local_addrs {
@@ -310,7 +337,7 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                 prefix: prefix.into_bytes(),
                 via,
             };
-            if server_metrics && !common.url.addr.ip().is_loopback() {
+            if server_metrics && !common.urls.iter().all(|u| u.addr.ip().is_loopback()) {
                 return Err(
                     "--server-metrics reads /metrics over plain HTTP: loopback --url only".into(),
                 );
@@ -367,7 +394,8 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(path) = svg {
-        let title = format!("Delivery latency, ws://{}", outcome.cfg.url.host);
+        let hosts: Vec<&str> = outcome.cfg.urls.iter().map(|u| u.host.as_str()).collect();
+        let title = format!("Delivery latency, ws://{}", hosts.join(", "));
         let series = vec![(
             format!("{} clients", outcome.cfg.clients),
             report::points(&outcome.stats.latency),

@@ -62,6 +62,26 @@ pub fn frames_per_write(url: &WsUrl) -> Option<Totals> {
     histogram_totals(&scrape(url)?, FRAMES_PER_WRITE)
 }
 
+/// [`FRAMES_PER_WRITE`]'s totals summed over the servers of `urls`, each address scraped
+/// once (two URLs of one server must not count its writes twice); `None` unless every one
+/// answers, since a sum missing a node would pass for the whole run's.
+pub fn frames_per_write_summed(urls: &[WsUrl]) -> Option<Totals> {
+    let mut seen = Vec::new();
+    let mut sum = Totals {
+        count: 0.0,
+        sum: 0.0,
+    };
+    for url in urls {
+        if seen.contains(&url.addr) {
+            continue;
+        }
+        seen.push(url.addr);
+        let t = frames_per_write(url)?;
+        (sum.count, sum.sum) = (sum.count + t.count, sum.sum + t.sum);
+    }
+    (!seen.is_empty()).then_some(sum)
+}
+
 /// The body of `GET /metrics` from `url`'s address, over plain HTTP/1.1, loopback only (it
 /// is a benchmark's side channel, not a client). `None` unless the answer is a whole `200`.
 pub fn scrape(url: &WsUrl) -> Option<String> {
@@ -256,31 +276,65 @@ herald_deliveries_total 5120
         assert_eq!(body_of_200(b"HTTP/1.1 200 OK\r\n"), None);
     }
 
-    #[test]
-    fn scrapes_a_live_endpoint() {
+    /// A `/metrics` endpoint that answers [`PAGE`] to `scrapes` requests, then stops; its
+    /// URL and the requests it got.
+    fn endpoint(scrapes: usize) -> (WsUrl, std::thread::JoinHandle<Vec<String>>) {
         use std::net::TcpListener;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url: WsUrl = format!("ws://{}/", listener.local_addr().unwrap())
             .parse()
             .unwrap();
         let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.ends_with(b"\r\n\r\n") {
-                let n = s.read(&mut buf).unwrap();
-                request.extend_from_slice(&buf[..n]);
+            let mut requests = Vec::new();
+            for _ in 0..scrapes {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PAGE}",
+                    PAGE.len()
+                );
+                s.write_all(answer.as_bytes()).unwrap();
+                requests.push(String::from_utf8(request).unwrap());
             }
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{PAGE}",
-                PAGE.len()
-            );
-            s.write_all(answer.as_bytes()).unwrap();
-            String::from_utf8(request).unwrap()
+            requests
         });
+        (url, server)
+    }
+
+    #[test]
+    fn sums_distinct_servers_once_each() {
+        let (a, server_a) = endpoint(1);
+        let (b, server_b) = endpoint(1);
+        // Another spelling of a's address: scraped once.
+        let a_again: WsUrl = format!("ws://localhost:{}/x", a.addr.port())
+            .parse()
+            .unwrap();
+        let totals = frames_per_write_summed(&[a, b.clone(), a_again]).unwrap();
+        assert_eq!((totals.count, totals.sum), (80.0, 10240.0));
+        assert_eq!(
+            (
+                server_a.join().unwrap().len(),
+                server_b.join().unwrap().len()
+            ),
+            (1, 1)
+        );
+        // One node that does not answer (b has stopped) leaves the figure out.
+        let (c, server_c) = endpoint(1);
+        assert_eq!(frames_per_write_summed(&[c, b]), None);
+        server_c.join().unwrap();
+    }
+
+    #[test]
+    fn scrapes_a_live_endpoint() {
+        let (url, server) = endpoint(1);
         let totals = frames_per_write(&url).unwrap();
         assert_eq!((totals.count, totals.sum), (40.0, 5120.0));
-        let request = server.join().unwrap();
+        let request = server.join().unwrap().remove(0);
         assert!(
             request.starts_with("GET /metrics HTTP/1.1\r\n"),
             "{request}"

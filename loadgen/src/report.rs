@@ -104,6 +104,7 @@ pub fn problems(o: &Outcome) -> Vec<String> {
         (s.reordered, "reordered"),
         (s.malformed, "malformed"),
         (s.misrouted, "misrouted"),
+        (s.orders.mismatched(), "order mismatch"),
         (s.dropped(), "connections dropped"),
         (s.publish_failed(), "publishes failed"),
     ] {
@@ -122,8 +123,10 @@ pub fn problems(o: &Outcome) -> Vec<String> {
 /// The whole outcome as one JSON object.
 pub fn to_json(o: &Outcome) -> Value {
     let s = &o.stats;
+    let urls: Vec<String> = o.cfg.urls.iter().map(url).collect();
     let mut v = json!({
-        "url": format!("ws://{}{}", o.cfg.url.host, o.cfg.url.path),
+        "url": urls[0],
+        "urls": urls,
         "clients": o.cfg.clients,
         "threads": o.cfg.threads,
         "procs": o.procs,
@@ -180,6 +183,8 @@ pub fn to_json(o: &Outcome) -> Value {
             v["reordered"] = json!(s.reordered);
             v["malformed"] = json!(s.malformed);
             v["misrouted"] = json!(s.misrouted);
+            v["order_mismatch"] = json!(s.orders.mismatched());
+            v["order_compared"] = json!(s.orders.compared());
             v["pings"] = json!(s.pings);
         }
         Scenario::Connect => {
@@ -265,6 +270,11 @@ fn publish_path(o: &Outcome) -> String {
     }
 }
 
+/// `url` as given on the command line.
+fn url(url: &crate::handshake::WsUrl) -> String {
+    format!("ws://{}{}", url.host, url.path)
+}
+
 /// Deliveries received inside the measured window, per second.
 pub fn deliveries_per_sec(o: &Outcome) -> f64 {
     o.stats.in_window as f64 / o.window_secs.max(1e-9)
@@ -283,16 +293,16 @@ fn quantiles(h: &Histogram<u64>, qs: &[f64]) -> String {
 pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
     let s = &o.stats;
     let row = |out: &mut dyn Write, k: &str, v: String| writeln!(out, "  {k:<30} {v}");
+    let urls: Vec<String> = o.cfg.urls.iter().map(url).collect();
     writeln!(
         out,
-        "loadgen {} ws://{}{} ({}, {}{} thread{})",
+        "loadgen {} {} ({}, {}{} thread{})",
         match o.cfg.scenario {
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Connect => "connect",
             Scenario::Idle { .. } => "idle",
         },
-        o.cfg.url.host,
-        o.cfg.url.path,
+        urls.join(" "),
         mode(o),
         if o.procs > 1 {
             format!("{} processes × ", o.procs)
@@ -403,6 +413,15 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
                 s.reordered,
                 s.malformed,
                 if o.drained { "" } else { "  (drain timed out)" }
+            ),
+        )?;
+        row(
+            out,
+            "order mismatch",
+            format!(
+                "{} of {} receivers compared",
+                s.orders.mismatched(),
+                s.orders.compared()
             ),
         )?;
     }

@@ -26,7 +26,7 @@ pub struct Timing {
     pub connect_phase_ns: u64,
     /// The server process to sample from `/proc`.
     pub server_pid: Option<u32>,
-    /// Read the server's write counts from its `/metrics` at both ends of the window.
+    /// Read the servers' write counts from their `/metrics` at both ends of the window.
     pub server_metrics: bool,
     /// Print a live line each second on stderr.
     pub live: bool,
@@ -73,8 +73,8 @@ pub struct Outcome {
     pub drained: bool,
     /// The server's usage, with `--server-pid`.
     pub server: Option<ServerUsage>,
-    /// The server's writes over the window, with `--server-metrics` and a server that
-    /// counts them.
+    /// The servers' writes over the window, summed, with `--server-metrics` and servers
+    /// that count them.
     pub server_writes: Option<ServerWrites>,
     /// loadgen's own CPU time in the measured window.
     pub self_cpu_ns: u64,
@@ -102,11 +102,11 @@ fn sample(pid: Option<u32>) -> Option<ProcSample> {
     pid.and_then(|p| procfs::sample(&p.to_string()).ok())
 }
 
-/// The server's frames-per-write totals now, when the run reads them.
+/// The servers' frames-per-write totals now, summed, when the run reads them.
 pub(crate) fn scrape(cfg: &Config, timing: &Timing) -> Option<metrics::Totals> {
     timing
         .server_metrics
-        .then(|| metrics::frames_per_write(&cfg.url))
+        .then(|| metrics::frames_per_write_summed(&cfg.urls))
         .flatten()
 }
 

@@ -1,6 +1,7 @@
 //! What a worker counted, mergeable into the run's totals.
 
 use crate::control::new_histogram;
+use crate::order::Orders;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -36,6 +37,9 @@ pub struct Stats {
     /// Deliveries from a publisher of another room (with `--rooms`): the server routed
     /// them where they do not belong.
     pub misrouted: u64,
+    /// The order each receiver that had exactly its room's messages saw them in, by room
+    /// (see [`crate::order`]).
+    pub orders: Orders,
     /// Deliveries the receivers that connected should have had: for each, what every
     /// publisher of its room published.
     pub expected: u64,
@@ -71,6 +75,7 @@ impl Default for Stats {
             lost: 0,
             malformed: 0,
             misrouted: 0,
+            orders: Orders::default(),
             expected: 0,
             published: 0,
             pings: 0,
@@ -98,6 +103,7 @@ impl Stats {
         self.lost += other.lost;
         self.malformed += other.malformed;
         self.misrouted += other.misrouted;
+        self.orders.merge(&other.orders);
         self.expected += other.expected;
         self.published += other.published;
         self.pings += other.pings;
@@ -174,6 +180,7 @@ impl Stats {
             "drops": self.drops,
             "publish": [self.publish_answers, self.recipients.0, self.recipients.1],
             "publish_errors": self.publish_errors,
+            "orders": self.orders.to_value(),
         })
     }
 
@@ -215,6 +222,7 @@ impl Stats {
             lost,
             malformed,
             misrouted,
+            orders: Orders::from_value(&v["orders"])?,
             expected,
             published,
             pings,
@@ -246,6 +254,10 @@ mod tests {
         s.drops.insert("closed by server".into(), 1);
         (s.publish_answers, s.recipients) = (7, (998, 1000));
         s.publish_error("publish: HTTP 401", 1);
+        let order = crate::order::Interleaving::default();
+        let full = crate::track::SeqTracker::default();
+        s.orders.add(3, order, &[full], [0]);
+        assert_eq!(s.orders.compared(), 1);
         let back = Stats::from_value(&s.to_value()).unwrap();
         assert_eq!(back.latency, s.latency);
         assert_eq!(back.handshake, s.handshake);
@@ -259,6 +271,7 @@ mod tests {
         assert_eq!((back.failures, back.drops), (s.failures, s.drops));
         assert_eq!((back.publish_answers, back.recipients), (7, (998, 1000)));
         assert_eq!(back.publish_errors, s.publish_errors);
+        assert_eq!(back.orders, s.orders);
         assert!(Stats::from_value(&json!({"counts": [1, 2]})).is_none());
     }
 }

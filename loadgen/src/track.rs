@@ -66,6 +66,11 @@ impl SeqTracker {
         gaps + published.saturating_sub(self.next)
     }
 
+    /// Whether exactly the numbers `0..published` were delivered: none missing, none beyond.
+    pub fn has_exactly(&self, published: u64) -> bool {
+        self.next == published && self.gaps.is_empty()
+    }
+
     /// Number of distinct sequence numbers delivered so far.
     pub fn distinct(&self) -> u64 {
         self.next - self.gaps.iter().map(|&(s, e)| e - s).sum::<u64>()
@@ -86,6 +91,8 @@ mod tests {
         assert_eq!(t.missing(100), 0);
         assert_eq!(t.missing(103), 3);
         assert_eq!(t.distinct(), 100);
+        assert!(t.has_exactly(100));
+        assert!(!t.has_exactly(99) && !t.has_exactly(101));
     }
 
     #[test]
@@ -106,8 +113,10 @@ mod tests {
         // Seen: 0,1,2,3,5,6,7,8,9 — 4 never came.
         assert_eq!(t.missing(10), 1);
         assert_eq!(t.distinct(), 9);
+        assert!(!t.has_exactly(10), "4 is missing");
         assert_eq!(t.observe(4), Reordered);
         assert_eq!(t.observe(4), Duplicate);
         assert_eq!((t.missing(10), t.gaps.len()), (0, 0));
+        assert!(t.has_exactly(10));
     }
 }

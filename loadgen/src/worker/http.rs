@@ -118,7 +118,7 @@ impl Worker {
         }
         let cfg = &self.ctx.cfg;
         let reg = self.poll.registry();
-        let opened = net::connect(cfg.url.addr, cfg.local_addr(p.id)).and_then(|mut s| {
+        let opened = net::connect(cfg.url_of(p.id).addr, cfg.local_addr(p.id)).and_then(|mut s| {
             let token = Token(key | HTTP);
             reg.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
             Ok(s)

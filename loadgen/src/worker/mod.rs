@@ -11,6 +11,7 @@ use crate::control::{new_histogram, Control, Phase};
 use crate::frame;
 use crate::loghist::LogHistogram;
 use crate::message::{self, Stamp};
+use crate::order::Interleaving;
 use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::timer::Timer;
@@ -77,6 +78,8 @@ struct Conn {
     /// Sequence tracking per publisher of its room, publisher `j` at `j / rooms`
     /// (broadcast only).
     trackers: Box<[SeqTracker]>,
+    /// The order its room's messages reached it in (broadcast only).
+    order: Interleaving,
     /// Its deliveries' latencies, the same ones the run's histogram records, for its own
     /// median (broadcast only: `None` costs the other scenarios nothing).
     latency: Option<Box<LogHistogram>>,
@@ -241,8 +244,9 @@ pub struct Worker {
     next_batch_ns: u64,
     /// Slab keys of the publishing connections.
     publishers: Vec<usize>,
-    /// Trackers of connections that ended, with their room, kept to count what they lost.
-    dead_trackers: Vec<(u32, Box<[SeqTracker]>)>,
+    /// Trackers of connections that ended, with their room and order, kept to count what
+    /// they lost and compare their orders.
+    dead_trackers: Vec<(u32, Box<[SeqTracker]>, Interleaving)>,
     /// When the live histogram is next handed over.
     next_live_ns: u64,
     /// Whether saturation publishers have sent their first window.
@@ -425,7 +429,7 @@ impl Worker {
 
     fn open(&mut self, client: u32, now: u64) {
         let cfg = &self.ctx.cfg;
-        let mut stream = match net::connect(cfg.url.addr, cfg.local_addr(client)) {
+        let mut stream = match net::connect(cfg.url_of(client).addr, cfg.local_addr(client)) {
             Ok(s) => s,
             Err(e) => return self.count_failure(format!("connect: {}", net::describe(&e))),
         };
@@ -445,7 +449,7 @@ impl Worker {
                 let http = match &b.via {
                     PublishVia::Http { token } if publishes => {
                         Some(Box::new(HttpPub::new(publish::request_head(
-                            &self.ctx.cfg.url,
+                            self.ctx.cfg.url_of(client),
                             token.as_deref(),
                             b.size,
                             (b.rooms > 0).then(|| room_name(room)).as_deref(),
@@ -479,6 +483,7 @@ impl Worker {
             client,
             room,
             trackers,
+            order: Interleaving::default(),
             latency,
             publisher,
             http,
@@ -769,7 +774,7 @@ impl Worker {
                 }
                 if !conn.trackers.is_empty() {
                     let trackers = std::mem::take(&mut conn.trackers);
-                    self.dead_trackers.push((conn.room, trackers));
+                    self.dead_trackers.push((conn.room, trackers, conn.order));
                 }
                 if let Some(p50) = conn.latency.and_then(|h| h.value_at_quantile(0.5)) {
                     self.ctx.stats.client_p50.saturating_record(p50);
@@ -799,12 +804,14 @@ impl Worker {
         }
         debug_assert_eq!(self.ctx.census, Census::default());
         let rooms = self.ctx.broadcast().map_or(1, Broadcast::room_count) as usize;
-        for (room, trackers) in &self.dead_trackers {
-            let room_published = published.iter().skip(*room as usize).step_by(rooms);
-            for (t, &n) in trackers.iter().zip(room_published) {
+        for (room, trackers, order) in &self.dead_trackers {
+            let room_published = || published.iter().skip(*room as usize).step_by(rooms);
+            for (t, &n) in trackers.iter().zip(room_published()) {
                 self.ctx.stats.lost += t.missing(n);
                 self.ctx.stats.expected += n;
             }
+            let orders = &mut self.ctx.stats.orders;
+            orders.add(*room, *order, trackers, room_published().copied());
         }
         self.ctx.stats
     }
@@ -824,7 +831,8 @@ fn finish_connect(conn: &mut Conn, cfg: &Config, rng: &mut Rng) -> io::Result<bo
     }
     let key = handshake::new_key(rng);
     conn.accept = Some(handshake::accept_for(&key).into_boxed_str());
-    handshake::write_request(&cfg.url, &cfg.ws_path(conn.client), &key, &mut conn.out);
+    let url = cfg.url_of(conn.client);
+    handshake::write_request(url, &cfg.ws_path(conn.client), &key, &mut conn.out);
     Ok(true)
 }
 

@@ -180,7 +180,9 @@ fn deliver(conn: &mut Conn, payload: &[u8], now: u64, ctx: &mut Ctx) {
         ctx.stats.misrouted += 1;
         return;
     }
-    match conn.trackers[index as usize].observe(stamp.seq) {
+    let seen = conn.trackers[index as usize].observe(stamp.seq);
+    conn.order.push(stamp.publisher, stamp.seq, seen);
+    match seen {
         Seen::Duplicate => {
             ctx.stats.duplicates += 1;
             return;

@@ -1,6 +1,6 @@
 //! A small seed-compatible broadcast server for tests, built on tungstenite and threads,
 //! that can tamper with what it relays: drop, duplicate, swap or misroute chosen
-//! deliveries. Like herald, it routes by the upgrade's path: clients on the same path
+//! deliveries, or change their interleaving. Like herald, it routes by the upgrade's path: clients on the same path
 //! (`/` is the lobby, `/rooms/NAME` a room) hear each other and no one else.
 
 #![allow(dead_code)] // each test file uses a part
@@ -27,6 +27,9 @@ pub enum Tamper {
     Duplicate,
     /// Send it after the same publisher's next message instead of before.
     SwapWithNext,
+    /// Send it after the next message to this receiver, whichever publisher's: with
+    /// several publishers, another interleaving with each publisher's order intact.
+    DelayPastNext,
     /// Send it to this receiver even though it is in another room.
     Misroute,
 }
@@ -51,6 +54,8 @@ pub struct TestServer {
     pub pongs: Arc<AtomicU64>,
     /// The path of each upgrade request, in accept order.
     pub paths: Arc<Mutex<Vec<String>>>,
+    /// The `Host` header of each upgrade request, in accept order.
+    pub hosts: Arc<Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -91,24 +96,28 @@ pub fn start_routed(
     let addr = listener.local_addr().unwrap();
     let pongs = Arc::new(AtomicU64::new(0));
     let paths = Arc::new(Mutex::new(Vec::new()));
+    let hosts = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = mpsc::channel::<Event>();
-    let (counter, seen) = (pongs.clone(), paths.clone());
+    let (counter, seen, seen_hosts) = (pongs.clone(), paths.clone(), hosts.clone());
     thread::spawn(move || {
         for _ in 0..clients {
             let Ok((stream, _)) = listener.accept() else {
                 return;
             };
-            let mut path = String::new();
+            let (mut path, mut host) = (String::new(), String::new());
             // tungstenite's callback signature fixes the (large) error type.
             #[allow(clippy::result_large_err)]
             let ask = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
                 path = req.uri().path().to_string();
+                let h = req.headers().get("host").and_then(|h| h.to_str().ok());
+                host = h.unwrap_or_default().to_string();
                 Ok(resp)
             };
             let Ok(mut ws) = tungstenite::accept_hdr(stream, ask) else {
                 continue;
             };
             seen.lock().unwrap().push(path.clone());
+            seen_hosts.lock().unwrap().push(host);
             let mut writer = ws.get_ref().try_clone().unwrap();
             let mut ping = Vec::new();
             frame::encode_unmasked(true, frame::OP_PING, b"hi", &mut ping);
@@ -142,7 +151,9 @@ pub fn start_routed(
     });
     thread::spawn(move || {
         let mut writers: Vec<(TcpStream, String)> = Vec::new();
-        let mut held: Vec<Option<(u32, Vec<u8>)>> = Vec::new();
+        // A delivery held back, with the publisher whose next message releases it (`None`:
+        // anyone's).
+        let mut held: Vec<Option<(Option<u32>, Vec<u8>)>> = Vec::new();
         for event in rx {
             let (room, text) = match event {
                 Event::Join(w, room) => {
@@ -178,19 +189,29 @@ pub fn start_routed(
                     Some(Tamper::Drop) => Ok(()),
                     Some(Tamper::Duplicate) => w.write_all(&wire).and_then(|_| w.write_all(&wire)),
                     Some(Tamper::SwapWithNext) => {
-                        held[i] = stamp.map(|s| (s.publisher, wire.clone()));
+                        held[i] = stamp.map(|s| (Some(s.publisher), wire.clone()));
+                        continue;
+                    }
+                    Some(Tamper::DelayPastNext) => {
+                        held[i] = Some((None, wire.clone()));
                         continue;
                     }
                 };
                 let from = stamp.map(|s| s.publisher);
-                if untampered && held[i].as_ref().map(|h| h.0) == from {
+                let releases = |h: &(Option<u32>, Vec<u8>)| h.0.is_none() || h.0 == from;
+                if untampered && held[i].as_ref().is_some_and(releases) {
                     let (_, h) = held[i].take().expect("checked");
                     let _ = w.write_all(&h);
                 }
             }
         }
     });
-    TestServer { addr, pongs, paths }
+    TestServer {
+        addr,
+        pongs,
+        paths,
+        hosts,
+    }
 }
 
 /// Starts a server that answers every upgrade request with `response` and then waits
@@ -222,7 +243,7 @@ pub fn start_raw(response: &'static str) -> SocketAddr {
 /// A broadcast configuration for `clients` clients of `url` with one publisher.
 pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Config {
     Config {
-        url: url.parse().unwrap(),
+        urls: vec![url.parse().unwrap()],
         clients,
         threads: 1,
         local_addrs: Vec::new(),
@@ -260,8 +281,14 @@ pub fn short_timing(secs: f64) -> loadgen::run::Timing {
 /// Runs the `loadgen` binary: a 1-second `broadcast` of 4 clients at 100 messages/s
 /// against `url`, plus `extra`; returns its exit status and JSON report.
 pub fn cli(url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    cli_of(4, url, extra)
+}
+
+/// [`cli`] with `clients` clients.
+pub fn cli_of(clients: u32, url: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["broadcast", "--url", url, "--clients", "4", "--rate", "100"])
+        .args(["broadcast", "--url", url, "--rate", "100"])
+        .args(["--clients", &clients.to_string()])
         .args(["--duration", "1", "--warmup", "0", "--json", "--quiet"])
         .args(extra)
         .output()
