@@ -9,7 +9,7 @@
 //! reaped. Every wait is bounded.
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -95,7 +95,7 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// A server on a free port, answering `PING` when this returns.
+    /// A server on a free port, answering when this returns.
     pub fn start() -> Self {
         Self::start_on_free_port(false)
     }
@@ -164,8 +164,8 @@ impl RedisServer {
         child.0.wait().expect("wait for redis-server");
     }
 
-    /// Starts the server again on the same port and waits until it answers
-    /// `PING`; a start that fails (the port briefly unavailable) is retried
+    /// Starts the server again on the same port and waits until it answers;
+    /// a start that fails (the port briefly unavailable) is retried
     /// for at most [`TIMEOUT`]. The data is gone, as after a crash without
     /// persistence.
     pub fn restart(&mut self) {
@@ -187,7 +187,8 @@ impl RedisServer {
     }
 
     /// Spawns `redis-server` on `self.port` and waits (at most [`TIMEOUT`])
-    /// until it answers `PING`; `Err` if it exits first.
+    /// until it answers (`INFO server`, naming its PID); `Err` if it exits
+    /// first.
     fn launch(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
         let port = self.port.to_string();
@@ -205,12 +206,14 @@ impl RedisServer {
         }
         let mut child = Killed::spawn(&mut cmd, Stdio::null);
         let deadline = Instant::now() + TIMEOUT;
-        while !answers_ping(self.addr()) {
+        // The answer must come from this child: a port taken meanwhile by
+        // another redis-server (a concurrent test run) makes ours exit.
+        while serving_pid(self.addr()) != Some(child.0.id()) {
             if let Some(status) = child.0.try_wait().expect("try_wait") {
                 return Err(format!("exited at start ({status}); {}", self.log_tail()));
             }
             if Instant::now() >= deadline {
-                return Err(format!("no PONG within {TIMEOUT:?}; {}", self.log_tail()));
+                return Err(format!("no answer within {TIMEOUT:?}; {}", self.log_tail()));
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -376,15 +379,23 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Whether a Redis server on `addr` answers an inline `PING` with `+PONG`.
-fn answers_ping(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+/// The process id of the Redis server answering on `addr` (`INFO server`
+/// over an inline command), or `None` while nothing answers.
+fn serving_pid(addr: SocketAddr) -> Option<u32> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    (&s).write_all(b"INFO server\r\n").ok()?;
+    // A bulk string: `$LEN\r\n`, then LEN bytes and `\r\n`.
+    let mut reply = BufReader::new(&s);
+    let mut head = String::new();
+    reply.read_line(&mut head).ok()?;
+    let len: usize = head.strip_prefix('$')?.trim().parse().ok()?;
+    let mut body = vec![0; len];
+    reply.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:")?.trim().parse().ok())
 }
 
 /// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
