@@ -18,8 +18,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::bus::{
-    all_hear_nothing, assert_same_sequence, channel, get, join, node, ping_pong, post, room_path,
-    send_on_thread, split_all, wait_metric, wait_status, Readers, BACK_WITHIN, NOTICE, TOKEN,
+    all_hear_nothing, assert_same_sequence, channel, get, join, node, numbered, ping_pong, post,
+    room_path, send_on_thread, split_all, wait_metric, wait_status, Readers, BACK_WITHIN, NOTICE,
+    TOKEN,
 };
 use common::redis::process_exists;
 use common::{
@@ -97,14 +98,6 @@ fn members(addrs: &[SocketAddr], room: Option<&str>, per_node: usize) -> Vec<Cli
         .collect()
 }
 
-/// `n` numbered messages `TAG#SEQ`: what the sender sends and, prefixed,
-/// what every member receives.
-fn numbered(tag: &str, n: usize) -> (Vec<String>, Vec<String>) {
-    let texts: Vec<String> = (0..n).map(|seq| format!("{tag}#{seq}")).collect();
-    let received = texts.iter().map(|t| format!("{PREFIX}{t}")).collect();
-    (texts, received)
-}
-
 #[test]
 fn three_nodes_deliver_each_room_in_one_order_to_every_member_and_nothing_across_rooms() {
     let redis = RedisServer::start();
@@ -129,7 +122,7 @@ fn three_nodes_deliver_each_room_in_one_order_to_every_member_and_nothing_across
     let mut senders = Vec::new();
     let mut sent_per_room = Vec::new();
     let mut published = vec![0usize; nodes.len()];
-    let mut payload_bytes = 0;
+    let mut sent_bytes = vec![0usize; nodes.len()];
     for (r, &(room, per_node, per_publisher)) in rooms.iter().enumerate() {
         let (writers, clients) = split_all(std::mem::take(&mut joined[r]));
         let name = room.unwrap_or("lobby");
@@ -137,7 +130,7 @@ fn three_nodes_deliver_each_room_in_one_order_to_every_member_and_nothing_across
         for (n, writer) in writers.into_iter().step_by(per_node).enumerate() {
             let (texts, received) = numbered(&format!("{name}/node{n}"), per_publisher);
             published[n] += texts.len();
-            payload_bytes += texts.iter().map(String::len).sum::<usize>();
+            sent_bytes[n] += texts.iter().map(String::len).sum::<usize>();
             senders.push((writer, texts));
             sent.push(received);
         }
@@ -156,7 +149,7 @@ fn three_nodes_deliver_each_room_in_one_order_to_every_member_and_nothing_across
     for body in &posts {
         let r = post(addrs[0], Some("a"), body);
         assert_eq!(r.status, 202, "publish {body:?}: {r:?}");
-        payload_bytes += body.len();
+        sent_bytes[0] += body.len();
     }
     let _writers: Vec<Client> = senders
         .into_iter()
@@ -173,6 +166,7 @@ fn three_nodes_deliver_each_room_in_one_order_to_every_member_and_nothing_across
     all_hear_nothing(&mut everyone, QUIET);
 
     let total: usize = published.iter().sum();
+    let payload_bytes: usize = sent_bytes.iter().sum();
     for (n, &addr) in addrs.iter().enumerate() {
         assert_eq!(metric(addr, "herald_bus_up"), 1, "node {n}");
         assert_eq!(
@@ -182,7 +176,10 @@ fn three_nodes_deliver_each_room_in_one_order_to_every_member_and_nothing_across
         );
         // Every node is subscribed to all three channels.
         wait_metric(addr, "herald_bus_received_total", total as u64, TIMEOUT);
-        assert!(metric(addr, "herald_bus_sent_bytes_total") > 0, "node {n}");
+        assert!(
+            metric(addr, "herald_bus_sent_bytes_total") >= sent_bytes[n] as u64,
+            "node {n}: sent bytes below its payloads'"
+        );
         assert!(
             metric(addr, "herald_bus_received_bytes_total") >= payload_bytes as u64,
             "node {n}: received bytes below the payloads'"

@@ -12,10 +12,11 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use common::bus::{
-    all_hear_nothing, assert_same_sequence, channel, join, node, send_on_thread, split_all, Readers,
+    all_hear_nothing, assert_same_sequence, channel, join, node, numbered, send_on_thread,
+    split_all, Readers,
 };
 use common::redis::process_exists;
-use common::{Client, RedisCluster, PREFIX};
+use common::{Client, RedisCluster};
 
 #[test]
 fn the_cluster_harness_starts_three_masters_and_kills_them_all() {
@@ -96,10 +97,8 @@ fn two_nodes_on_a_cluster_deliver_ten_rooms_in_one_order_each() {
         let (writers, clients) = split_all(std::mem::take(&mut joined[r]));
         let mut sent = Vec::new();
         for (n, writer) in writers.into_iter().take(2).enumerate() {
-            let texts: Vec<String> = (0..PER_PUBLISHER)
-                .map(|seq| format!("{name}/node{n}#{seq}"))
-                .collect();
-            sent.push(texts.iter().map(|t| format!("{PREFIX}{t}")).collect());
+            let (texts, received) = numbered(&format!("{name}/node{n}"), PER_PUBLISHER);
+            sent.push(received);
             senders.push(send_on_thread(writer, texts));
         }
         readers.push(Readers::spawn(clients, 2 * PER_PUBLISHER));

@@ -14,7 +14,7 @@ use tungstenite::Message;
 
 use super::{
     eventually, http_exchange, is_timeout, metric, recv_text, split, tcp, Client, HeraldProcess,
-    HttpResponse, TIMEOUT,
+    HttpResponse, PREFIX, TIMEOUT,
 };
 
 /// The publish token every bus node is started with.
@@ -151,6 +151,14 @@ impl Readers {
             })
             .unzip()
     }
+}
+
+/// `n` numbered messages `TAG#SEQ`: what the sender sends and, prefixed,
+/// what every member receives.
+pub fn numbered(tag: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    let texts: Vec<String> = (0..n).map(|seq| format!("{tag}#{seq}")).collect();
+    let received = texts.iter().map(|t| format!("{PREFIX}{t}")).collect();
+    (texts, received)
 }
 
 /// Splits each client into a writer and a reader over the same socket
