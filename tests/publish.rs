@@ -97,18 +97,7 @@ fn expect_rejected(addr: SocketAddr, request: &[u8], status: u16, what: &str) ->
 /// No message reaches any of `clients` within [`QUIET`]; then a fresh
 /// publish is the next message each reads.
 fn assert_nothing_was_broadcast(addr: SocketAddr, clients: &mut [Client]) {
-    let until = Instant::now() + QUIET;
-    for (i, c) in clients.iter_mut().enumerate() {
-        let left = until
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        c.get_ref().set_read_timeout(Some(left)).unwrap();
-        match c.read() {
-            Err(tungstenite::Error::Io(e)) if common::is_timeout(&e) => {}
-            other => panic!("client {i}: expected silence, got {other:?}"),
-        }
-        c.get_ref().set_read_timeout(Some(TIMEOUT)).unwrap();
-    }
+    common::all_hear_nothing(clients, QUIET);
     publish(addr, "sentinel", clients.len());
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(recv_text(c), "sentinel", "client {i}: something came first");

@@ -101,6 +101,12 @@ setup() {
   # Browser test (tests/browser/): Debian's chromium and its WebDriver; node
   # and npm come with the machine (run.sh checks for Node >= 20).
   [[ -x /usr/bin/chromium ]] || pkgs+=(chromium chromium-driver)
+  # The Redis backplane tests (tests/bus.rs, tests/bus_cluster.rs) start
+  # their own redis-server processes and drive them with redis-cli (Debian's
+  # redis-server brings redis-tools).
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    pkgs+=(redis-server)
+  fi
   if [[ ${#pkgs[@]} -gt 0 ]]; then
     apt_install "${pkgs[@]}"
   fi
@@ -109,7 +115,7 @@ setup() {
     [[ -n "$py" ]] || finish_fail setup "python3 still missing after apt-get install"
   fi
   export PYTHON="$py"   # tests/autobahn/run.sh creates .venv with it
-  say "cargo: $(cargo --version); python: $("$PYTHON" --version 2>&1)"
+  say "cargo: $(cargo --version); python: $("$PYTHON" --version 2>&1); $(redis-server --version | cut -d' ' -f1-3)"
   printf '==> run-all: [setup] ok in %s s\n' "$((SECONDS - t0))"
 }
 

@@ -10,11 +10,15 @@
 // Each test binary compiles this module and uses a different part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod bus;
 pub mod hostile;
 mod process;
+pub mod redis;
 
+pub use bus::all_hear_nothing;
 pub use hostile::*;
 pub use process::{HeraldBuilder, HeraldProcess};
+pub use redis::{RedisCluster, RedisServer, TempDir};
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
