@@ -5,11 +5,14 @@
 //! offset  size  field
 //!      0     1  version (1)
 //!      1     1  WebSocket opcode of the message (1 text, 2 binary)
-//!      2     8  node: the publishing process's random id
-//!     10     4  stream: one of that node's streams (a room's life on that node)
-//!     14     8  seq: 1, 2, 3… within the stream
-//!     22     8  sent: microseconds since the Unix epoch, when the node published it
-//!     30     …  the payload, as the client sent it (no prefix)
+//!      2     1  flags: bit 0 set for a client's message, which each node
+//!               prefixes with its --prefix (publishes and feed lines go as they are)
+//!      3     8  node: the publishing process's random id
+//!     11     8  stream: when that node began this stream (a room's life on
+//!               that node), in microseconds since the Unix epoch, unique per node
+//!     19     8  seq: 1, 2, 3… within the stream
+//!     27     8  sent: microseconds since the Unix epoch, when the node published it
+//!     35     …  the payload, as the client sent it (no prefix)
 //! ```
 //! All integers big-endian. The room is the channel, not a field.
 //!
@@ -18,23 +21,30 @@
 //! counter per node would show gaps that are only other rooms' messages. A
 //! stream is one room's life on the publishing node (a room emptied and made
 //! again is a new stream), so a receiver that tracks `(node, stream)` sees
-//! every number in order, and a missing one is a lost message.
+//! every number in order, and a missing one is a lost message. A stream first
+//! seen past its start lost its head here if it began after this node's room
+//! did: so the stream is named by its start time.
 
 /// The version this build writes and reads.
 pub const VERSION: u8 = 1;
 
 /// Bytes before the payload.
-pub const HEADER_LEN: usize = 30;
+pub const HEADER_LEN: usize = 35;
+
+/// Flag: a client's message, prefixed where it is delivered.
+pub const FROM_CLIENT: u8 = 1;
 
 /// One decoded envelope, its payload borrowed from the bytes it came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope<'a> {
     /// The message's WebSocket opcode.
     pub opcode: u8,
+    /// [`FROM_CLIENT`] or 0.
+    pub flags: u8,
     /// The publishing node.
     pub node: u64,
-    /// The publisher's stream for this room.
-    pub stream: u32,
+    /// The publisher's stream for this room: when it began.
+    pub stream: u64,
     /// Position in the stream, from 1.
     pub seq: u64,
     /// When it was published, in microseconds since the Unix epoch, by the
@@ -50,6 +60,7 @@ impl Envelope<'_> {
         out.reserve(HEADER_LEN + self.payload.len());
         out.push(VERSION);
         out.push(self.opcode);
+        out.push(self.flags);
         out.extend_from_slice(&self.node.to_be_bytes());
         out.extend_from_slice(&self.stream.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -67,10 +78,11 @@ pub fn read(bytes: &[u8]) -> Option<Envelope<'_>> {
     let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap());
     Some(Envelope {
         opcode: bytes[1],
-        node: u64_at(2),
-        stream: u32::from_be_bytes(bytes[10..14].try_into().unwrap()),
-        seq: u64_at(14),
-        sent_us: u64_at(22),
+        flags: bytes[2],
+        node: u64_at(3),
+        stream: u64_at(11),
+        seq: u64_at(19),
+        sent_us: u64_at(27),
         payload: &bytes[HEADER_LEN..],
     })
 }
@@ -83,6 +95,7 @@ mod tests {
     fn an_envelope_reads_back_what_was_written() {
         let e = Envelope {
             opcode: 2,
+            flags: FROM_CLIENT,
             node: 0x0102_0304_0506_0708,
             stream: 7,
             seq: u64::MAX - 1,
@@ -100,6 +113,7 @@ mod tests {
         let mut out = Vec::new();
         Envelope {
             opcode: 1,
+            flags: 0,
             node: 1,
             stream: 1,
             seq: 1,

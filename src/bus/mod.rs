@@ -96,9 +96,11 @@ pub struct Ack {
 /// Where a message goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Target<'a> {
-    /// A room with local members, by id.
+    /// A room with local members, by id: a client's message, which each
+    /// node prefixes with its `--prefix`.
     Room(u32),
-    /// A room by name (`None`: the lobby), with or without local members.
+    /// A room by name (`None`: the lobby), with or without local members: a
+    /// publish or a feed line, delivered as it is.
     Named(Option<&'a str>),
 }
 
@@ -114,12 +116,15 @@ pub enum Refused {
 pub struct RoomBus {
     sub: Sub,
     /// This node's stream for the room (0: none yet) and its last number.
-    stream: u32,
+    stream: u64,
     seq: u64,
     /// Publishes waiting for the room's subscription: packed commands, and
     /// what each is.
     held: Vec<u8>,
     held_cmds: Vec<Sent>,
+    /// When this node's room began (its first subscription), by this
+    /// node's clock: a stream that began later should be heard whole.
+    since_us: u64,
     /// The last number received from each `(node, stream)`.
     seen: Vec<Seen>,
 }
@@ -138,7 +143,7 @@ enum Sub {
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     node: u64,
-    stream: u32,
+    stream: u64,
     seq: u64,
 }
 
@@ -232,9 +237,10 @@ pub struct Bus {
     down_reason: Option<String>,
     /// Subscription numbers handed out.
     generations: u32,
-    streams: u32,
+    /// The last stream begun (streams are named by their start time).
+    last_stream: u64,
     /// Sequences of rooms without local members this node published to.
-    ghosts: HashMap<Box<str>, (u32, u64)>,
+    ghosts: HashMap<Box<str>, (u64, u64)>,
     /// Channels with an `UNSUBSCRIBE` not yet confirmed: a `subscribe`
     /// confirmation that arrives before it is an older one's.
     unsubscribing: HashMap<Box<str>, u32>,
@@ -277,7 +283,7 @@ impl Bus {
             rng: node | 1,
             down_reason: None,
             generations: 0,
-            streams: 0,
+            last_stream: 0,
             ghosts: HashMap::new(),
             unsubscribing: HashMap::new(),
             buffered: 0,
@@ -371,8 +377,7 @@ impl Bus {
             Some(id) => {
                 let (name, rb) = rooms.bus_mut(id);
                 if rb.stream == 0 {
-                    self.streams += 1;
-                    rb.stream = self.streams;
+                    rb.stream = next_stream(&mut self.last_stream, sent_us);
                 }
                 channel_of(&mut self.channel, &self.prefix, name);
                 rb.seq += 1;
@@ -394,8 +399,8 @@ impl Bus {
                     if self.ghosts.len() >= MAX_GHOSTS {
                         self.ghosts.clear();
                     }
-                    self.streams += 1;
-                    self.ghosts.insert(name.into(), (self.streams, 0));
+                    let stream = next_stream(&mut self.last_stream, sent_us);
+                    self.ghosts.insert(name.into(), (stream, 0));
                 }
                 channel_of(&mut self.channel, &self.prefix, name);
                 let Some((stream, seq)) = self.ghosts.get_mut(name) else {
@@ -408,6 +413,10 @@ impl Bus {
         self.envelope.clear();
         Envelope {
             opcode,
+            flags: match target {
+                Target::Room(_) => envelope::FROM_CLIENT,
+                Target::Named(_) => 0,
+            },
             node: self.node,
             stream,
             seq: *seq,
@@ -633,6 +642,11 @@ impl Bus {
                 s.seq = env.seq;
             }
             None => {
+                // Its head is lost here if the stream began after this
+                // room did (clocks of two hosts agree to NTP's precision).
+                if env.stream > rb.since_us {
+                    io.stats.bus_gaps += env.seq - 1;
+                }
                 if rb.seen.len() >= SEEN_PER_ROOM {
                     rb.seen.remove(0);
                 }
@@ -647,11 +661,8 @@ impl Bus {
             let age = unix_micros().saturating_sub(env.sent_us);
             self.echo.observe(age as f64 / 1e6);
         }
-        let prefix = if env.opcode == OP_TEXT {
-            io.prefix
-        } else {
-            b""
-        };
+        let prefixed = env.opcode == OP_TEXT && env.flags & envelope::FROM_CLIENT != 0;
+        let prefix = if prefixed { io.prefix } else { b"" };
         io.rooms.push(id, env.opcode, prefix, env.payload);
     }
 
@@ -696,6 +707,9 @@ impl Bus {
         for (_, name, rb) in rooms.each_bus_mut() {
             if rb.sub == Sub::Off {
                 rb.sub = Sub::Pending;
+                if rb.since_us == 0 {
+                    rb.since_us = unix_micros();
+                }
                 let mut c = Vec::new();
                 channel_of(&mut c, &self.prefix, name);
                 channels.push(c);
@@ -839,6 +853,9 @@ impl Bus {
             // Before that, the greeting's resubscription covers it.
             if rb.sub == Sub::Off && subscribing {
                 rb.sub = Sub::Pending;
+                if rb.since_us == 0 {
+                    rb.since_us = unix_micros();
+                }
                 let mut c = Vec::new();
                 channel_of(&mut c, &self.prefix, name);
                 subscribe.push(c);
@@ -1232,6 +1249,12 @@ fn random_u64() -> u64 {
         return u64::from_ne_bytes(b);
     }
     unix_micros() ^ (u64::from(std::process::id()) << 32)
+}
+
+/// A new stream's name: its start time, made unique.
+fn next_stream(last: &mut u64, now_us: u64) -> u64 {
+    *last = now_us.max(*last + 1);
+    *last
 }
 
 /// The subscription number room `id` is active under, if it is.
