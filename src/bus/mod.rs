@@ -30,9 +30,10 @@
 //! - **Gaps** in a `(node, stream)` sequence are counted, never silent.
 
 mod envelope;
+mod link;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,8 +44,8 @@ use redis_protocol::resp2::decode::decode_range;
 use redis_protocol::resp2::types::RangeFrame;
 
 use crate::config::{Config, RedisUrl};
+use link::{pack, Link};
 use crate::frame::OP_TEXT;
-use crate::nonblock::{interrupted, would_block};
 use crate::rooms::Rooms;
 use crate::stats::Stats;
 
@@ -68,9 +69,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often each subscription is pinged, and how long its answer may take.
 const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Bytes read from a Redis socket per call.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// `(node, stream)` sequences a room remembers; the oldest is forgotten past
 /// it (its next message then starts it again, uncounted).
@@ -157,27 +155,6 @@ struct Sent {
     room: u32,
     generation: u32,
     ack: Option<Ack>,
-}
-
-/// One socket to a Redis server.
-struct Link {
-    sock: Option<TcpStream>,
-    token: Token,
-    connected: bool,
-    /// Readiness seen and not yet used up (edge-triggered).
-    readable: bool,
-    writable: bool,
-    input: Vec<u8>,
-    /// Commands to write, and how much of them is written.
-    out: Vec<u8>,
-    written: usize,
-    /// Replies to the greeting (AUTH, SELECT, CLIENT SETNAME) still due,
-    /// and the greeting's bytes at the front of `out`.
-    greeting: u32,
-    greeting_len: usize,
-    /// Commands stay in `out` once written, until answered (the
-    /// publisher's); otherwise `out` is emptied when all is written.
-    retain: bool,
 }
 
 /// Where a server's connection stands.
@@ -1089,117 +1066,6 @@ impl Server {
         // Subscriptions are made again; publishes are kept.
         self.subscriber.out.clear();
     }
-}
-
-impl Link {
-    fn new(token: Token, retain: bool) -> Self {
-        Link {
-            retain,
-            greeting_len: 0,
-            sock: None,
-            token,
-            connected: false,
-            readable: false,
-            writable: false,
-            input: Vec::new(),
-            out: Vec::new(),
-            written: 0,
-            greeting: 0,
-        }
-    }
-
-    /// Whether a non-blocking connect finished; an error if it failed.
-    fn check_connected(&mut self) -> Result<(), String> {
-        let Some(sock) = &self.sock else {
-            return Ok(());
-        };
-        if let Ok(Some(e)) | Err(e) = sock.take_error() {
-            return Err(format!("connect: {e}"));
-        }
-        match sock.peer_addr() {
-            Ok(_) => {
-                self.connected = true;
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-            Err(e) => Err(format!("connect: {e}")),
-        }
-    }
-
-    /// Reads one chunk onto `input`; `Ok(0)` when the socket has nothing
-    /// more now.
-    fn fill(&mut self, input: &mut Vec<u8>) -> Result<usize, String> {
-        let Some(sock) = &mut self.sock else {
-            return Ok(0);
-        };
-        let len = input.len();
-        input.resize(len + READ_CHUNK, 0);
-        loop {
-            match sock.read(&mut input[len..]) {
-                Ok(0) => {
-                    input.truncate(len);
-                    return Err("Redis closed the connection".into());
-                }
-                Ok(n) => {
-                    input.truncate(len + n);
-                    return Ok(n);
-                }
-                Err(e) if would_block(&e) => {
-                    input.truncate(len);
-                    return Ok(0);
-                }
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => {
-                    input.truncate(len);
-                    return Err(format!("read: {e}"));
-                }
-            }
-        }
-    }
-
-    /// Writes what is not written yet of the first `upto` bytes, until the
-    /// socket is full.
-    fn flush(&mut self, upto: usize, stats: &mut Stats) -> Result<(), String> {
-        let upto = upto.min(self.out.len());
-        let Some(sock) = &mut self.sock else {
-            return Ok(());
-        };
-        if !self.connected {
-            return Ok(());
-        }
-        while self.written < upto {
-            match sock.write(&self.out[self.written..upto]) {
-                Ok(0) => return Err("Redis stopped taking data".into()),
-                Ok(n) => {
-                    self.written += n;
-                    stats.bus_sent_bytes += n as u64;
-                }
-                Err(e) if would_block(&e) => {
-                    self.writable = false;
-                    return Ok(());
-                }
-                Err(e) if interrupted(&e) => continue,
-                Err(e) => return Err(format!("write: {e}")),
-            }
-        }
-        if !self.retain && self.greeting == 0 {
-            self.out.clear();
-            self.written = 0;
-        }
-        Ok(())
-    }
-}
-
-/// Packs one command onto `out`; returns its length.
-fn pack(cmd: &mut redis::Cmd, verb: &str, args: &[&[u8]], out: &mut Vec<u8>) -> usize {
-    cmd.clear();
-    cmd.arg(verb);
-    for a in args {
-        cmd.arg(*a);
-    }
-    let before = out.len();
-    cmd.write_packed_command(out);
-    out.len() - before
 }
 
 /// The channel of room `name` (empty: the lobby), into `out`.
