@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
-use mio::Token;
+use mio::{Registry, Token};
 
 use crate::nonblock::{interrupted, would_block};
 use crate::stats::Stats;
@@ -48,6 +48,19 @@ impl Link {
             written: 0,
             greeting: 0,
         }
+    }
+
+    /// Closes the socket; what is queued stays.
+    pub(super) fn close(&mut self, registry: &Registry) {
+        if let Some(mut sock) = self.sock.take() {
+            let _ = registry.deregister(&mut sock);
+        }
+        self.connected = false;
+        self.readable = false;
+        self.writable = false;
+        self.input.clear();
+        self.greeting = 0;
+        self.written = 0;
     }
 
     /// Whether a non-blocking connect finished; an error if it failed.
@@ -143,4 +156,3 @@ pub(super) fn pack(cmd: &mut redis::Cmd, verb: &str, args: &[&[u8]], out: &mut V
     cmd.write_packed_command(out);
     out.len() - before
 }
-

@@ -29,6 +29,7 @@
 //!   reconnect the bus.
 //! - **Gaps** in a `(node, stream)` sequence are counted, never silent.
 
+mod cluster;
 mod envelope;
 mod link;
 
@@ -40,14 +41,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use prometheus_client::metrics::histogram::Histogram;
+use redis_protocol::redis_keyslot;
 use redis_protocol::resp2::decode::decode_range;
 use redis_protocol::resp2::types::RangeFrame;
 
 use crate::config::{Config, RedisUrl};
-use link::{pack, Link};
 use crate::frame::OP_TEXT;
 use crate::rooms::Rooms;
 use crate::stats::Stats;
+use cluster::Cluster;
+use link::{pack, Link};
 
 pub use envelope::Envelope;
 
@@ -150,6 +153,8 @@ struct Seen {
 struct Sent {
     /// Its packed length.
     len: u32,
+    /// Its channel's hash slot (cluster; 0 otherwise): where it goes.
+    slot: u16,
     /// The room (for the "reached nobody" check) and the subscription it was
     /// sent under (0: none to check).
     room: u32,
@@ -192,6 +197,8 @@ struct Server {
 enum State {
     /// Waiting to reconnect at this instant.
     Down(Instant),
+    /// Asking a cluster seed for the slot map, until the deadline.
+    Discovering(Instant),
     /// Connecting, greeting or resubscribing, until the deadline.
     Connecting(Instant),
     /// Every server ready.
@@ -201,6 +208,15 @@ enum State {
 /// The bus.
 pub struct Bus {
     servers: Vec<Server>,
+    /// With `--redis-cluster`: the slot map and how to learn it.
+    cluster: Option<Cluster>,
+    /// The commands, classic or sharded.
+    verbs: Verbs,
+    /// Publishes no server is known for yet (a cluster before its map).
+    unrouted: Vec<u8>,
+    unrouted_sent: VecDeque<Sent>,
+    /// The URL logged, and whose credentials every connection uses (a
+    /// cluster's first seed).
     url: RedisUrl,
     prefix: String,
     /// This process's id in every envelope it writes.
@@ -229,6 +245,7 @@ pub struct Bus {
     cmd: redis::Cmd,
     channel: Vec<u8>,
     envelope: Vec<u8>,
+    packed: Vec<u8>,
     occupied: Vec<u32>,
     /// HTTP publishes Redis answered: the ack and the subscribers it counted.
     acks: Vec<(Ack, i64)>,
@@ -244,13 +261,34 @@ impl Bus {
     /// # Errors
     /// A host name that does not resolve.
     pub fn new(cfg: &Config, now: Instant) -> io::Result<Option<Bus>> {
-        let Some(url) = cfg.redis.clone() else {
-            return Ok(None);
+        let (url, servers, cluster, verbs) = match (&cfg.redis, cfg.redis_cluster.first()) {
+            (Some(url), _) => {
+                let server = Server::new(resolve(url)?, 0, now);
+                (url.clone(), vec![server], None, CLASSIC)
+            }
+            (None, Some(first)) => {
+                let seeds = cfg
+                    .redis_cluster
+                    .iter()
+                    .map(resolve)
+                    .collect::<io::Result<Vec<_>>>()?;
+                let probe = Link::new(Token(PROBE_TOKEN), false);
+                (
+                    first.clone(),
+                    Vec::new(),
+                    Some(Cluster::new(seeds, probe)),
+                    SHARDED,
+                )
+            }
+            (None, None) => return Ok(None),
         };
-        let addr = resolve(&url)?;
         let node = random_u64();
         let bus = Bus {
-            servers: vec![Server::new(addr, 0, now)],
+            servers,
+            cluster,
+            verbs,
+            unrouted: Vec::new(),
+            unrouted_sent: VecDeque::new(),
             url,
             prefix: cfg.redis_prefix.clone(),
             node,
@@ -269,6 +307,7 @@ impl Bus {
             cmd: redis::Cmd::new(),
             channel: Vec::new(),
             envelope: Vec::new(),
+            packed: Vec::new(),
             occupied: Vec::new(),
             acks: Vec::new(),
             input_left: false,
@@ -281,7 +320,7 @@ impl Bus {
 
     /// Whether `token` is one of the bus's sockets.
     pub fn owns(token: Token) -> bool {
-        (TOKEN_TOP + 1 - 2 * MAX_SERVERS..=TOKEN_TOP).contains(&token.0)
+        (PROBE_TOKEN..=TOKEN_TOP).contains(&token.0)
     }
 
     /// Whether every broadcast can be published now (`/readyz`).
@@ -306,6 +345,12 @@ impl Bus {
 
     /// Notes readiness of one of the bus's sockets.
     pub fn on_event(&mut self, token: Token, readable: bool, writable: bool) {
+        if let Some(c) = &mut self.cluster {
+            if c.probe.token == token {
+                c.probe.readable |= readable;
+                c.probe.writable |= writable;
+            }
+        }
         for s in &mut self.servers {
             for link in [&mut s.publisher, &mut s.subscriber] {
                 if link.token == token {
@@ -349,25 +394,18 @@ impl Bus {
             Target::Named(name) => rooms.find(name).filter(|&id| rooms.is_occupied(id)),
         };
         let sent_us = unix_micros();
-        let server = &mut self.servers[0];
-        let (stream, seq, room, generation, out, cmds) = match id {
+        // The message's place in its stream: a local room keeps it, a room
+        // without local members has a ghost entry.
+        let (stream, seq) = match id {
             Some(id) => {
                 let (name, rb) = rooms.bus_mut(id);
                 if rb.stream == 0 {
                     rb.stream = next_stream(&mut self.last_stream, sent_us);
                 }
                 channel_of(&mut self.channel, &self.prefix, name);
-                rb.seq += 1;
-                let seq = &mut rb.seq;
-                match rb.sub {
-                    // Confirmed, so the server is connected: straight out.
-                    Sub::Active(g) => (rb.stream, seq, id, g, &mut server.publisher.out, None),
-                    _ => (rb.stream, seq, id, 0, &mut rb.held, Some(&mut rb.held_cmds)),
-                }
+                (rb.stream, rb.seq + 1)
             }
             None => {
-                // No local member: nothing here hears it, and no room keeps
-                // its sequence.
                 let name = match target {
                     Target::Named(n) => n.unwrap_or(""),
                     Target::Room(_) => unreachable!("a room id is a local room"),
@@ -380,11 +418,8 @@ impl Bus {
                     self.ghosts.insert(name.into(), (stream, 0));
                 }
                 channel_of(&mut self.channel, &self.prefix, name);
-                let Some((stream, seq)) = self.ghosts.get_mut(name) else {
-                    unreachable!("inserted above")
-                };
-                *seq += 1;
-                (*stream, seq, u32::MAX, 0, &mut server.publisher.out, None)
+                let (stream, seq) = self.ghosts[name];
+                (stream, seq + 1)
             }
         };
         self.envelope.clear();
@@ -396,36 +431,93 @@ impl Bus {
             },
             node: self.node,
             stream,
-            seq: *seq,
+            seq,
             sent_us,
             payload,
         }
         .write(&mut self.envelope);
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.clear();
+        let verb = self.verbs.publish;
         let len = pack(
             &mut self.cmd,
-            "PUBLISH",
+            verb,
             &[&self.channel, &self.envelope],
-            out,
+            &mut packed,
         );
         if self.buffered + len > self.limit {
-            out.truncate(out.len() - len);
-            *seq -= 1;
+            self.packed = packed;
             stats.bus_undelivered += 1;
             return Err(Refused::Full);
         }
         self.buffered += len;
-        let sent = Sent {
+        let mut sent = Sent {
             len: len as u32,
-            room,
-            generation,
+            slot: self.slot_of(&self.channel),
+            room: id.unwrap_or(u32::MAX),
+            generation: 0,
             ack,
         };
-        match cmds {
-            Some(held) => held.push(sent),
-            None => server.sent.push_back(sent),
+        match id {
+            Some(id) => {
+                let (_, rb) = rooms.bus_mut(id);
+                rb.seq = seq;
+                match rb.sub {
+                    // Confirmed, so its server is connected: straight out.
+                    Sub::Active(g) => {
+                        sent.generation = g;
+                        self.send(sent, &packed);
+                    }
+                    _ => {
+                        rb.held.extend_from_slice(&packed);
+                        rb.held_cmds.push(sent);
+                    }
+                }
+            }
+            None => {
+                if let Target::Named(n) = target {
+                    if let Some(g) = self.ghosts.get_mut(n.unwrap_or("")) {
+                        g.1 = seq;
+                    }
+                }
+                self.send(sent, &packed);
+            }
         }
+        self.packed = packed;
         stats.bus_publishes += 1;
         Ok(())
+    }
+
+    /// The hash slot of `channel` (0 without a cluster).
+    fn slot_of(&self, channel: &[u8]) -> u16 {
+        match self.cluster {
+            Some(_) => redis_keyslot(channel),
+            None => 0,
+        }
+    }
+
+    /// The server of `slot`, if known.
+    fn server_of(&self, slot: u16) -> Option<usize> {
+        match &self.cluster {
+            Some(c) => c.owner(slot),
+            None => Some(0),
+        }
+    }
+
+    /// Queues a packed publish on its slot's server, or, with none known
+    /// yet, until the cluster's map arrives.
+    fn send(&mut self, sent: Sent, bytes: &[u8]) {
+        match self.server_of(sent.slot) {
+            Some(i) => {
+                let s = &mut self.servers[i];
+                s.publisher.out.extend_from_slice(bytes);
+                s.sent.push_back(sent);
+            }
+            None => {
+                self.unrouted.extend_from_slice(bytes);
+                self.unrouted_sent.push_back(sent);
+            }
+        }
     }
 
     /// Handles the sockets' readiness: completes connections, reads the
@@ -434,6 +526,16 @@ impl Bus {
     /// iteration; `prefix` goes before text messages, as for local ones.
     pub fn service(&mut self, io: &mut BusIo<'_>) {
         self.input_left = false;
+        if let State::Discovering(_) = self.state {
+            let result = self.discover(io.stats).and_then(|ranges| match ranges {
+                Some(ranges) => self.adopt(&ranges, io.registry, io.now),
+                None => Ok(()),
+            });
+            if let Err(why) = result {
+                self.fail(io.rooms, io.registry, why, io.now);
+            }
+            return;
+        }
         for i in 0..self.servers.len() {
             if let Err(why) = self.service_server(i, io) {
                 self.fail(io.rooms, io.registry, why, io.now);
@@ -466,7 +568,8 @@ impl Bus {
             }
             if s.publisher.connected && s.subscriber.connected {
                 let node = self.node;
-                s.greet(&mut self.cmd, &self.url, node);
+                let select = self.cluster.is_none();
+                s.greet(&mut self.cmd, &self.url, node, select);
             }
         }
         // The subscription first: it fills this iteration's batches.
@@ -681,15 +784,15 @@ impl Bus {
     /// members; it is ready once Redis confirmed them all.
     fn resubscribe(&mut self, i: usize, rooms: &mut Rooms) {
         let mut channels = Vec::new();
+        let mut c = Vec::new();
         for (_, name, rb) in rooms.each_bus_mut() {
-            if rb.sub == Sub::Off {
+            channel_of(&mut c, &self.prefix, name);
+            if rb.sub == Sub::Off && self.server_of(self.slot_of(&c)) == Some(i) {
                 rb.sub = Sub::Pending;
                 if rb.since_us == 0 {
                     rb.since_us = unix_micros();
                 }
-                let mut c = Vec::new();
-                channel_of(&mut c, &self.prefix, name);
-                channels.push(c);
+                channels.push(c.clone());
             }
         }
         let s = &mut self.servers[i];
@@ -700,9 +803,14 @@ impl Bus {
             Phase::Resubscribing
         };
         s.last_ping = Instant::now();
-        for chunk in channels.chunks(SUBSCRIBE_BATCH) {
+        for chunk in channels.chunks(self.verbs.batch) {
             let args: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            pack(&mut self.cmd, "SUBSCRIBE", &args, &mut s.subscriber.out);
+            pack(
+                &mut self.cmd,
+                self.verbs.subscribe,
+                &args,
+                &mut s.subscriber.out,
+            );
         }
     }
 
@@ -783,11 +891,12 @@ impl Bus {
             }
             return Ok((0, 0));
         }
-        let Some(sent) = s.sent.pop_front() else {
+        let Some(&sent) = s.sent.front() else {
             return Err("Redis answered a command never sent".into());
         };
         match frame {
             RangeFrame::Integer(n) => {
+                s.sent.pop_front();
                 if let Some(ack) = sent.ack {
                     self.acks.push((ack, *n));
                 }
@@ -801,6 +910,8 @@ impl Bus {
                 }
                 Ok((sent.len as usize, sent.len as usize))
             }
+            // Kept, to be written again once the bus is back (a MOVED
+            // slot, once the cluster's map is read again).
             _ => Err(format!(
                 "Redis refused a publish: {}",
                 String::from_utf8_lossy(buf).trim()
@@ -818,48 +929,55 @@ impl Bus {
         registry: &Registry,
         now: Instant,
     ) {
-        let s = &mut self.servers[0];
-        let subscribing = s.phase >= Phase::Resubscribing;
+        // A room goes to its server once that server is subscribing; before
+        // that, the server's resubscription covers it.
+        let subscribing = |bus: &Bus, channel: &[u8]| {
+            bus.server_of(bus.slot_of(channel))
+                .filter(|&i| bus.servers[i].phase >= Phase::Resubscribing)
+        };
+        let mut channel = Vec::new();
         rooms.take_occupied(&mut self.occupied);
-        let mut subscribe: Vec<Vec<u8>> = Vec::new();
         for &id in &self.occupied {
             if !rooms.is_occupied(id) {
                 continue;
             }
             let (name, rb) = rooms.bus_mut(id);
-            // Before that, the greeting's resubscription covers it.
-            if rb.sub == Sub::Off && subscribing {
+            channel_of(&mut channel, &self.prefix, name);
+            if rb.sub != Sub::Off {
+                continue;
+            }
+            if let Some(i) = subscribing(self, &channel) {
                 rb.sub = Sub::Pending;
                 if rb.since_us == 0 {
                     rb.since_us = unix_micros();
                 }
-                let mut c = Vec::new();
-                channel_of(&mut c, &self.prefix, name);
-                subscribe.push(c);
+                let out = &mut self.servers[i].subscriber.out;
+                pack(&mut self.cmd, self.verbs.subscribe, &[&channel], out);
             }
         }
-        let mut unsubscribe: Vec<Vec<u8>> = Vec::new();
-        for v in rooms.take_vacated() {
-            if v.bus.sub != Sub::Off && subscribing {
-                let mut c = Vec::new();
-                channel_of(&mut c, &self.prefix, &v.name);
-                *self
-                    .unsubscribing
-                    .entry(String::from_utf8_lossy(&c).into())
-                    .or_default() += 1;
-                unsubscribe.push(c);
+        let vacated: Vec<_> = rooms.take_vacated().collect();
+        for v in vacated {
+            channel_of(&mut channel, &self.prefix, &v.name);
+            if v.bus.sub != Sub::Off {
+                if let Some(i) = subscribing(self, &channel) {
+                    *self
+                        .unsubscribing
+                        .entry(String::from_utf8_lossy(&channel).into())
+                        .or_default() += 1;
+                    let out = &mut self.servers[i].subscriber.out;
+                    pack(&mut self.cmd, self.verbs.unsubscribe, &[&channel], out);
+                }
             }
             // Nobody here hears them, but other nodes' members must.
-            s.publisher.out.extend_from_slice(&v.bus.held);
-            s.sent.extend(v.bus.held_cmds.iter().map(|c| Sent {
-                generation: 0,
-                ..*c
-            }));
-        }
-        for (verb, list) in [("SUBSCRIBE", &subscribe), ("UNSUBSCRIBE", &unsubscribe)] {
-            for chunk in list.chunks(SUBSCRIBE_BATCH) {
-                let args: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                pack(&mut self.cmd, verb, &args, &mut s.subscriber.out);
+            let mut at = 0;
+            for c in &v.bus.held_cmds {
+                let len = c.len as usize;
+                let sent = Sent {
+                    generation: 0,
+                    ..*c
+                };
+                self.send(sent, &v.bus.held[at..at + len]);
+                at += len;
             }
         }
         let mut failed = None;
@@ -889,11 +1007,15 @@ impl Bus {
     pub fn tick(&mut self, rooms: &mut Rooms, registry: &Registry, now: Instant) {
         match self.state {
             State::Down(at) if now >= at => {
-                if let Err(why) = self.connect(registry, now) {
+                let started = match self.cluster.is_some() {
+                    true => self.ask_for_slots(registry, now),
+                    false => self.connect(registry, now),
+                };
+                if let Err(why) = started {
                     self.fail(rooms, registry, why, now);
                 }
             }
-            State::Connecting(by) if now >= by => {
+            State::Connecting(by) | State::Discovering(by) if now >= by => {
                 let why = format!("no answer within {CONNECT_TIMEOUT:?}");
                 self.fail(rooms, registry, why, now);
             }
@@ -917,6 +1039,151 @@ impl Bus {
             }
             _ => {}
         }
+    }
+
+    /// Connects to the next seed to ask it for the cluster's slot map.
+    fn ask_for_slots(&mut self, registry: &Registry, now: Instant) -> Result<(), String> {
+        let Some(c) = &mut self.cluster else {
+            return Ok(());
+        };
+        let seed = c.seeds[c.next_seed % c.seeds.len()];
+        c.next_seed = c.next_seed.wrapping_add(1);
+        c.asking = seed;
+        tracing::debug!(seed = %seed, "bus asking for the cluster's slots");
+        self.state = State::Discovering(now + CONNECT_TIMEOUT);
+        let probe = &mut c.probe;
+        probe.close(registry);
+        probe.out.clear();
+        let mut sock = TcpStream::connect(seed).map_err(|e| format!("connect to {seed}: {e}"))?;
+        registry
+            .register(
+                &mut sock,
+                probe.token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register: {e}"))?;
+        probe.sock = Some(sock);
+        Ok(())
+    }
+
+    /// Drives the seed's connection: once connected, asks `CLUSTER SLOTS`
+    /// (after `AUTH`); returns the slot ranges once they arrived.
+    fn discover(
+        &mut self,
+        stats: &mut Stats,
+    ) -> Result<Option<Vec<(u16, u16, SocketAddr)>>, String> {
+        let Some(c) = &mut self.cluster else {
+            return Ok(None);
+        };
+        let probe = &mut c.probe;
+        if !probe.connected {
+            if !(probe.readable || probe.writable) {
+                return Ok(None);
+            }
+            probe.check_connected()?;
+            if !probe.connected {
+                return Ok(None);
+            }
+            let mut n = 0;
+            match (&self.url.username, &self.url.password) {
+                (Some(u), Some(p)) => {
+                    pack(
+                        &mut self.cmd,
+                        "AUTH",
+                        &[u.as_bytes(), p.as_bytes()],
+                        &mut probe.out,
+                    );
+                    n += 1;
+                }
+                (None, Some(p)) => {
+                    pack(&mut self.cmd, "AUTH", &[p.as_bytes()], &mut probe.out);
+                    n += 1;
+                }
+                _ => {}
+            }
+            pack(&mut self.cmd, "CLUSTER", &[b"SLOTS"], &mut probe.out);
+            probe.greeting = n;
+            probe.flush(usize::MAX, stats)?;
+        }
+        let mut input = std::mem::take(&mut probe.input);
+        let result = loop {
+            match decode_range(&input) {
+                Ok(Some((frame, used))) => {
+                    if probe.greeting > 0 {
+                        if let RangeFrame::Error(_) = frame {
+                            break Err(format!(
+                                "Redis refused the greeting: {}",
+                                String::from_utf8_lossy(&input[..used]).trim()
+                            ));
+                        }
+                        probe.greeting -= 1;
+                        input.drain(..used);
+                        continue;
+                    }
+                    let ranges = cluster::parse_slots(&input[..used], &frame, c.asking.ip());
+                    break ranges.map(Some);
+                }
+                Ok(None) => {
+                    if !probe.readable {
+                        break Ok(None);
+                    }
+                    match probe.fill(&mut input) {
+                        Ok(0) => probe.readable = false,
+                        Ok(n) => stats.bus_received_bytes += n as u64,
+                        Err(e) => break Err(e),
+                    }
+                }
+                Err(e) => break Err(format!("unreadable reply from Redis: {e}")),
+            }
+        };
+        probe.input = input;
+        result
+    }
+
+    /// Takes the cluster's masters as the servers, moves every publish
+    /// kept for Redis to its slot's new owner (in order: a channel's
+    /// commands share a slot, so they stay in order), and connects.
+    fn adopt(
+        &mut self,
+        ranges: &[(u16, u16, SocketAddr)],
+        registry: &Registry,
+        now: Instant,
+    ) -> Result<(), String> {
+        let Some(c) = &mut self.cluster else {
+            return Ok(());
+        };
+        c.probe.close(registry);
+        let masters = c.adopt(ranges);
+        if masters.len() > MAX_SERVERS {
+            return Err(format!(
+                "{} masters: herald talks to {MAX_SERVERS} at most",
+                masters.len()
+            ));
+        }
+        if masters != self.servers.iter().map(|s| s.addr).collect::<Vec<_>>() {
+            tracing::info!(masters = ?masters, "bus cluster map");
+        }
+        let old = std::mem::take(&mut self.servers);
+        self.servers = masters
+            .iter()
+            .enumerate()
+            .map(|(i, &addr)| Server::new(addr, i, now))
+            .collect();
+        let unrouted = std::mem::take(&mut self.unrouted);
+        let unrouted_sent = std::mem::take(&mut self.unrouted_sent);
+        let kept = old
+            .into_iter()
+            .map(|s| (s.publisher.out, s.sent))
+            .chain(std::iter::once((unrouted, unrouted_sent)));
+        for (out, sent) in kept {
+            let mut at = 0;
+            for c in sent {
+                let len = c.len as usize;
+                self.send(c, &out[at..at + len]);
+                at += len;
+            }
+        }
+        self.connect(registry, now)
     }
 
     fn connect(&mut self, registry: &Registry, now: Instant) -> Result<(), String> {
@@ -947,6 +1214,9 @@ impl Bus {
     fn fail(&mut self, rooms: &mut Rooms, registry: &Registry, why: String, now: Instant) {
         for s in &mut self.servers {
             s.reset(registry);
+        }
+        if let Some(c) = &mut self.cluster {
+            c.probe.close(registry);
         }
         for (_, _, rb) in rooms.each_bus_mut() {
             rb.sub = Sub::Off;
@@ -990,8 +1260,33 @@ pub struct BusIo<'a> {
     pub prefix: &'a [u8],
 }
 
-/// Channels per `SUBSCRIBE` command.
-const SUBSCRIBE_BATCH: usize = 1024;
+/// The commands of classic or sharded pub/sub.
+#[derive(Debug, Clone, Copy)]
+struct Verbs {
+    publish: &'static str,
+    subscribe: &'static str,
+    unsubscribe: &'static str,
+    /// Channels per subscribe command: a sharded one takes channels of one
+    /// slot only.
+    batch: usize,
+}
+
+const CLASSIC: Verbs = Verbs {
+    publish: "PUBLISH",
+    subscribe: "SUBSCRIBE",
+    unsubscribe: "UNSUBSCRIBE",
+    batch: 1024,
+};
+
+const SHARDED: Verbs = Verbs {
+    publish: "SPUBLISH",
+    subscribe: "SSUBSCRIBE",
+    unsubscribe: "SUNSUBSCRIBE",
+    batch: 1,
+};
+
+/// The socket that asks a cluster seed for the slot map.
+const PROBE_TOKEN: usize = TOKEN_TOP + 1 - 2 * MAX_SERVERS - 1;
 
 impl Server {
     fn new(addr: SocketAddr, index: usize, now: Instant) -> Self {
@@ -1008,7 +1303,7 @@ impl Server {
     }
 
     /// Both sockets are connected: log in, name them, pick the database.
-    fn greet(&mut self, cmd: &mut redis::Cmd, url: &RedisUrl, node: u64) {
+    fn greet(&mut self, cmd: &mut redis::Cmd, url: &RedisUrl, node: u64, select: bool) {
         self.phase = Phase::Greeting;
         for (link, role) in [(&mut self.publisher, "pub"), (&mut self.subscriber, "sub")] {
             // What a greeting reply is answered before: nothing else may
@@ -1026,7 +1321,7 @@ impl Server {
                 }
                 _ => {}
             }
-            if url.db != 0 && role == "pub" {
+            if select && url.db != 0 && role == "pub" {
                 pack(
                     cmd,
                     "SELECT",
@@ -1051,15 +1346,7 @@ impl Server {
         self.resubscribing = 0;
         self.ping_sent = None;
         for link in [&mut self.publisher, &mut self.subscriber] {
-            if let Some(mut sock) = link.sock.take() {
-                let _ = registry.deregister(&mut sock);
-            }
-            link.connected = false;
-            link.readable = false;
-            link.writable = false;
-            link.input.clear();
-            link.greeting = 0;
-            link.written = 0;
+            link.close(registry);
             // A greeting not answered is sent again, whole, next time.
             link.out.drain(..std::mem::take(&mut link.greeting_len));
         }
