@@ -17,6 +17,9 @@ use super::link::Link;
 /// Hash slots in a Redis Cluster.
 pub const SLOTS: usize = 16384;
 
+/// A range of slots (first, last) and the master that owns it.
+pub(super) type SlotRange = (u16, u16, SocketAddr);
+
 /// A slot no master owns.
 const UNOWNED: u16 = u16::MAX;
 
@@ -55,7 +58,7 @@ impl Cluster {
 
     /// Adopts the masters of a `CLUSTER SLOTS` reply: returns their
     /// addresses, in server-index order.
-    pub fn adopt(&mut self, ranges: &[(u16, u16, SocketAddr)]) -> Vec<SocketAddr> {
+    pub fn adopt(&mut self, ranges: &[SlotRange]) -> Vec<SocketAddr> {
         self.slots.fill(UNOWNED);
         let mut masters: Vec<SocketAddr> = Vec::new();
         for &(start, end, addr) in ranges {
@@ -81,7 +84,7 @@ pub(super) fn parse_slots(
     buf: &[u8],
     frame: &RangeFrame,
     seed: IpAddr,
-) -> Result<Vec<(u16, u16, SocketAddr)>, String> {
+) -> Result<Vec<SlotRange>, String> {
     let bad = || "an unreadable CLUSTER SLOTS reply".to_string();
     let RangeFrame::Array(ranges) = frame else {
         return match frame {

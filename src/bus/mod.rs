@@ -49,7 +49,7 @@ use crate::config::{Config, RedisUrl};
 use crate::frame::OP_TEXT;
 use crate::rooms::Rooms;
 use crate::stats::Stats;
-use cluster::Cluster;
+use cluster::{Cluster, SlotRange};
 use link::{pack, Link};
 
 pub use envelope::Envelope;
@@ -1068,10 +1068,7 @@ impl Bus {
 
     /// Drives the seed's connection: once connected, asks `CLUSTER SLOTS`
     /// (after `AUTH`); returns the slot ranges once they arrived.
-    fn discover(
-        &mut self,
-        stats: &mut Stats,
-    ) -> Result<Option<Vec<(u16, u16, SocketAddr)>>, String> {
+    fn discover(&mut self, stats: &mut Stats) -> Result<Option<Vec<SlotRange>>, String> {
         let Some(c) = &mut self.cluster else {
             return Ok(None);
         };
@@ -1145,7 +1142,7 @@ impl Bus {
     /// commands share a slot, so they stay in order), and connects.
     fn adopt(
         &mut self,
-        ranges: &[(u16, u16, SocketAddr)],
+        ranges: &[SlotRange],
         registry: &Registry,
         now: Instant,
     ) -> Result<(), String> {
