@@ -22,6 +22,7 @@ use common::bus::{
     room_path, send_on_thread, split_all, wait_metric, wait_status, Readers, BACK_WITHIN, NOTICE,
     TOKEN,
 };
+use common::proxy::Proxy;
 use common::redis::process_exists;
 use common::{
     close_politely, eventually, metric, recv_text, send_text, Client, HeraldProcess, RedisServer,
@@ -448,4 +449,68 @@ fn without_redis_readyz_is_200() {
     let herald = HeraldProcess::builder().env_remove("HERALD_REDIS").start();
     assert_eq!(get(herald.addr, "/readyz").status, 200);
     assert_eq!(get(herald.addr, "/healthz").status, 200);
+}
+
+/// The subscription socket of the one herald node behind `proxy`.
+fn subscription(proxy: &Proxy) -> usize {
+    let subs = proxy.connections_saying(b"-sub");
+    assert_eq!(subs.len(), 1, "one subscription connection expected");
+    subs[0]
+}
+
+#[test]
+fn a_subscription_lost_silently_is_noticed_by_a_publish_that_reached_nobody() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr());
+    let herald = node(&["--redis", &proxy.url()]);
+    let ch = channel("herald", Some("q"));
+    let mut clients = [join(herald.addr, "/rooms/q"), join(herald.addr, "/rooms/q")];
+    redis.wait_subscribers(&ch, 1);
+    let before = metric(herald.addr, "herald_bus_reconnects_total");
+
+    // Redis loses the subscription; herald's end of it stays open and quiet.
+    proxy.cut_upstream(subscription(&proxy));
+    redis.wait_subscribers(&ch, 0);
+    let sent = Instant::now();
+    send_text(&mut clients[0], "nobody heard this");
+    // Its PUBLISH reached nobody: herald reconnects at once (not after its
+    // PING goes unanswered, 3 s later) and publishes it again.
+    for ws in &mut clients {
+        assert_eq!(recv_text(ws), format!("{PREFIX}nobody heard this"));
+    }
+    assert!(
+        sent.elapsed() < Duration::from_millis(1500),
+        "took {:?}: noticed by the PING, not by the publish",
+        sent.elapsed()
+    );
+    assert!(metric(herald.addr, "herald_bus_reconnects_total") > before);
+    assert_eq!(metric(herald.addr, "herald_bus_gaps_total"), 0);
+}
+
+#[test]
+fn a_subscription_gone_quiet_is_noticed_by_its_ping_and_what_it_missed_is_counted() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.addr());
+    let herald = node(&["--redis", &proxy.url()]);
+    let ch = channel("herald", Some("s"));
+    let mut clients = [join(herald.addr, "/rooms/s"), join(herald.addr, "/rooms/s")];
+    redis.wait_subscribers(&ch, 1);
+    let before = metric(herald.addr, "herald_bus_reconnects_total");
+
+    // The subscription carries nothing more, both ends open: Redis still
+    // counts it, so a publish reaches it and is lost on the wire.
+    proxy.freeze(subscription(&proxy));
+    send_text(&mut clients[0], "lost on the wire");
+    eventually(
+        Duration::from_secs(8),
+        "a reconnect after the PING went unanswered",
+        || (metric(herald.addr, "herald_bus_reconnects_total") > before).then_some(()),
+    );
+    redis.wait_subscribers(&ch, 2);
+    send_text(&mut clients[0], "after");
+    for ws in &mut clients {
+        assert_eq!(recv_text(ws), format!("{PREFIX}after"));
+    }
+    // The lost message is a gap in this node's own sequence, never silent.
+    assert_eq!(metric(herald.addr, "herald_bus_gaps_total"), 1);
 }

@@ -896,17 +896,19 @@ impl Bus {
         };
         match frame {
             RangeFrame::Integer(n) => {
-                s.sent.pop_front();
-                if let Some(ack) = sent.ack {
-                    self.acks.push((ack, *n));
-                }
                 if *n == 0
                     && sent.generation != 0
                     && generation(rooms, sent.room) == Some(sent.generation)
                 {
                     // Subscribed, and yet the publish reached nobody, this
                     // node included: the subscription died without a word.
+                    // Nobody has the message, so it is kept and published
+                    // again once the bus is back.
                     return Err("a publish reached no subscriber, not even this node".into());
+                }
+                s.sent.pop_front();
+                if let Some(ack) = sent.ack {
+                    self.acks.push((ack, *n));
                 }
                 Ok((sent.len as usize, sent.len as usize))
             }

@@ -13,6 +13,7 @@
 pub mod bus;
 pub mod hostile;
 mod process;
+pub mod proxy;
 pub mod redis;
 
 pub use bus::all_hear_nothing;
