@@ -51,8 +51,10 @@ pub enum LogFormat {
                   suffix (10, 10s, 250ms). Log levels come from RUST_LOG (default info)."
 )]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Address to listen on: IP:PORT, or HOST:PORT with a host name
+    /// resolved once at start (herald listens on its first IPv4 address, or
+    /// its first address if it has no IPv4 one).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// What to do with client messages.
@@ -118,16 +120,18 @@ pub struct Config {
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub handshake_timeout: Duration,
 
-    /// Send a ping to a WebSocket client silent this long; 0 disables.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    /// Send a ping to a WebSocket client silent this long, in whole seconds
+    /// (keepalive is checked once a second); 0 disables.
+    #[arg(long, value_parser = parse_whole_seconds, default_value = "30s")]
     pub ping_interval: Duration,
 
-    /// Close (1001) a WebSocket client silent this long, pongs included; 0 disables.
-    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    /// Close (1001) a WebSocket client silent this long, pongs included, in
+    /// whole seconds; 0 disables.
+    #[arg(long, value_parser = parse_whole_seconds, default_value = "120s")]
     pub idle_timeout: Duration,
 
     /// Browser origins allowed to open a WebSocket (repeatable): an exact
-    /// origin (https://chat.example.com), a host (chat.example.com) or a
+    /// origin (`https://chat.example.com`), a host (chat.example.com) or a
     /// suffix pattern (*.example.com). None given: every origin is allowed.
     #[arg(long = "allow-origin", value_name = "PATTERN")]
     pub allow_origins: Vec<String>,
@@ -323,6 +327,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(bad)
 }
 
+/// Parses a duration that must be whole seconds (keepalive runs on a
+/// one-second clock, so `250ms` would silently become 0 or 1 s).
+///
+/// # Errors
+/// A one-line message, for anything [`parse_duration`] refuses too.
+pub fn parse_whole_seconds(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?} is not a whole number of seconds: keepalive is checked once a second, \
+             e.g. 1s, 30s or 0 to disable"
+        ));
+    }
+    Ok(d)
+}
+
+/// Parses `--listen`: an IP address and port, or a host name and port
+/// resolved now (its first IPv4 address, else its first address).
+///
+/// # Errors
+/// A one-line message: no port, or a name that does not resolve.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("invalid address {s:?}: expected IP:PORT or HOST:PORT ({e})"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
 /// Parses a room name.
 ///
 /// # Errors
@@ -426,27 +466,83 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
 }
 
 impl Config {
+    /// Refuses values that would leave herald unable to do its job, with the
+    /// reason; clap has already checked each value's form.
+    ///
+    /// # Errors
+    /// The first such value, as one line naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let at_least_one = [
+            (
+                "--max-message-size",
+                self.max_message_size,
+                "no message could be sent",
+            ),
+            (
+                "--max-connections",
+                self.max_connections,
+                "no client could connect",
+            ),
+            (
+                "--max-queued-bytes",
+                self.max_queued_bytes,
+                "no message could be queued",
+            ),
+            (
+                "--max-fragments",
+                self.max_fragments,
+                "no message could arrive",
+            ),
+        ];
+        for (flag, value, why) in at_least_one {
+            if value == 0 {
+                return Err(format!("{flag} 0: {why}; give at least 1"));
+            }
+        }
+        if self.client_rate > 0 && self.client_burst == 0 {
+            return Err(
+                "--client-burst 0 with --client-rate on: no client could send a frame; \
+                 give at least 1, or --client-rate 0 to turn the limit off"
+                    .into(),
+            );
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("--handshake-timeout 0: no request could arrive in time".into());
+        }
+        let bus = self.redis.is_some() || !self.redis_cluster.is_empty();
+        if bus && self.bus_buffer < self.max_message_size + 1024 {
+            return Err(format!(
+                "--bus-buffer {}: smaller than one message of --max-message-size ({}) with its \
+                 envelope; give at least {} bytes",
+                self.bus_buffer,
+                self.max_message_size,
+                self.max_message_size + 1024
+            ));
+        }
+        Ok(())
+    }
+
     /// A one-line summary of the effective configuration for the start-up log.
     pub fn summary(&self) -> String {
         let s = &self.socket;
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         format!(
-            "mode={:?} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
-             flush_slice={} io_uring={} slow_consumer={:?} client_rate={} client_burst={} client_bandwidth={} \
+            "mode={} prefix={:?} max_connections={} max_message_size={} max_queued_bytes={} \
+             flush_slice={} io_uring={} slow_consumer={} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
              redis={} redis_cluster={} redis_prefix={:?} bus_buffer={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
-            self.mode,
+            flag_value(self.mode),
             self.prefix,
             self.max_connections,
             self.max_message_size,
             self.max_queued_bytes,
             self.flush_slice,
             self.io_uring,
-            self.slow_consumer,
+            flag_value(self.slow_consumer),
             self.client_rate,
             self.client_burst,
             self.client_bandwidth,
@@ -461,7 +557,11 @@ impl Config {
             } else {
                 "off"
             },
-            self.feed.as_deref().unwrap_or("-"),
+            match self.feed.as_deref() {
+                None => "off",
+                Some("-") => "stdin",
+                Some(path) => path,
+            },
             self.feed_room.as_deref().unwrap_or("-"),
             self.max_rooms,
             opt(self.redis.as_ref().map(RedisUrl::to_string)),
@@ -494,6 +594,12 @@ impl Config {
     }
 }
 
+/// How a value of a `ValueEnum` flag is typed on the command line.
+fn flag_value(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or_else(String::new, |p| p.get_name().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,6 +623,60 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn values_that_make_herald_useless_are_refused_with_the_flag_and_the_reason() {
+        let with = |args: &[&str]| {
+            let mut all = vec!["herald"];
+            all.extend_from_slice(args);
+            Config::parse_from(all).validate()
+        };
+        assert_eq!(with(&[]), Ok(()));
+        let e = with(&["--max-message-size", "0"]).unwrap_err();
+        assert!(
+            e.starts_with("--max-message-size 0: no message could be sent"),
+            "{e}"
+        );
+        assert!(with(&["--max-connections", "0"]).is_err());
+        assert!(with(&["--client-burst", "0"]).is_err());
+        assert_eq!(with(&["--client-burst", "0", "--client-rate", "0"]), Ok(()));
+        let e = with(&["--redis", "redis://127.0.0.1:6379", "--bus-buffer", "1KiB"]).unwrap_err();
+        assert!(e.starts_with("--bus-buffer 1024"), "{e}");
+    }
+
+    #[test]
+    fn keepalive_takes_whole_seconds_and_says_why_not_250ms() {
+        assert_eq!(parse_whole_seconds("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_whole_seconds("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_whole_seconds("2000ms"), Ok(Duration::from_secs(2)));
+        let e = parse_whole_seconds("250ms").unwrap_err();
+        assert!(e.contains("whole number of seconds"), "{e}");
+        assert!(parse_whole_seconds("1.5").is_err());
+    }
+
+    #[test]
+    fn listen_takes_a_host_name() {
+        assert_eq!(
+            parse_listen("127.0.0.1:80"),
+            Ok("127.0.0.1:80".parse().unwrap())
+        );
+        assert_eq!(parse_listen("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+        assert_eq!(
+            parse_listen("localhost:8080"),
+            Ok("127.0.0.1:8080".parse().unwrap())
+        );
+        assert!(parse_listen("localhost").is_err(), "no port");
+    }
+
+    #[test]
+    fn the_start_up_line_says_values_as_they_are_typed() {
+        let c = Config::parse_from(["herald", "--slow-consumer", "drop", "--feed", "-"]);
+        let s = c.summary();
+        assert!(s.starts_with("mode=broadcast "), "{s}");
+        assert!(s.contains(" slow_consumer=drop "), "{s}");
+        assert!(s.contains(" feed=stdin "), "{s}");
+        assert!(Config::default().summary().contains(" feed=off "));
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub use stats::{CloseReason, Stats};
 /// Only errors of the poll itself or of setting up the loop; a
 /// connection's errors end that connection only.
 pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Result<()> {
+    config.validate().map_err(io::Error::other)?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, config = %config.summary(), "herald listening");
     server::Server::new(listener, config, shutdown)?.serve()

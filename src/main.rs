@@ -4,6 +4,12 @@ use clap::Parser;
 
 fn main() {
     let config = herald::Config::parse();
+    if let Err(why) = config.validate() {
+        use clap::CommandFactory;
+        herald::Config::command()
+            .error(clap::error::ErrorKind::ValueValidation, why)
+            .exit();
+    }
     herald::init_logging(config.log_format);
     let listener = match herald::sockopt::bind(config.listen, &config.socket) {
         Ok(l) => l,

@@ -257,3 +257,36 @@ fn version_flag_prints_the_version() {
         format!("herald {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// Runs the binary with `args` alone; it must end by itself (a bad value
+/// stops it before it listens).
+fn herald_with(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald")
+}
+
+#[test]
+fn values_that_would_make_herald_useless_are_refused_before_it_listens() {
+    for (args, says) in [
+        (
+            &["--max-message-size", "0"][..],
+            "--max-message-size 0: no message could be sent",
+        ),
+        (
+            &["--ping-interval", "250ms"][..],
+            "is not a whole number of seconds",
+        ),
+        (
+            &["--idle-timeout", "1.5"][..],
+            "is not a whole number of seconds",
+        ),
+    ] {
+        let out = herald_with(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
