@@ -199,6 +199,11 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Log every HTTP request at info (method, path, status, bytes); without
+    /// it, requests are logged at debug.
+    #[arg(long)]
+    pub access_log: bool,
+
     /// How often to log a summary line at info (connections opened and closed
     /// by reason, rejections, slow and throttled clients), when anything
     /// happened; per-connection lines are at debug. 0 disables.

@@ -31,6 +31,9 @@ pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_AWAY: u16 = 1001;
 /// Close code: a protocol error.
 pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code: a Close frame that carried no code (RFC 6455 §7.4.1; never
+/// sent, only reported).
+pub const CLOSE_NO_STATUS: u16 = 1005;
 /// Close code: data inconsistent with the message type (invalid UTF-8).
 pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// Close code: a policy violation (herald: a slow consumer).

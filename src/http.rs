@@ -115,6 +115,23 @@ pub enum Resource {
     Metrics,
 }
 
+/// The method and path of a request head (`input` starts with its request
+/// line), for the access log; `None` if the line is not complete or not
+/// text.
+pub fn request_line(input: &[u8]) -> Option<(&str, &str)> {
+    let end = input.iter().position(|&b| b == b'\r' || b == b'\n')?;
+    let line = std::str::from_utf8(&input[..end]).ok()?;
+    let mut parts = line.split(' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    Some((method, target.split('?').next().unwrap_or(target)))
+}
+
+/// The status code of a response herald built (`HTTP/1.1 NNN ...`).
+pub fn status_of(response: &[u8]) -> Option<u16> {
+    std::str::from_utf8(response.get(9..12)?).ok()?.parse().ok()
+}
+
 /// The statuses the front door answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

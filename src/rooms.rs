@@ -210,6 +210,11 @@ impl Rooms {
         (batch, count)
     }
 
+    /// Room `id`'s name (empty for the lobby).
+    pub fn name(&self, id: u32) -> &str {
+        &self.rooms[id as usize].name
+    }
+
     /// Room `id`'s name and bus state.
     pub fn bus_mut(&mut self, id: u32) -> (&str, &mut RoomBus) {
         let room = &mut self.rooms[id as usize];

@@ -519,8 +519,6 @@ impl Server {
                 // Turned away: a second is enough to take its 503.
                 now + self.cfg.close_timeout.min(Duration::from_secs(1)),
             );
-        } else {
-            tracing::debug!(%peer, "connect");
         }
         entry.insert(conn);
         self.mark_dirty(key);
@@ -854,13 +852,19 @@ impl Server {
             let conn = self.conns.remove(k);
             listed_gone |= conn.is_listed_for_read();
             round_gone |= conn.is_listed_for_round();
+            // Its room's name, for the session's line (only when logged).
+            let room_name = conn
+                .room_slot()
+                .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
+                .map(|(room, _)| self.rooms.name(room).to_string());
             if let Some((room, slot)) = conn.room_slot() {
                 if let Some(moved) = self.rooms.leave(room, slot) {
                     self.conns[moved].set_slot(slot);
                 }
                 self.stats.room_leaves += 1;
             }
-            let reason = conn.disconnect(self.poll.registry());
+            let ms = now.duration_since(self.epoch).as_millis() as u32;
+            let reason = conn.disconnect(self.poll.registry(), room_name.as_deref(), ms);
             self.stats.closed[reason as usize] += 1;
         }
         if listed_gone {

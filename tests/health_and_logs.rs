@@ -120,8 +120,8 @@ fn session(flags: &[&str], rust_log: Option<&str>, messages: &[&str]) -> (String
     }
     close_politely(ws);
     if rust_log.is_some_and(|l| l.contains("debug")) {
-        herald.expect_line("the client's disconnect", |l| {
-            l.contains("disconnect") && l.contains(&peer)
+        herald.expect_line("the client's session", |l| {
+            l.contains("session") && l.contains(&peer)
         });
     } else {
         herald.expect_line("a summary with the close", |l| {
@@ -165,8 +165,8 @@ fn json_logs_are_one_object_a_line_with_a_summary_and_no_line_per_client() {
     };
     assert_eq!(named("herald listening").len(), 1, "{log:#?}");
     // At info a client is counted in a summary, not logged by itself.
-    assert!(named("connect").is_empty(), "{log:#?}");
-    assert!(named("disconnect").is_empty(), "{log:#?}");
+    assert!(named("request").is_empty(), "{log:#?}");
+    assert!(named("session").is_empty(), "{log:#?}");
     assert!(log.iter().all(|l| !l.contains(&peer)), "{log:#?}");
     let summaries = named("summary");
     assert!(!summaries.is_empty(), "{log:#?}");
@@ -200,19 +200,35 @@ fn json_logs_are_one_object_a_line_with_a_summary_and_no_line_per_client() {
 }
 
 #[test]
-fn rust_log_debug_adds_a_line_per_client_and_per_message() {
+fn rust_log_debug_adds_a_line_per_request_session_and_message() {
     let sent = ["one", "two", "a third message"];
     let (peer, log) = session(&["--log-format", "json"], Some("debug"), &sent);
     let events = json_lines(&log);
-    for (what, reason) in [("connect", None), ("disconnect", Some("normal"))] {
-        let lines: Vec<_> = events
+    let of_peer = |what: &str| -> Vec<&serde_json::Map<String, Value>> {
+        events
             .iter()
             .filter(|e| field(e, "message") == Some(what) && field(e, "peer") == Some(&peer))
-            .collect();
-        assert_eq!(lines.len(), 1, "{what} of {peer}: {log:#?}");
-        assert_eq!(lines[0]["level"], "DEBUG");
-        assert_eq!(field(lines[0], "reason"), reason);
-    }
+            .collect()
+    };
+    // The upgrade is a request like any other...
+    let requests = of_peer("request");
+    assert_eq!(requests.len(), 1, "{log:#?}");
+    assert_eq!(requests[0]["level"], "DEBUG");
+    assert_eq!(field(requests[0], "method"), Some("GET"));
+    assert_eq!(field(requests[0], "path"), Some("/"));
+    assert_eq!(requests[0]["fields"]["status"], 101, "{log:#?}");
+    // ...and the WebSocket that followed is one session, with its figures
+    // and the close the client gave.
+    let sessions = of_peer("session");
+    assert_eq!(sessions.len(), 1, "{log:#?}");
+    let s = &sessions[0]["fields"];
+    assert_eq!(s["messages_in"], 3, "{s:?}");
+    assert_eq!(s["messages_out"], 3, "{s:?}");
+    assert_eq!(s["code"], "1000", "{s:?}");
+    assert_eq!(s["by"], "client", "{s:?}");
+    assert_eq!(s["reason"], "normal", "{s:?}");
+    assert_eq!(s["room"], "", "{s:?}");
+    assert!(s["duration_ms"].as_u64().is_some(), "{s:?}");
     let per_message: Vec<_> = events
         .iter()
         .filter(|e| field(e, "message") == Some("message"))
@@ -289,4 +305,53 @@ fn values_that_would_make_herald_useless_are_refused_before_it_listens() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn a_client_closed_for_a_message_too_big_is_logged_with_the_code_and_reason_it_got() {
+    let mut herald = HeraldProcess::builder()
+        .flags(&["--log-format", "json", "--max-message-size", "1KiB"])
+        .rust_log(Some("debug"))
+        .start();
+    let mut ws = connect(herald.addr);
+    let peer = ws.get_ref().local_addr().expect("local_addr").to_string();
+    ws.send(tungstenite::Message::text("x".repeat(2048)))
+        .expect("send");
+    let line = herald.expect_line("the session's line", |l| {
+        l.contains("\"session\"") && l.contains(&peer)
+    });
+    let v: Value = serde_json::from_str(&line).expect("json");
+    let s = &v["fields"];
+    assert_eq!(s["code"], "1009", "{s:?}");
+    assert_eq!(s["why"], "message too big", "{s:?}");
+    assert_eq!(s["by"], "herald", "{s:?}");
+    assert_eq!(s["reason"], "error", "{s:?}");
+    drop(ws);
+    let _ = herald.stop(WAIT);
+}
+
+#[test]
+fn access_log_puts_each_request_at_info_with_method_path_status_and_bytes() {
+    let mut herald = HeraldProcess::builder()
+        .flags(&["--log-format", "json", "--access-log"])
+        .start();
+    let answer = healthz(herald.addr);
+    assert_eq!(answer.status, 200);
+    let line = herald.expect_line("the request's line", |l| {
+        l.contains("\"request\"") && l.contains("/healthz")
+    });
+    let v: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!(v["level"], "INFO");
+    let f = &v["fields"];
+    assert_eq!(
+        (f["method"].as_str(), f["status"].as_u64()),
+        (Some("GET"), Some(200))
+    );
+    // The whole answer: its head and its body.
+    let bytes = f["bytes"].as_u64().expect("bytes") as usize;
+    assert!(
+        bytes > answer.status_line.len() + answer.body.len(),
+        "{f:?}"
+    );
+    let _ = herald.stop(WAIT);
 }

@@ -2,6 +2,7 @@
 //! order, publish bodies read, and the requests only the server can finish
 //! (metrics, a publish's 202) held as pending until it does.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Conn, Ctx, State, NO_ROOM};
@@ -102,7 +103,14 @@ impl Conn {
         };
         // Pipelined requests after it wait in the buffer until the
         // answer has left (the connection is held till then).
-        self.answer_pending(answer, 1, keep_alive, now, cfg);
+        self.answer_pending(
+            (if body { "GET" } else { "HEAD" }, &cfg.metrics_path),
+            answer,
+            1,
+            keep_alive,
+            now,
+            cfg,
+        );
     }
 
     /// Answers this iteration's publishes of the connection, once the
@@ -133,7 +141,7 @@ impl Conn {
         };
         // Pipelined requests after them wait in the buffer until the
         // answers have left (the connection is held till then).
-        self.answer_pending(answer, count, keep_alive, now, cfg);
+        self.answer_pending(("POST", "/publish"), answer, count, keep_alive, now, cfg);
         true
     }
 
@@ -169,7 +177,7 @@ impl Conn {
                 keep_alive,
             )
         };
-        self.answer_pending(answer, 1, keep_alive, now, cfg);
+        self.answer_pending(("POST", "/publish"), answer, 1, keep_alive, now, cfg);
         true
     }
 
@@ -230,6 +238,11 @@ impl Conn {
             if input.is_empty() {
                 break;
             }
+            // Only when it is logged: the request line, owned.
+            let line = logging(ctx.cfg)
+                .then(|| http::request_line(input))
+                .flatten()
+                .map(|(m, p)| (m.to_string(), p.to_string()));
             let route = http::route(input, ctx.route, ctx.phase);
             if let Some(Pending::Published { room: owed, .. }) = self.pending {
                 // Only a publish to the same room joins the same answer.
@@ -243,6 +256,7 @@ impl Conn {
                 Route::Incomplete => break,
                 Route::Upgrade { response, room } => {
                     self.upgrade(&response, room.as_deref(), ctx);
+                    self.log_answer(line.as_ref(), response.len(), ctx.cfg);
                     return;
                 }
                 Route::Get {
@@ -282,6 +296,7 @@ impl Conn {
                             continue;
                         }
                     }
+                    self.log_answer(line.as_ref(), 0, ctx.cfg);
                     self.next_request(keep_alive, ctx.now, ctx.cfg);
                 }
                 Route::Publish {
@@ -322,6 +337,7 @@ impl Conn {
                         CloseReason::Rejected,
                         ctx.close_by(),
                     );
+                    self.log_answer(line.as_ref(), 0, ctx.cfg);
                     return;
                 }
             }
@@ -347,6 +363,7 @@ impl Conn {
                 CloseReason::Rejected,
                 ctx.close_by(),
             );
+            self.log_answer(Some(&publish_line()), 0, ctx.cfg);
             return;
         };
         if let Some(bus) = ctx.bus.as_deref_mut() {
@@ -380,6 +397,7 @@ impl Conn {
                         CloseReason::Rejected,
                         ctx.close_by(),
                     );
+                    self.log_answer(Some(&publish_line()), 0, ctx.cfg);
                 }
             }
             return;
@@ -401,11 +419,26 @@ impl Conn {
         });
     }
 
+    /// Logs the answer just queued to the request `line` (method, path):
+    /// its status and size from the queue, which held nothing before it
+    /// (requests are routed only then), or a 101 of `sent` bytes written
+    /// at once.
+    fn log_answer(&self, line: Option<&(String, String)>, sent: usize, cfg: &Config) {
+        let Some((method, path)) = line else { return };
+        let first = self.queue.slices().next();
+        let (status, bytes) = match first.and_then(http::status_of) {
+            Some(status) => (status, self.queue.queued()),
+            None => (101, sent),
+        };
+        log_request(self.peer, method, path, status, bytes, cfg);
+    }
+
     /// Queues the answer to each of `count` requests the server finished
     /// (all kept alive but perhaps the last), then waits for the next
     /// request or closes.
     fn answer_pending(
         &mut self,
+        what: (&str, &str),
         answer: impl Fn(bool) -> Frame,
         count: u32,
         keep_alive: bool,
@@ -413,6 +446,7 @@ impl Conn {
         cfg: &Config,
     ) {
         self.pending = None;
+        let before = self.queue.queued();
         for _ in 1..count {
             self.queue.push(answer(true), Kind::Own);
         }
@@ -421,6 +455,13 @@ impl Conn {
             self.next_request(true, now, cfg);
         } else {
             self.finish_with(answer(false), CloseReason::Normal, now + cfg.close_timeout);
+        }
+        if logging(cfg) {
+            let each = (self.queue.queued() - before) / count.max(1) as usize;
+            let status = self.queue.slices().last().and_then(http::status_of);
+            for _ in 0..count {
+                log_request(self.peer, what.0, what.1, status.unwrap_or(0), each, cfg);
+            }
         }
     }
 
@@ -438,6 +479,33 @@ impl Conn {
         if self.pending.is_none() && matches!(self.state, State::Http(_)) {
             self.route_request(ctx);
         }
+    }
+}
+
+/// Whether HTTP requests are logged at all (at info with `--access-log`,
+/// else at debug).
+fn logging(cfg: &Config) -> bool {
+    cfg.access_log || tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// The request line of a publish, for its log line once the body is read.
+fn publish_line() -> (String, String) {
+    ("POST".into(), "/publish".into())
+}
+
+/// One request's line: at info with `--access-log`, else at debug.
+fn log_request(
+    peer: SocketAddr,
+    method: &str,
+    path: &str,
+    status: u16,
+    bytes: usize,
+    cfg: &Config,
+) {
+    if cfg.access_log {
+        tracing::info!(%peer, method, path, status, bytes, "request");
+    } else {
+        tracing::debug!(%peer, method, path, status, bytes, "request");
     }
 }
 

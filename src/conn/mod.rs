@@ -25,7 +25,7 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::frame::Frame;
+use crate::frame::{self, Frame};
 use crate::http::{self, Phase, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::queue::{Flushed, Kind, WriteQueue};
@@ -54,7 +54,24 @@ enum State {
     Closing {
         /// Whether `shutdown(Write)` has been done.
         write_shut: bool,
+        /// How its WebSocket session went, if it was one: logged when the
+        /// connection is removed.
+        session: Option<Box<SessionEnd>>,
     },
+}
+
+/// An ended WebSocket session, for its log line.
+#[derive(Debug)]
+pub(super) struct SessionEnd {
+    /// When it opened, in the loop's milliseconds (wrapping).
+    opened_ms: u32,
+    /// Messages the client sent.
+    messages_in: u32,
+    /// The close code and reason: the one herald gave, or the client's.
+    code: Option<u16>,
+    why: Box<str>,
+    /// Who ended it.
+    by: &'static str,
 }
 
 /// A client connection.
@@ -83,15 +100,9 @@ pub(crate) struct Conn {
     last_drained: u32,
     /// Why the connection is closing, once it is.
     reason: CloseReason,
-    /// It became a WebSocket at some point (shutdown waits for these).
-    was_ws: bool,
     /// herald started the close handshake (tungstenite can no longer
     /// write), so broadcasts skip this connection.
     ws_closing: bool,
-    /// A keepalive ping is out and nothing arrived since.
-    pinged: bool,
-    /// The peer sent EOF.
-    peer_eof: bool,
     /// Marked for removal at the end of the iteration (never mid-batch).
     doomed: bool,
     /// Listed in the loop's flush list for this iteration.
@@ -104,17 +115,49 @@ pub(crate) struct Conn {
     /// Listed in the loop's read list (budget spent, or throttled): read
     /// from there, not on its events, so it is listed at most once.
     unread: bool,
-    /// Reading stopped because the connection may not take input now (its
-    /// queue is full, an HTTP answer has not left, a request is pending);
-    /// the loop lists it for reading once that changes.
-    held: bool,
-    /// The socket reported an error (the peer reset it): what is still
-    /// unread was abandoned by the peer.
-    reset: bool,
     /// The room this WebSocket joined ([`NO_ROOM`] before the upgrade).
     room: u32,
     /// Its index in the room's member list.
     slot: u32,
+    /// Messages queued for it, for its session's log line.
+    delivered: u32,
+    /// Rarely changed facts, one bit each ([`Marks`]): packed, so a
+    /// connection stays within its size.
+    marks: Marks,
+}
+
+/// Facts about a connection that change once or rarely.
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks(u8);
+
+impl Marks {
+    /// It became a WebSocket at some point (shutdown waits for these).
+    const WAS_WS: u8 = 1;
+    /// A keepalive ping is out and nothing arrived since.
+    const PINGED: u8 = 2;
+    /// The peer sent EOF.
+    const PEER_EOF: u8 = 4;
+    /// Reading stopped because the connection may not take input now (its
+    /// queue is full, an HTTP answer has not left, a request is pending);
+    /// the loop lists it for reading once that changes.
+    const HELD: u8 = 8;
+    /// The socket reported an error (the peer reset it): what is still
+    /// unread was abandoned by the peer.
+    const RESET: u8 = 16;
+
+    #[inline]
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    #[inline]
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
 }
 
 /// `Conn::room` of a connection in no room.
@@ -204,19 +247,16 @@ impl Conn {
             dropped: 0,
             last_drained: tick,
             reason: CloseReason::Normal,
-            was_ws: false,
             ws_closing: false,
-            pinged: false,
-            peer_eof: false,
             doomed: false,
             dirty: false,
             in_round: false,
             blocked: false,
             unread: false,
-            held: false,
-            reset: false,
             room: NO_ROOM,
             slot: 0,
+            delivered: 0,
+            marks: Marks::default(),
         }
     }
 
@@ -293,7 +333,7 @@ impl Conn {
     /// Whether it became a WebSocket at some point: shutdown waits for
     /// these to close.
     pub fn was_websocket(&self) -> bool {
-        self.was_ws
+        self.marks.has(Marks::WAS_WS)
     }
 
     /// Bytes waiting in its queue.
@@ -326,7 +366,7 @@ impl Conn {
     /// the queue costs more than `limit` (`--max-queued-bytes`).
     fn wants_input(&self, limit: usize) -> bool {
         !self.doomed
-            && !self.peer_eof
+            && !self.marks.has(Marks::PEER_EOF)
             && self.pending.is_none()
             && match self.state {
                 State::Http(_) => self.queue.is_empty(),
@@ -341,7 +381,7 @@ impl Conn {
     pub fn hold_unless_ready(&mut self, limit: usize) -> bool {
         let ready = self.wants_input(limit);
         if !ready {
-            self.held = true;
+            self.marks.set(Marks::HELD, true);
         }
         ready
     }
@@ -352,8 +392,8 @@ impl Conn {
     /// True if the caller must put it on its read list (it was on none).
     #[inline]
     pub fn unhold_if_ready(&mut self, limit: usize) -> bool {
-        if self.held && self.wants_input(limit) {
-            self.held = false;
+        if self.marks.has(Marks::HELD) && self.wants_input(limit) {
+            self.marks.set(Marks::HELD, false);
             self.list_for_read()
         } else {
             false
@@ -370,7 +410,7 @@ impl Conn {
             _ => cap,
         };
         match cap {
-            0 if self.reset => {
+            0 if self.marks.has(Marks::RESET) => {
                 self.reason = CloseReason::PeerGone;
                 self.doomed = true;
                 ReadLimit::Abandoned
@@ -383,7 +423,7 @@ impl Conn {
     /// The socket reported an error (the peer reset it): what is still
     /// unread was abandoned.
     pub fn on_reset(&mut self) {
-        self.reset = true;
+        self.marks.set(Marks::RESET, true);
     }
 
     /// Reads the socket once into `buf` and handles what came.
@@ -395,7 +435,7 @@ impl Conn {
             }
             Ok(n) => {
                 self.last_seen = ctx.tick;
-                self.pinged = false;
+                self.marks.set(Marks::PINGED, false);
                 let frames = self.on_input(&buf[..n], ctx);
                 Input::Read { bytes: n, frames }
             }
@@ -444,18 +484,64 @@ impl Conn {
     }
 
     /// Stops accepting input and broadcasts; what is queued still goes out.
+    /// An open WebSocket's session is kept for its log line.
     pub(super) fn begin_closing(&mut self, reason: CloseReason, close_by: Instant) {
         if !matches!(self.state, State::Closing { .. }) {
-            self.state = State::Closing { write_shut: false };
+            let closing = State::Closing {
+                write_shut: false,
+                session: None,
+            };
+            let session = match std::mem::replace(&mut self.state, closing) {
+                State::Open(ws) => Some(Box::new(self.session_of(&ws, reason))),
+                _ => None,
+            };
+            if let State::Closing { session: s, .. } = &mut self.state {
+                *s = session;
+            }
             self.reason = reason;
             self.deadline = Some(close_by);
             self.pending = None;
         }
     }
 
+    /// How an open session stands, as it would end for `reason`: a close
+    /// herald started names its code (a handshake herald began is 1001).
+    fn session_of(&self, ws: &Ws, reason: CloseReason) -> SessionEnd {
+        let (opened_ms, messages_in) = ws.session();
+        let herald_began = self.ws_closing;
+        SessionEnd {
+            opened_ms,
+            messages_in,
+            code: herald_began.then_some(frame::CLOSE_AWAY),
+            why: if herald_began {
+                reason.name().into()
+            } else {
+                "".into()
+            },
+            by: match reason {
+                CloseReason::PeerGone | CloseReason::IoError => "gone",
+                _ if herald_began => "herald",
+                _ => "client",
+            },
+        }
+    }
+
+    /// Records the close code and reason that ended the session, and who
+    /// gave it (after [`Conn::begin_closing`]).
+    pub(super) fn note_close(&mut self, code: u16, why: &str, by: &'static str) {
+        if let State::Closing {
+            session: Some(s), ..
+        } = &mut self.state
+        {
+            s.code = Some(code);
+            s.why = why.into();
+            s.by = by;
+        }
+    }
+
     /// The peer closed its side.
     fn on_eof(&mut self, close_by: Instant) {
-        self.peer_eof = true;
+        self.marks.set(Marks::PEER_EOF, true);
         let reason = match &self.state {
             State::Open(ws) if ws.can_write() => CloseReason::PeerGone,
             _ => self.reason,
@@ -535,15 +621,42 @@ impl Conn {
 
     /// Deregisters the socket and drops the connection, which closes it.
     /// Returns why it closed, for the counters.
-    pub fn disconnect(self, registry: &Registry) -> CloseReason {
+    ///
+    /// A WebSocket's session is logged here, at debug: its room (`room`,
+    /// the name; empty for the lobby), how long it lasted (`ms` is the
+    /// loop's clock now), messages in and out, and how it ended.
+    pub fn disconnect(self, registry: &Registry, room: Option<&str>, ms: u32) -> CloseReason {
+        let session = match &self.state {
+            State::Open(ws) => Some(Box::new(self.session_of(ws, self.reason))),
+            _ => None,
+        };
         let Conn {
             stream,
             peer,
             reason,
+            state,
+            delivered,
             ..
         } = self;
         let _ = registry.deregister(&mut { stream });
-        tracing::debug!(peer = %peer, reason = %reason.name(), "disconnect");
+        let session = match state {
+            State::Closing { session, .. } => session,
+            _ => session,
+        };
+        if let Some(s) = session {
+            tracing::debug!(
+                peer = %peer,
+                room = room.unwrap_or(""),
+                duration_ms = ms.wrapping_sub(s.opened_ms),
+                messages_in = s.messages_in,
+                messages_out = delivered,
+                code = s.code.map_or(String::from("-"), |c| c.to_string()),
+                why = &*s.why,
+                by = s.by,
+                reason = %reason.name(),
+                "session"
+            );
+        }
         reason
     }
 
@@ -557,7 +670,13 @@ impl Conn {
     pub fn wants_flush(&self) -> bool {
         !self.doomed
             && (!self.queue.is_empty()
-                || matches!(self.state, State::Closing { write_shut: false }))
+                || matches!(
+                    self.state,
+                    State::Closing {
+                        write_shut: false,
+                        ..
+                    }
+                ))
     }
 
     /// Writes what the queue holds, unless the last write hit `WouldBlock`
@@ -694,8 +813,8 @@ impl Conn {
         match result {
             Ok(Flushed::Empty) => {
                 self.blocked = false;
-                if let State::Closing { write_shut } = &mut self.state {
-                    if self.peer_eof {
+                if let State::Closing { write_shut, .. } = &mut self.state {
+                    if self.marks.has(Marks::PEER_EOF) {
                         self.doomed = true;
                     } else if !*write_shut {
                         *write_shut = true;

@@ -11,7 +11,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
 
-use super::{Conn, Ctx, State};
+use super::{Conn, Ctx, Marks, State};
 use crate::bus::{Target, UNDELIVERED};
 use crate::config::{Config, Mode, SlowConsumer};
 use crate::frame::{self, Frame, OP_BINARY, OP_PONG, OP_TEXT};
@@ -25,6 +25,11 @@ pub(super) struct Ws {
     ctx: WebSocketContext,
     fragments: FragmentGuard,
     allowance: Allowance,
+    /// When the session opened (the loop's milliseconds, wrapping) and the
+    /// messages its client sent: its log line's figures. They fit in the
+    /// box's allocation as it was.
+    opened_ms: u32,
+    messages_in: u32,
 }
 
 impl Ws {
@@ -35,7 +40,14 @@ impl Ws {
             ctx: WebSocketContext::new(Role::Server, Some(*ws_config)),
             fragments: FragmentGuard::default(),
             allowance: Allowance::new(cfg, ms),
+            opened_ms: ms,
+            messages_in: 0,
         }
+    }
+
+    /// When the session opened and the messages its client sent.
+    pub(super) fn session(&self) -> (u32, u32) {
+        (self.opened_ms, self.messages_in)
     }
 
     /// Whether tungstenite may still write: false once a Close was sent.
@@ -276,10 +288,9 @@ impl Conn {
         };
         (self.room, self.slot) = (id, slot);
         ctx.stats.room_joins += 1;
-        tracing::debug!(peer = %self.peer, room = room.unwrap_or(""), "upgrade");
         ctx.stats.bytes_written += self.send_now(response) as u64;
         self.state = State::Open(Box::new(Ws::new(ctx.ws_config, ctx.cfg, ctx.ms)));
-        self.was_ws = true;
+        self.marks.set(Marks::WAS_WS, true);
         self.deadline = None;
         ctx.stats.upgrades += 1;
     }
@@ -305,14 +316,28 @@ impl Conn {
         }
         let frames = ws.fragments.take_frames();
         ws.allowance.charge(frames, data.len());
-        match read_messages(&mut ws.ctx, data, &mut self.queue, self.room, ctx) {
+        let mut read = Seen::default();
+        let result = read_messages(
+            &mut ws.ctx,
+            data,
+            &mut self.queue,
+            self.room,
+            ctx,
+            &mut read,
+        );
+        ws.messages_in = ws.messages_in.saturating_add(read.messages);
+        match result {
             Ok(()) => {}
             Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
                 // Both Close frames are exchanged: the peer has nothing
                 // more to say, so once the reply is out the server closes
                 // TCP first (RFC 6455 §7.1.1).
+                let herald_began = self.ws_closing;
                 self.begin_closing(self.reason, ctx.close_by());
-                self.peer_eof = true;
+                self.marks.set(Marks::PEER_EOF, true);
+                if let (Some((code, why)), false) = (read.close, herald_began) {
+                    self.note_close(code, &why, "client");
+                }
             }
             Err(e) => self.fail(&e, ctx.close_by()),
         }
@@ -329,7 +354,7 @@ impl Conn {
                 "invalid UTF-8 in a text message".into(),
             ),
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                self.peer_eof = true;
+                self.marks.set(Marks::PEER_EOF, true);
                 self.begin_closing(CloseReason::PeerGone, close_by);
                 return;
             }
@@ -346,8 +371,8 @@ impl Conn {
 
     /// Sends a close frame as the last bytes, without waiting for the reply.
     fn close_with(&mut self, code: u16, why: &str, reason: CloseReason, close_by: Instant) {
-        tracing::debug!(peer = %self.peer, code, why, "closing on error");
         self.finish_with(frame::encode_close(code, why), reason, close_by);
+        self.note_close(code, why, "herald");
     }
 
     /// Closes a client whose broadcast backlog would pass `limit`: the
@@ -416,9 +441,10 @@ impl Conn {
         if idle_after.is_some_and(|idle| silent >= idle || stalled(idle)) {
             self.close_ws(CloseCode::Away, "idle timeout", CloseReason::Idle, close_by);
             true
-        } else if ping_after.is_some_and(|after| silent >= after) && !self.pinged {
+        } else if ping_after.is_some_and(|after| silent >= after) && !self.marks.has(Marks::PINGED)
+        {
             self.queue.push(ping.clone(), Kind::Own);
-            self.pinged = true;
+            self.marks.set(Marks::PINGED, true);
             true
         } else {
             false
@@ -448,6 +474,7 @@ impl Conn {
                 self.queue_drop_notice();
             }
             self.queue.push_broadcast(batch.clone(), count);
+            self.delivered = self.delivered.saturating_add(count);
             Offer::Queued
         } else if policy == SlowConsumer::Drop {
             self.dropped = self.dropped.saturating_add(count);
@@ -477,19 +504,42 @@ fn read_messages(
     queue: &mut WriteQueue,
     room: u32,
     ctx: &mut Ctx<'_>,
+    read: &mut Seen,
 ) -> Result<(), WsError> {
     let mut io = Io { input: data, queue };
     loop {
         match ws.read(&mut io) {
-            Ok(Message::Text(text)) => deliver(ctx, io.queue, room, OP_TEXT, text.as_bytes()),
-            Ok(Message::Binary(bytes)) => deliver(ctx, io.queue, room, OP_BINARY, &bytes),
-            // Pongs are queued by tungstenite itself; a peer's Close is
-            // answered on the next `read`, which then ends the connection.
+            Ok(Message::Text(text)) => {
+                read.messages += 1;
+                deliver(ctx, io.queue, room, OP_TEXT, text.as_bytes());
+            }
+            Ok(Message::Binary(bytes)) => {
+                read.messages += 1;
+                deliver(ctx, io.queue, room, OP_BINARY, &bytes);
+            }
+            // A peer's Close is answered on the next `read`, which then
+            // ends the connection; its code is kept for the session's log.
+            Ok(Message::Close(frame)) => {
+                read.close = Some(match frame {
+                    Some(f) => (f.code.into(), f.reason.as_str().into()),
+                    None => (frame::CLOSE_NO_STATUS, String::new()),
+                });
+            }
+            // Pongs are queued by tungstenite itself.
             Ok(_) => {}
             Err(WsError::Io(e)) if would_block(&e) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
+}
+
+/// What one call of [`read_messages`] saw, for the session's log line.
+#[derive(Default)]
+struct Seen {
+    /// Data messages.
+    messages: u32,
+    /// The peer's Close: its code and reason.
+    close: Option<(u16, String)>,
 }
 
 /// Routes one message from a client according to the mode.
