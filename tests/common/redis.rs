@@ -88,7 +88,8 @@ impl Drop for Killed {
 /// [`RedisServer::kill9`], the port it keeps for its next start).
 pub struct RedisServer {
     port: u16,
-    cluster: bool,
+    /// With `--cluster-enabled yes`: its `--cluster-node-timeout`.
+    cluster: Option<Duration>,
     /// Dropped (killed) before `dir` is removed: fields drop in order.
     child: Option<Killed>,
     dir: TempDir,
@@ -97,7 +98,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// A server on a free port, answering when this returns.
     pub fn start() -> Self {
-        Self::start_on_free_port(false)
+        Self::start_on_free_port(None)
     }
 
     /// A free port kept for a server that is not running yet: start it with
@@ -105,13 +106,13 @@ impl RedisServer {
     pub fn stopped() -> Self {
         RedisServer {
             port: free_port(),
-            cluster: false,
+            cluster: None,
             child: None,
             dir: TempDir::new("redis"),
         }
     }
 
-    fn start_on_free_port(cluster: bool) -> Self {
+    fn start_on_free_port(cluster: Option<Duration>) -> Self {
         for _ in 0..5 {
             let mut server = RedisServer {
                 cluster,
@@ -199,10 +200,16 @@ impl RedisServer {
             .arg(dir)
             .arg("--logfile")
             .arg(dir.join("redis.log"));
-        if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
-                .arg("--cluster-config-file")
-                .arg(dir.join(format!("nodes-{port}.conf")));
+        if let Some(timeout) = self.cluster {
+            let timeout = timeout.as_millis().to_string();
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                &timeout,
+            ])
+            .arg("--cluster-config-file")
+            .arg(dir.join(format!("nodes-{port}.conf")));
         }
         let mut child = Killed::spawn(&mut cmd, Stdio::null);
         let deadline = Instant::now() + TIMEOUT;
@@ -265,9 +272,17 @@ impl RedisCluster {
     /// `masters` servers joined by `redis-cli --cluster create` with no
     /// replicas; returns once every node says `cluster_state:ok`.
     pub fn start(masters: usize) -> Self {
+        Self::start_with_node_timeout(masters, Duration::from_secs(5))
+    }
+
+    /// [`RedisCluster::start`] with `--cluster-node-timeout node_timeout`:
+    /// a master unreachable that long is failing, and the cluster (whose
+    /// masters have no replicas) is down soon after; it is up again once the
+    /// master is back and twice that time has passed since it failed.
+    pub fn start_with_node_timeout(masters: usize, node_timeout: Duration) -> Self {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| RedisServer::start_on_free_port(true))
+            .map(|_| RedisServer::start_on_free_port(Some(node_timeout)))
             .collect();
         let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
         args.extend(nodes.iter().map(|n| n.addr().to_string()));
@@ -303,6 +318,71 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// Master `node`, to kill ([`RedisServer::kill9`]) and start again
+    /// ([`RedisServer::restart`]).
+    pub fn node_mut(&mut self, node: usize) -> &mut RedisServer {
+        &mut self.nodes[node]
+    }
+
+    /// The cluster's id of master `node` (`CLUSTER MYID`).
+    pub fn node_id(&self, node: usize) -> String {
+        self.cli(node, &["CLUSTER", "MYID"])
+    }
+
+    /// Waits (at most `within`) until master `node` says `cluster_state:STATE`
+    /// (`ok` or `fail`).
+    pub fn wait_state(&self, node: usize, state: &str, within: Duration) {
+        let want = format!("cluster_state:{state}");
+        let addr = self.nodes[node].addr();
+        eventually(within, &format!("{want} on {addr}"), || {
+            self.cli(node, &["CLUSTER", "INFO"])
+                .contains(&want)
+                .then_some(())
+        });
+    }
+
+    /// The hash slot of `key` (or of a shard channel), asked of a running master.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        self.running()
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .parse()
+            .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"))
+    }
+
+    /// Moves `slot` (which holds no keys) from its master to master `to`, the
+    /// way `redis-cli --cluster reshard` does: `IMPORTING` on the target,
+    /// `MIGRATING` on the source, then `NODE` on the target, the source and
+    /// every other master, in that order.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.master_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} is already on master {to}");
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let slot = slot.to_string();
+        let setslot = |node: usize, args: &[&str]| {
+            let mut all = vec!["CLUSTER", "SETSLOT", &slot];
+            all.extend_from_slice(args);
+            let out = self.nodes[node].cli(&all);
+            assert_eq!(
+                out, "OK",
+                "CLUSTER SETSLOT {slot} {args:?} on master {node}"
+            );
+        };
+        setslot(to, &["IMPORTING", &from_id]);
+        setslot(from, &["MIGRATING", &to_id]);
+        let others = (0..self.nodes.len()).filter(|&n| n != from && n != to);
+        for node in [to, from].into_iter().chain(others) {
+            setslot(node, &["NODE", &to_id]);
+        }
+    }
+
+    /// The first master that runs (to ask about the cluster).
+    fn running(&self) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("no master of the cluster runs")
+    }
+
     /// `redis://127.0.0.1:P1,redis://127.0.0.1:P2,…`, for `--redis-cluster`.
     pub fn urls(&self) -> String {
         let urls: Vec<String> = self.nodes.iter().map(RedisServer::url).collect();
@@ -328,11 +408,12 @@ impl RedisCluster {
 
     /// The index of the master that serves `key`'s (or a shard channel's) hash slot.
     pub fn master_of(&self, key: &str) -> usize {
-        let slot: u16 = self.nodes[0]
-            .cli(&["CLUSTER", "KEYSLOT", key])
-            .parse()
-            .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"));
-        let shards = self.nodes[0].cli(&["CLUSTER", "SLOTS"]);
+        self.master_of_slot(self.keyslot(key))
+    }
+
+    /// The index of the master that serves `slot`, as a running master sees it.
+    pub fn master_of_slot(&self, slot: u16) -> usize {
+        let shards = self.running().cli(&["CLUSTER", "SLOTS"]);
         // Raw format: for each range its start, end, then each node's
         // address, port and id (and, in Redis 7, its hostname metadata).
         let words = lines(&shards);
@@ -350,7 +431,7 @@ impl RedisCluster {
             }
             i += 1;
         }
-        panic!("no master serves slot {slot} of {key:?}: {shards}");
+        panic!("no master serves slot {slot}: {shards}");
     }
 
     /// The shard channels with a subscriber on node `node`
