@@ -514,14 +514,14 @@ impl Config {
         if self.handshake_timeout.is_zero() {
             return Err("--handshake-timeout 0: no request could arrive in time".into());
         }
+        // Room for one short message with its envelope and command.
+        const MIN_BUS_BUFFER: usize = 256;
         let bus = self.redis.is_some() || !self.redis_cluster.is_empty();
-        if bus && self.bus_buffer < self.max_message_size + 1024 {
+        if bus && self.bus_buffer < MIN_BUS_BUFFER {
             return Err(format!(
-                "--bus-buffer {}: smaller than one message of --max-message-size ({}) with its \
-                 envelope; give at least {} bytes",
-                self.bus_buffer,
-                self.max_message_size,
-                self.max_message_size + 1024
+                "--bus-buffer {}: no message would fit with its envelope; give at least \
+                 {MIN_BUS_BUFFER} bytes",
+                self.bus_buffer
             ));
         }
         Ok(())
@@ -646,8 +646,11 @@ mod tests {
         assert!(with(&["--max-connections", "0"]).is_err());
         assert!(with(&["--client-burst", "0"]).is_err());
         assert_eq!(with(&["--client-burst", "0", "--client-rate", "0"]), Ok(()));
-        let e = with(&["--redis", "redis://127.0.0.1:6379", "--bus-buffer", "1KiB"]).unwrap_err();
-        assert!(e.starts_with("--bus-buffer 1024"), "{e}");
+        let e = with(&["--redis", "redis://127.0.0.1:6379", "--bus-buffer", "100"]).unwrap_err();
+        assert!(
+            e.starts_with("--bus-buffer 100: no message would fit"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -159,6 +159,9 @@ pub(crate) struct Server {
     throttle_check: Instant,
     /// The feed was not drained to the end (the batch was full).
     feed_pending: bool,
+    /// A feed line the bus had no room for yet: published first once it
+    /// has (the feed's reader waits meanwhile, as the channel fills).
+    feed_line: Option<Vec<u8>>,
     /// The keepalive ping, encoded once.
     ping: Frame,
     shutdown: Shutdown,
@@ -261,6 +264,7 @@ impl Server {
             throttled: Vec::new(),
             throttle_check: now,
             feed_pending: false,
+            feed_line: None,
             ping: frame::encode(OP_PING, b"", b""),
             shutdown,
             _waker: waker,
@@ -378,6 +382,12 @@ impl Server {
             if let Some(deadline) = self.draining {
                 let clients_left = self.conns.iter().any(|(_, c)| c.was_websocket());
                 if !clients_left || Instant::now() >= deadline {
+                    if let Some(bus) = self.bus.as_ref().filter(|b| b.buffered() > 0) {
+                        tracing::warn!(
+                            bytes = bus.buffered(),
+                            "shutdown: publishes Redis never took are lost"
+                        );
+                    }
                     tracing::info!(left = self.conns.len(), "shutdown complete");
                     return Ok(());
                 }
@@ -405,6 +415,9 @@ impl Server {
             prefix: self.cfg.prefix.as_bytes(),
         });
         self.bus_acks.extend(bus.take_acks());
+        if self.feed_line.is_some() {
+            self.drain_feed();
+        }
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
         for (ack, nodes) in std::mem::take(&mut self.bus_acks) {
@@ -675,12 +688,21 @@ impl Server {
                 self.feed_pending = true;
                 return;
             }
-            match rx.try_recv() {
+            let next = match self.feed_line.take() {
+                Some(line) => Ok(line),
+                None => rx.try_recv(),
+            };
+            match next {
                 Ok(line) => {
-                    self.stats.feed_lines += 1;
                     let to = self.cfg.feed_room.as_deref();
                     if let Some(bus) = self.bus.as_mut() {
-                        // Refused lines are counted as undelivered.
+                        if !bus.has_room(line.len()) {
+                            // Tried again when the bus answers or at the next
+                            // sweep, not by spinning.
+                            self.feed_line = Some(line);
+                            return;
+                        }
+                        self.stats.feed_lines += 1;
                         let target = Target::Named(to);
                         let _ = bus.publish(
                             &mut self.rooms,
@@ -692,6 +714,7 @@ impl Server {
                         );
                         continue;
                     }
+                    self.stats.feed_lines += 1;
                     // A room without members does not exist: nobody hears it.
                     if let Some(room) = self.rooms.find(to) {
                         self.rooms.push(room, OP_TEXT, b"", &line);
@@ -759,6 +782,9 @@ impl Server {
         }
         if let Some(bus) = self.bus.as_mut() {
             bus.tick(&mut self.rooms, self.poll.registry(), now);
+            if self.feed_line.is_some() {
+                self.drain_feed();
+            }
         }
         let every = self.cfg.log_summary_interval;
         if !every.is_zero() && now.duration_since(self.last_summary.0) >= every {

@@ -116,32 +116,52 @@ fn an_envelope_numbered_zero_does_not_bring_the_node_down() {
     assert!(gaps < 1_000, "herald_bus_gaps_total {gaps}: it wrapped");
 }
 
-/// A room remembers the last 64 `(node, stream)` pairs and forgets the
-/// oldest *inserted*, not the least recently heard: a long-lived stream
-/// (this room's own on a busy node) is forgotten once 64 short-lived ones
-/// went by (other nodes' rooms emptied and made again, each a new stream;
-/// ghost maps cleared). Its next message then counts a false gap, and a
-/// copy written again after a reconnect is delivered twice.
+/// A room remembers 64 `(node, stream)` pairs. It must forget the one heard
+/// least recently, not the oldest inserted: a long-lived, busy stream (this
+/// room's own on a busy node) outlives any number of short-lived ones
+/// (other nodes' rooms emptied and made again, each a new stream; ghost
+/// maps cleared). Forgotten, its next message would count a false gap, and
+/// a copy written again after a reconnect would be delivered twice.
 #[test]
 fn a_busy_stream_is_remembered_past_sixty_four_others() {
     let redis = RedisServer::start();
     let (herald, mut ws) = lobby_node(&redis, &[]);
     let lobby = channel(BUS_PREFIX, None);
     let later = unix_micros() + 60_000_000;
-    // Two long-lived streams: A began after the room, B before it.
-    publish_raw(&redis, &lobby, &envelope(1, 1, later, 1, b"a#1"));
-    publish_raw(&redis, &lobby, &envelope(1, 2, 1, 1, b"b#1"));
-    // 64 streams heard once each (rooms made and emptied on other nodes).
-    for n in 0..SEEN_PER_ROOM {
+    // Two long-lived streams, A begun after the room and B before it, each
+    // heard again while 64 others are heard once each (twice the memory).
+    let (mut a, mut b) = (0, 0);
+    let mut sent = 0;
+    for n in 0..2 * SEEN_PER_ROOM {
+        if n % 8 == 0 {
+            a += 1;
+            b += 1;
+            publish_raw(
+                &redis,
+                &lobby,
+                &envelope(1, 1, later, a, format!("a#{a}").as_bytes()),
+            );
+            publish_raw(
+                &redis,
+                &lobby,
+                &envelope(1, 2, 1, b, format!("b#{b}").as_bytes()),
+            );
+            sent += 2;
+        }
         publish_raw(&redis, &lobby, &envelope(1, 100 + n, 1, 1, b"once"));
+        sent += 1;
     }
     let first = texts_until_quiet(&mut ws, Duration::from_millis(500));
-    assert_eq!(first.len(), 2 + SEEN_PER_ROOM as usize, "{first:?}");
-    // A's next message (no gap), then a copy of B's first (as a node
-    // writes again what Redis had not answered before a reconnect: a
-    // duplicate), then a marker.
-    publish_raw(&redis, &lobby, &envelope(1, 1, later, 2, b"a#2"));
-    publish_raw(&redis, &lobby, &envelope(1, 2, 1, 1, b"b#1"));
+    assert_eq!(first.len(), sent, "{first:?}");
+    // A's next message (no gap), then a copy of B's last (as a node writes
+    // again what Redis had not answered before a reconnect: a duplicate),
+    // then a marker.
+    publish_raw(&redis, &lobby, &envelope(1, 1, later, a + 1, b"a#next"));
+    publish_raw(
+        &redis,
+        &lobby,
+        &envelope(1, 2, 1, b, format!("b#{b}").as_bytes()),
+    );
     publish_raw(&redis, &lobby, &envelope(1, 3, 1, 1, b"end"));
     let then = texts_until_quiet(&mut ws, Duration::from_millis(500));
     let seen = (
@@ -149,7 +169,7 @@ fn a_busy_stream_is_remembered_past_sixty_four_others() {
         metric(herald.addr, "herald_bus_gaps_total"),
         metric(herald.addr, "herald_bus_duplicates_total"),
     );
-    let want = (vec!["a#2".to_owned(), "end".to_owned()], 0, 1);
+    let want = (vec!["a#next".to_owned(), "end".to_owned()], 0, 1);
     assert_eq!(seen, want, "(delivered, gaps, duplicates)");
 }
 

@@ -57,23 +57,32 @@ impl Cluster {
     }
 
     /// Adopts the masters of a `CLUSTER SLOTS` reply: returns their
-    /// addresses, in server-index order.
-    pub fn adopt(&mut self, ranges: &[SlotRange]) -> Vec<SocketAddr> {
-        self.slots.fill(UNOWNED);
+    /// addresses, in server-index order. More than `max` masters is an
+    /// error, and leaves the map as it was.
+    pub fn adopt(&mut self, ranges: &[SlotRange], max: usize) -> Result<Vec<SocketAddr>, String> {
         let mut masters: Vec<SocketAddr> = Vec::new();
+        for &(_, _, addr) in ranges {
+            if !masters.contains(&addr) {
+                masters.push(addr);
+            }
+        }
+        if masters.len() > max {
+            return Err(format!(
+                "{} masters: herald talks to {max} at most",
+                masters.len()
+            ));
+        }
+        self.slots.fill(UNOWNED);
         for &(start, end, addr) in ranges {
-            let i = match masters.iter().position(|&m| m == addr) {
-                Some(i) => i,
-                None => {
-                    masters.push(addr);
-                    masters.len() - 1
-                }
-            };
+            let i = masters
+                .iter()
+                .position(|&m| m == addr)
+                .expect("listed above");
             for slot in start..=end.min(SLOTS as u16 - 1) {
                 self.slots[slot as usize] = i as u16;
             }
         }
-        masters
+        Ok(masters)
     }
 }
 
@@ -164,8 +173,10 @@ mod tests {
             vec!["127.0.0.1:7000".parse().unwrap()],
             Link::new(mio::Token(0), false),
         );
-        let masters = c.adopt(&ranges);
+        let masters = c.adopt(&ranges, 3).unwrap();
         assert_eq!(masters.len(), 3);
+        assert!(c.adopt(&ranges, 2).is_err(), "over the limit");
+        assert_eq!(c.owner(16383), Some(2), "a refused map leaves the old one");
         assert_eq!(c.owner(0), Some(0));
         assert_eq!(c.owner(5461), Some(1));
         assert_eq!(c.owner(16383), Some(2));

@@ -69,10 +69,19 @@ impl Envelope<'_> {
     }
 }
 
+fn u64_be(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b.try_into().expect("8 bytes"))
+}
+
 /// Decodes `bytes`; `None` for anything this version cannot read (too
-/// short, another version, an opcode that is not data).
+/// short, another version, an opcode that is not data, a sequence number
+/// or stream of 0).
 pub fn read(bytes: &[u8]) -> Option<Envelope<'_>> {
     if bytes.len() < HEADER_LEN || bytes[0] != VERSION || !matches!(bytes[1], 1 | 2) {
+        return None;
+    }
+    // Sequences start at 1; streams are start times, never 0.
+    if u64_be(&bytes[19..27]) == 0 || u64_be(&bytes[11..19]) == 0 {
         return None;
     }
     let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap());

@@ -61,10 +61,13 @@ const TOKEN_TOP: usize = usize::MAX - 16;
 pub const MAX_SERVERS: usize = 128;
 
 /// Reconnect delays: the first, and the most, doubled in between; each
-/// drawn in its upper half, so nodes that lost Redis together do not all
-/// come back in the same millisecond.
+/// with up to half again added at random, so nodes that lost Redis together
+/// do not all come back in the same millisecond.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How long the bus must stay up before its backoff starts over.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// A connection not set up (TCP and the greeting) in this long has failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -126,6 +129,10 @@ pub struct RoomBus {
     /// When this node's room began (its first subscription), by this
     /// node's clock: a stream that began later should be heard whole.
     since_us: u64,
+    /// Messages heard from the bus (the clock of `seen`), and whether a
+    /// stream was ever forgotten to make room.
+    heard: u64,
+    forgot: bool,
     /// The last number received from each `(node, stream)`.
     seen: Vec<Seen>,
 }
@@ -146,6 +153,8 @@ struct Seen {
     node: u64,
     stream: u64,
     seq: u64,
+    /// When it was last heard, by the room's count of messages.
+    heard: u64,
 }
 
 /// One command in a server's out buffer.
@@ -224,6 +233,12 @@ pub struct Bus {
     state: State,
     /// Whether the bus was ever up (the first time is not a reconnect).
     was_up: bool,
+    /// Since when it is up.
+    up_since: Option<Instant>,
+    /// The server serviced first in the last iteration.
+    turn: usize,
+    /// The last reason Redis gave for refusing a publish, logged once.
+    refused: Option<String>,
     backoff: Duration,
     rng: u64,
     /// Why the bus is down, logged once per outage.
@@ -294,6 +309,9 @@ impl Bus {
             node,
             state: State::Down(now),
             was_up: false,
+            up_since: None,
+            turn: 0,
+            refused: None,
             backoff: BACKOFF_MIN,
             rng: node | 1,
             down_reason: None,
@@ -331,6 +349,15 @@ impl Bus {
     /// Bytes held for Redis now.
     pub fn buffered(&self) -> usize {
         self.buffered
+    }
+
+    /// Whether a message of `payload` bytes fits in `--bus-buffer` now, with
+    /// its envelope and command around it.
+    pub fn has_room(&self, payload: usize) -> bool {
+        // Envelope, channel name (a room name is 64 bytes at most) and the
+        // command's framing.
+        let around = envelope::HEADER_LEN + self.prefix.len() + 64 + 64;
+        self.buffered + payload + around <= self.limit
     }
 
     /// The publish-to-echo times of this node's own messages.
@@ -536,7 +563,12 @@ impl Bus {
             }
             return;
         }
-        for i in 0..self.servers.len() {
+        // Each iteration starts with another server: the first one read may
+        // fill the batches, and a shard never read would miss its PONGs.
+        let n = self.servers.len();
+        self.turn = self.turn.wrapping_add(1);
+        for k in 0..n {
+            let i = (self.turn + k) % n;
             if let Err(why) = self.service_server(i, io) {
                 self.fail(io.rooms, io.registry, why, io.now);
                 return;
@@ -546,7 +578,7 @@ impl Bus {
             && self.servers.iter().all(|s| s.phase == Phase::Ready)
         {
             self.state = State::Up;
-            self.backoff = BACKOFF_MIN;
+            self.up_since = Some(io.now);
             if self.was_up {
                 io.stats.bus_reconnects += 1;
             }
@@ -707,6 +739,13 @@ impl Bus {
             // Sent before the room's members subscribed.
             return;
         }
+        if env.opcode == OP_TEXT && std::str::from_utf8(env.payload).is_err() {
+            // A client would have to fail the connection on it.
+            io.stats.bus_malformed += 1;
+            return;
+        }
+        rb.heard += 1;
+        let heard = rb.heard;
         match rb
             .seen
             .iter_mut()
@@ -714,26 +753,38 @@ impl Bus {
         {
             Some(s) if env.seq <= s.seq => {
                 // Written again after a reconnect, and already delivered.
+                s.heard = heard;
                 io.stats.bus_duplicates += 1;
                 return;
             }
             Some(s) => {
-                io.stats.bus_gaps += env.seq - s.seq - 1;
+                io.stats.bus_gaps = io.stats.bus_gaps.saturating_add(env.seq - s.seq - 1);
                 s.seq = env.seq;
+                s.heard = heard;
             }
             None => {
                 // Its head is lost here if the stream began after this
-                // room did (clocks of two hosts agree to NTP's precision).
-                if env.stream > rb.since_us {
-                    io.stats.bus_gaps += env.seq - 1;
+                // room did (clocks of two hosts agree to NTP's precision),
+                // unless the room forgot streams: this may be one of them.
+                if env.stream > rb.since_us && !rb.forgot {
+                    io.stats.bus_gaps = io.stats.bus_gaps.saturating_add(env.seq - 1);
                 }
                 if rb.seen.len() >= SEEN_PER_ROOM {
-                    rb.seen.remove(0);
+                    // The stream heard least recently goes.
+                    let (i, _) = rb
+                        .seen
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, s)| s.heard)
+                        .expect("full");
+                    rb.seen.swap_remove(i);
+                    rb.forgot = true;
                 }
                 rb.seen.push(Seen {
                     node: env.node,
                     stream: env.stream,
                     seq: env.seq,
+                    heard,
                 });
             }
         }
@@ -835,7 +886,7 @@ impl Bus {
                     Ok(Some((frame, used))) => {
                         let at = pos;
                         pos += used;
-                        match self.on_reply(i, &input[at..pos], &frame, io.rooms) {
+                        match self.on_reply(i, &input[at..pos], &frame, io.rooms, io.stats) {
                             Ok((bytes, publishes)) => {
                                 answered += bytes;
                                 published += publishes;
@@ -875,6 +926,7 @@ impl Bus {
         buf: &[u8],
         frame: &RangeFrame,
         rooms: &Rooms,
+        stats: &mut Stats,
     ) -> Result<(usize, usize), String> {
         let s = &mut self.servers[i];
         if s.publisher.greeting > 0 {
@@ -912,12 +964,27 @@ impl Bus {
                 }
                 Ok((sent.len as usize, sent.len as usize))
             }
-            // Kept, to be written again once the bus is back (a MOVED
-            // slot, once the cluster's map is read again).
-            _ => Err(format!(
-                "Redis refused a publish: {}",
-                String::from_utf8_lossy(buf).trim()
-            )),
+            RangeFrame::Error(_) => {
+                let text = String::from_utf8_lossy(buf).trim().to_string();
+                if retryable(&text) {
+                    // Kept, to be written again once the bus is back (a
+                    // MOVED slot, once the cluster's map is read again).
+                    return Err(format!("Redis refused a publish: {text}"));
+                }
+                // Refused for good (an ACL, a bad argument): written again
+                // it would be refused again, so this one message is dropped.
+                s.sent.pop_front();
+                if let Some(ack) = sent.ack {
+                    self.acks.push((ack, -1));
+                }
+                stats.bus_undelivered += 1;
+                if self.refused.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(redis = %self.url, why = %text, "Redis refused a publish: message dropped");
+                    self.refused = Some(text);
+                }
+                Ok((sent.len as usize, sent.len as usize))
+            }
+            _ => Err("an unexpected reply to a publish".into()),
         }
     }
 
@@ -1152,13 +1219,7 @@ impl Bus {
             return Ok(());
         };
         c.probe.close(registry);
-        let masters = c.adopt(ranges);
-        if masters.len() > MAX_SERVERS {
-            return Err(format!(
-                "{} masters: herald talks to {MAX_SERVERS} at most",
-                masters.len()
-            ));
-        }
+        let masters = c.adopt(ranges, MAX_SERVERS)?;
         if masters != self.servers.iter().map(|s| s.addr).collect::<Vec<_>>() {
             tracing::info!(masters = ?masters, "bus cluster map");
         }
@@ -1222,12 +1283,22 @@ impl Bus {
         }
         self.unsubscribing.clear();
         self.input_left = false;
-        // Drawn in the upper half of the backoff: spread, never immediate.
+        // The backoff starts over only after the bus stayed up a while: a
+        // bus that fails again at once must not be retried every 100 ms.
+        if self
+            .up_since
+            .take()
+            .is_some_and(|t| now.duration_since(t) >= STABLE_AFTER)
+        {
+            self.backoff = BACKOFF_MIN;
+        }
+        // The backoff plus up to half of it again, at most the maximum:
+        // nodes that lost Redis together do not come back in step.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let half = self.backoff / 2;
-        let delay = half + half.mul_f64((self.rng % 1000) as f64 / 1000.0);
+        let jitter = (self.backoff / 2).mul_f64((self.rng % 1000) as f64 / 1000.0);
+        let delay = (self.backoff + jitter).min(BACKOFF_MAX);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         self.state = State::Down(now + delay);
         if self.down_reason.is_none() {
@@ -1401,6 +1472,23 @@ fn random_u64() -> u64 {
         return u64::from_ne_bytes(b);
     }
     unix_micros() ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Whether Redis refused a publish for a reason a reconnect (or a fresh
+/// cluster map) can cure.
+fn retryable(error: &str) -> bool {
+    const PASSING: [&str; 9] = [
+        "-MOVED",
+        "-ASK",
+        "-TRYAGAIN",
+        "-CLUSTERDOWN",
+        "-LOADING",
+        "-BUSY",
+        "-MASTERDOWN",
+        "-NOAUTH",
+        "-READONLY",
+    ];
+    PASSING.iter().any(|p| error.starts_with(p))
 }
 
 /// A new stream's name: its start time, made unique.

@@ -167,16 +167,21 @@ impl Conn {
         if owed != ticket {
             return false;
         }
-        let body = format!("{{\"nodes\":{nodes}}}\n");
-        let answer = |keep_alive: bool| {
-            http::reply(
+        // Negative: Redis refused the message for good.
+        let (status, kind, body) = match nodes {
+            0.. => (
                 "202 Accepted",
                 "application/json",
-                body.as_bytes(),
-                true,
-                keep_alive,
-            )
+                format!("{{\"nodes\":{nodes}}}\n"),
+            ),
+            _ => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                "bus refused the message\n".to_string(),
+            ),
         };
+        let answer =
+            |keep_alive: bool| http::reply(status, kind, body.as_bytes(), true, keep_alive);
         self.answer_pending(("POST", "/publish"), answer, 1, keep_alive, now, cfg);
         true
     }
