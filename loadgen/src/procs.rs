@@ -17,9 +17,10 @@
 
 use crate::clock::{now_ns, MS, SEC};
 use crate::config::Config;
+use crate::control::Phase;
 use crate::metrics::ServerWrites;
 use crate::procfs;
-use crate::run::{scrape, Outcome, ServerUsage, ShardLink, Timing};
+use crate::run::{scrape, stage, Outcome, ServerUsage, ShardLink, Timing};
 use crate::stats::Stats;
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Write};
@@ -197,23 +198,25 @@ pub fn run_parent(
             std::thread::sleep(std::time::Duration::from_nanos(t - now));
         }
     };
-    sleep_until(measure);
+    let mut max_rss = 0;
+    // Sleeps until `until`, sampling the server and saying where the run is each second.
+    let mut wait = |until: u64| {
+        while now_ns() + SEC < until {
+            sleep_until(now_ns() + SEC);
+            if let Some(s) = sample(timing.server_pid) {
+                max_rss = max_rss.max(s.rss_bytes);
+            }
+            let at = stage(Phase::Run, now_ns(), start, [start, measure, end]);
+            say(format!("[{at}] {procs} processes"));
+        }
+        sleep_until(until);
+    };
+    wait(measure);
     let window_start = sample(timing.server_pid);
     let steal_start = procfs::steal_ticks();
     // After the samples, so a slow answer cannot move the window's marks.
     let writes_start = scrape(&cfg, &timing);
-    let mut max_rss = window_start.map_or(0, |s| s.rss_bytes);
-    while now_ns() + SEC < end {
-        sleep_until(now_ns() + SEC);
-        if let Some(s) = sample(timing.server_pid) {
-            max_rss = max_rss.max(s.rss_bytes);
-        }
-        say(format!(
-            "[{procs} processes] running, {:.0} s left",
-            (end.saturating_sub(now_ns())) as f64 / 1e9
-        ));
-    }
-    sleep_until(end);
+    wait(end);
     let window_end = sample(timing.server_pid);
     let steal_end = procfs::steal_ticks();
     let writes_end = scrape(&cfg, &timing);
@@ -250,7 +253,7 @@ pub fn run_parent(
             before_connect: b,
             window_start: s,
             window_end: e,
-            max_rss: max_rss.max(e.rss_bytes),
+            max_rss: max_rss.max(s.rss_bytes).max(e.rss_bytes),
         }),
         _ => None,
     };

@@ -169,13 +169,35 @@ impl Watch {
                 .load(Relaxed)
                 .min(self.ctl.connected.load(Relaxed));
         let failed = self.ctl.failed.load(Relaxed);
-        let phase = format!("{:?}", self.ctl.phase()).to_lowercase();
+        let mark = |m: &std::sync::atomic::AtomicU64| m.load(Relaxed);
+        let marks = [&self.ctl.start_ns, &self.ctl.measure_ns, &self.ctl.end_ns].map(mark);
         eprintln!(
-            "[{:6.1}s] {phase:<7} open {open}/{} failed {failed}  deliveries/s {}  p50 {p50}  p99 {p99}",
-            (now - self.t0) as f64 / 1e9,
+            "[{}] open {open}/{} failed {failed}  deliveries/s {}  p50 {p50}  p99 {p99}",
+            stage(self.ctl.phase(), now, self.t0, marks),
             self.clients,
             crate::report::si(rate),
         );
+    }
+}
+
+/// Where a run is, for the live line: its phase and the time into it, of the phase's
+/// length where that is fixed: `connect 0.4s`, `warm-up 0.5/1s`, `window 2.0/3s`,
+/// `drain 0.3s`. A newcomer reads the warm-up and the drain apart from the measured
+/// window the report's figures are about. `t0` is when connecting began, `[start,
+/// measure, end]` the run's marks (as in [`Control`]), all in `clock::now_ns` time.
+pub(crate) fn stage(phase: Phase, now: u64, t0: u64, [start, measure, end]: [u64; 3]) -> String {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let into = |from: u64, to: u64| {
+        let length = format!("{:.3}", secs(to - from));
+        let length = length.trim_end_matches('0').trim_end_matches('.');
+        format!("{:.1}/{length}s", secs(now.max(from).min(to) - from))
+    };
+    match phase {
+        Phase::Connect => format!("connect {:.1}s", secs(now.saturating_sub(t0))),
+        Phase::Run if now < measure => format!("warm-up {}", into(start, measure)),
+        Phase::Run => format!("window {}", into(measure, end)),
+        Phase::Drain => format!("drain {:.1}s", secs(now.saturating_sub(end))),
+        Phase::Close => "close".into(),
     }
 }
 
@@ -367,4 +389,29 @@ pub fn run_shard(
         steal: procfs::max_steal(&steal_start, &steal_end),
         procs: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_line_names_the_phase_and_the_time_into_it() {
+        // Connecting from 0; warm-up 1 s from 5 s; a 3 s window; then the drain.
+        let marks = [5 * SEC, 6 * SEC, 9 * SEC];
+        let at = |phase, now| stage(phase, now, 0, marks);
+        assert_eq!(at(Phase::Connect, 2_400 * MS), "connect 2.4s");
+        // The 20 ms between the end of connecting and publishing count as warm-up.
+        assert_eq!(at(Phase::Run, 4_980 * MS), "warm-up 0.0/1s");
+        assert_eq!(at(Phase::Run, 5_500 * MS), "warm-up 0.5/1s");
+        assert_eq!(at(Phase::Run, 6 * SEC), "window 0.0/3s");
+        assert_eq!(at(Phase::Run, 8 * SEC), "window 2.0/3s");
+        // The coordinator may look a moment after the end, before it moves to the drain.
+        assert_eq!(at(Phase::Run, 9_002 * MS), "window 3.0/3s");
+        assert_eq!(at(Phase::Drain, 10 * SEC), "drain 1.0s");
+        assert_eq!(at(Phase::Close, 11 * SEC), "close");
+        let odd = [0, 250 * MS, 250 * MS + 1_500 * MS];
+        assert_eq!(stage(Phase::Run, 100 * MS, 0, odd), "warm-up 0.1/0.25s");
+        assert_eq!(stage(Phase::Run, 1_050 * MS, 0, odd), "window 0.8/1.5s");
+    }
 }
