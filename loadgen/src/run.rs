@@ -85,9 +85,41 @@ pub struct Outcome {
     pub steal: f64,
     /// loadgen processes the run was spread over (`--procs`).
     pub procs: u32,
+    /// When no client could connect, why (the first failure, or that none had opened in
+    /// time): the run stopped there, with nothing measured.
+    pub no_client: Option<String>,
 }
 
 impl Outcome {
+    /// A run that stopped when no client could connect: nothing published, no window,
+    /// nothing sampled.
+    pub(crate) fn unconnected(
+        cfg: Config,
+        timing: Timing,
+        stats: Stats,
+        connect_secs: f64,
+        procs: u32,
+        first_failure: Option<String>,
+    ) -> Outcome {
+        let why = no_client_why(&cfg, connect_secs, first_failure);
+        Outcome {
+            cfg,
+            timing,
+            stats,
+            connect_secs,
+            window_secs: 0.0,
+            published: 0,
+            drained: true,
+            server: None,
+            server_writes: None,
+            self_cpu_ns: 0,
+            self_cpus: procfs::allowed_cpus(),
+            steal: 0.0,
+            procs,
+            no_client: Some(why),
+        }
+    }
+
     /// loadgen's CPU use over the window, as a fraction of the CPUs it may use.
     pub fn self_load(&self) -> f64 {
         if self.window_secs <= 0.0 {
@@ -95,6 +127,16 @@ impl Outcome {
         }
         self.self_cpu_ns as f64 / 1e9 / self.window_secs / self.self_cpus as f64
     }
+}
+
+/// Why no client could connect: the first failure's reason, or else that none had opened
+/// when connecting ended (after `connect_secs`).
+fn no_client_why(cfg: &Config, connect_secs: f64, first_failure: Option<String>) -> String {
+    let limit = match cfg.scenario {
+        Scenario::Connect => "--duration",
+        _ => "--connect-phase-timeout",
+    };
+    first_failure.unwrap_or_else(|| format!("none open after {connect_secs:.1} s ({limit})"))
 }
 
 /// Samples a pid, or `None` without one (or when it is gone).
@@ -204,12 +246,18 @@ pub(crate) fn stage(phase: Phase, now: u64, t0: u64, [start, measure, end]: [u64
 /// How a process that runs one shard of a multi-process run agrees with the others
 /// (through the parent that started them all).
 pub trait ShardLink {
-    /// Says this shard's connections are done (`connected` open, `failed` failed) and
-    /// returns the run's marks: (start, measure, end) in `clock::now_ns` time.
+    /// Says this shard's connections are done (`connected` open, `failed` failed, the
+    /// first for `first_failure`) and returns the run's marks: (start, measure, end) in
+    /// `clock::now_ns` time, or `None` when no shard connected any client (the run stops).
     ///
     /// # Errors
     /// When the parent is gone.
-    fn ready(&mut self, connected: u64, failed: u64) -> io::Result<(u64, u64, u64)>;
+    fn ready(
+        &mut self,
+        connected: u64,
+        failed: u64,
+        first_failure: Option<&str>,
+    ) -> io::Result<Option<(u64, u64, u64)>>;
 
     /// Gives the counts this shard's publishers sent (by publisher; zero for the others')
     /// and returns every publisher's count over all shards.
@@ -301,15 +349,35 @@ pub fn run_shard(
             c.connected.load(Relaxed) + c.failed.load(Relaxed) >= n
         });
         connect_secs = (now_ns() - t0) as f64 / 1e9;
-        let start;
-        (start, measure_ns, end_ns) = match link.as_mut() {
-            Some(link) => link.ready(ctl.connected.load(Relaxed), ctl.failed.load(Relaxed))?,
+        let connected = ctl.connected.load(Relaxed);
+        let first_failure = ctl.first_failure.get().cloned();
+        let marks = match link.as_mut() {
+            Some(link) => link.ready(
+                connected,
+                ctl.failed.load(Relaxed),
+                first_failure.as_deref(),
+            )?,
+            // With nobody to publish to or receive, a window would only measure nothing.
+            None if connected == 0 => None,
             None => {
                 let start = now_ns() + 20 * MS;
                 let measure = start + timing.warmup_ns;
-                (start, measure, measure + timing.duration_ns)
+                Some((start, measure, measure + timing.duration_ns))
             }
         };
+        let Some((start, measure, end)) = marks else {
+            ctl.set_phase(Phase::Close);
+            let stats = join(handles)?;
+            return Ok(Outcome::unconnected(
+                cfg,
+                timing,
+                stats,
+                connect_secs,
+                1,
+                first_failure,
+            ));
+        };
+        (measure_ns, end_ns) = (measure, end);
         ctl.start_ns.store(start, Relaxed);
         ctl.measure_ns.store(measure_ns, Relaxed);
         ctl.end_ns.store(end_ns, Relaxed);
@@ -349,13 +417,10 @@ pub fn run_shard(
         }
         ctl.set_phase(Phase::Close);
     }
-    let mut stats = Stats::default();
-    for h in handles {
-        let s = h
-            .join()
-            .map_err(|_| io::Error::other("a worker thread panicked"))??;
-        stats.merge(&s);
-    }
+    let stats = join(handles)?;
+    // `connect` has no window to skip, only a report of zeros to replace.
+    let no_client = (connect_only && stats.connected == 0)
+        .then(|| no_client_why(&cfg, connect_secs, ctl.first_failure.get().cloned()));
     let window_secs = if connect_only {
         connect_secs
     } else {
@@ -388,7 +453,20 @@ pub fn run_shard(
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),
         procs: 1,
+        no_client,
     })
+}
+
+/// Waits for the workers and merges what they counted.
+fn join(handles: Vec<JoinHandle<io::Result<Stats>>>) -> io::Result<Stats> {
+    let mut stats = Stats::default();
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| io::Error::other("a worker thread panicked"))??;
+        stats.merge(&s);
+    }
+    Ok(stats)
 }
 
 #[cfg(test)]
