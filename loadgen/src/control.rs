@@ -3,7 +3,7 @@
 
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The phases of a run, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,6 +33,9 @@ pub struct Control {
     pub connected: AtomicU64,
     /// Connections that never opened.
     pub failed: AtomicU64,
+    /// Why the first connection that never opened failed: what loadgen says when none
+    /// opened.
+    pub first_failure: OnceLock<String>,
     /// Open connections that closed or broke before the `Close` phase.
     pub dropped: AtomicU64,
     /// Open receivers of each room (one entry without rooms): the drain's expectation.
@@ -61,6 +64,7 @@ impl Control {
             end_ns: AtomicU64::new(u64::MAX),
             connected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            first_failure: OnceLock::new(),
             dropped: AtomicU64::new(0),
             members: (0..rooms.max(1)).map(|_| AtomicU64::new(0)).collect(),
             published: (0..publishers).map(|_| AtomicU64::new(0)).collect(),

@@ -13,7 +13,9 @@ use std::process::ExitCode;
 /// semantics). Exit status: 0 when everything arrived once and in order, 1 when anything
 /// was lost, duplicated, reordered, malformed or misrouted (another room's), a receiver saw
 /// its room's messages interleaved otherwise than the room's other receivers (order
-/// mismatch), or fewer clients connected than asked, 2 on a usage or I/O error.
+/// mismatch), or fewer clients connected than asked (none at all: loadgen stops once
+/// connecting is over, and says why in one line instead of the report), 2 on a usage or
+/// I/O error.
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version)]
 struct Cli {
@@ -381,6 +383,11 @@ fn real_main(cli: Cli) -> Result<bool, String> {
         run(cfg, timing)
     }
     .map_err(|e| e.to_string())?;
+    // A table of zeros (and a steal warning about an empty window) would bury the cause.
+    if let Some(line) = report::no_client(&outcome) {
+        eprintln!("loadgen: {line}");
+        return Ok(false);
+    }
     if common.json {
         report::write_table(&outcome, &mut std::io::stderr()).map_err(|e| e.to_string())?;
         println!("{}", report::to_json(&outcome));

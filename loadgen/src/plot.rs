@@ -2,6 +2,7 @@
 //! `1/(1-percentile)` on a log scale (so 90%, 99%, 99.9%... are evenly spaced) and the y
 //! axis is latency in milliseconds.
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -24,14 +25,21 @@ fn label(x: f64) -> String {
     format!("{pct:.decimals$}%")
 }
 
-/// A latency tick label, with as many decimals as its size needs.
-fn ms_label(ms: f64) -> String {
-    match ms {
-        m if m >= 100.0 => format!("{m:.0}"),
-        m if m >= 10.0 => format!("{m:.1}"),
-        m if m >= 1.0 => format!("{m:.2}"),
-        m => format!("{m:.3}"),
-    }
+/// Latency ticks on a linear axis, as many as plotters is asked for, so that the
+/// labels can be formatted knowing all of them.
+const Y_LABELS: usize = 11;
+
+/// The fewest decimals that write every one of `ticks` exactly (at most 6): one precision
+/// for the whole axis, so `0`, `5`, `45` or `0.0`, `0.5`, `4.5`, never `0.000` next to `45.0`.
+fn decimals(ticks: &[f64]) -> usize {
+    (0..6)
+        .find(|&d| {
+            let scale = 10f64.powi(d as i32);
+            ticks
+                .iter()
+                .all(|t| ((t * scale).round() / scale - t).abs() <= 1e-9 * t.abs())
+        })
+        .unwrap_or(6)
 }
 
 /// Draws `series` into an SVG file at `path`. With `log_latency` the latency axis is
@@ -63,6 +71,7 @@ pub fn draw(path: &Path, title: &str, series: &[Series], log_latency: bool) -> R
         false => 0f64..(max_ms * 1.1).max(0.001),
     };
     let decades = (y_range.end - y_range.start) as usize;
+    let linear_decimals = decimals(&RangedCoordf64::from(y_range.clone()).key_points(Y_LABELS));
     if series.iter().all(|(_, p)| p.is_empty()) {
         return Err(err(&"no data to plot"));
     }
@@ -71,13 +80,19 @@ pub fn draw(path: &Path, title: &str, series: &[Series], log_latency: bool) -> R
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(20)
+        // The rightmost x label is centred on the axis' end: room for its other half.
+        .margin_right(50)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d((1f64..cap).log_scale(), y_range)
         .map_err(|e| err(&e))?;
+    // A log axis labels whole decades, each written plainly (0.01, 0.1, 1, 10).
     let y_label = |y: &f64| match log_latency {
-        true => ms_label(10f64.powf(*y)),
-        false => ms_label(*y),
+        true => {
+            let ms = 10f64.powf(*y);
+            format!("{ms:.*}", decimals(&[ms]))
+        }
+        false => format!("{y:.linear_decimals$}"),
     };
     let mut mesh = chart.configure_mesh();
     mesh.x_desc("Percentile")
@@ -87,9 +102,10 @@ pub fn draw(path: &Path, title: &str, series: &[Series], log_latency: bool) -> R
         })
         .x_label_formatter(&|x| label(*x))
         .y_label_formatter(&y_label);
-    if log_latency {
-        mesh.y_labels(decades + 1);
-    }
+    mesh.y_labels(match log_latency {
+        true => decades + 1,
+        false => Y_LABELS,
+    });
     mesh.draw().map_err(|e| err(&e))?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).stroke_width(2);
@@ -149,7 +165,100 @@ mod tests {
         assert!(svg.contains("<svg") && svg.contains("99.9%") && svg.contains("\nb\n"));
         draw(&path, "test", &series, true).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.contains("log scale") && svg.contains("\n0.100\n") && svg.contains("\n10.0\n"));
+        assert!(svg.contains("log scale") && svg.contains("\n0.1\n") && svg.contains("\n10\n"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A drawn text: its x, its anchor, its font size and what it says.
+    struct Text {
+        x: f64,
+        anchor: String,
+        size: f64,
+        text: String,
+    }
+
+    /// The texts of a plot of `points`.
+    fn texts_of(points: Vec<(f64, f64)>, log_latency: bool) -> Vec<Text> {
+        let dir = std::env::temp_dir().join(format!(
+            "loadgen-plot-texts-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.svg");
+        draw(&path, "t", &[("a".into(), points)], log_latency).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        let attr = |tag: &str, name: &str| {
+            let from = tag.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            tag[from..from + tag[from..].find('"').unwrap()].to_string()
+        };
+        svg.split("<text")
+            .skip(1)
+            .map(|t| {
+                let (tag, rest) = t.split_once('>').unwrap();
+                Text {
+                    x: attr(tag, "x").parse().unwrap(),
+                    anchor: attr(tag, "text-anchor"),
+                    size: attr(tag, "font-size").parse().unwrap(),
+                    text: rest.split("</text>").next().unwrap().trim().to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// A curve up to 99.9999%, the longest x label, rising to `top` ms.
+    fn curve(top: f64) -> Vec<(f64, f64)> {
+        [0.0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999, 1.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| (q, top * (i + 1) as f64 / 9.0))
+            .collect()
+    }
+
+    #[test]
+    fn the_last_percentile_label_fits_in_the_picture() {
+        let texts = texts_of(curve(45.0), false);
+        let last = texts
+            .iter()
+            .filter(|t| t.text.ends_with('%'))
+            .max_by(|a, b| a.x.total_cmp(&b.x))
+            .unwrap();
+        assert_eq!(
+            (last.text.as_str(), last.anchor.as_str()),
+            ("99.9999%", "middle")
+        );
+        // Wider than sans-serif digits and '%' really are, on average.
+        let half_width = last.text.len() as f64 * 0.65 * last.size / 2.0;
+        assert!(
+            last.x + half_width <= 960.0,
+            "{} ends past 960",
+            last.x + half_width
+        );
+    }
+
+    #[test]
+    fn latency_labels_share_one_precision() {
+        for (top, want) in [(45.0, 0), (4.0, 1), (0.04, 3), (0.001, 4)] {
+            let labels: Vec<String> = texts_of(curve(top), false)
+                .into_iter()
+                .filter(|t| t.anchor == "end")
+                .map(|t| t.text)
+                .collect();
+            assert!(labels.len() >= 4, "{labels:?}");
+            for l in &labels {
+                let places = l.split_once('.').map_or(0, |(_, d)| d.len());
+                assert_eq!(places, want, "{top} ms: {labels:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn decimals_are_the_fewest_that_write_every_tick() {
+        assert_eq!(decimals(&[0.0, 5.0, 45.0]), 0);
+        assert_eq!(decimals(&[0.0, 0.5, 4.5]), 1);
+        assert_eq!(decimals(&[0.1 + 0.2, 0.6]), 1);
+        assert_eq!(decimals(&[0.0, 0.002, 0.004]), 3);
+        assert_eq!(decimals(&[1e-9]), 6);
     }
 }

@@ -5,21 +5,25 @@
 //! They talk over the children's stdin/stdout, one line per step:
 //!
 //! ```text
-//! child:  ready <connected> <failed>           (its connections are done)
+//! child:  ready <connected> <failed> [<why the first failed>]  (its connections are done)
 //! parent: go <start_ns> <measure_ns> <end_ns>   (the same marks for all)
 //! child:  published <count per publisher...>    (publishing is over)
 //! parent: totals <count per publisher...>       (summed over the shards)
 //! child:  result <json>                         (its counts and histograms)
 //! ```
 //!
+//! When no shard connected any client, the parent answers `stop` instead of `go`, and
+//! each child closes and sends its `result` at once.
+//!
 //! Marks are `CLOCK_MONOTONIC`, shared by every process on the machine, and so are the
 //! intended send times inside messages: latency stays exact across processes.
 
 use crate::clock::{now_ns, MS, SEC};
 use crate::config::Config;
+use crate::control::Phase;
 use crate::metrics::ServerWrites;
 use crate::procfs;
-use crate::run::{scrape, Outcome, ServerUsage, ShardLink, Timing};
+use crate::run::{scrape, stage, Outcome, ServerUsage, ShardLink, Timing};
 use crate::stats::Stats;
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Write};
@@ -38,6 +42,18 @@ fn numbers(line: &str, tag: &str) -> io::Result<Vec<u64>> {
     words
         .map(|w| w.parse().map_err(|_| protocol_error(tag, line)))
         .collect()
+}
+
+/// Reads `ready <connected> <failed> [<why the first failed>]`.
+fn ready_line(line: &str) -> io::Result<(u64, u64, Option<String>)> {
+    let mut words = line.trim_end().splitn(4, ' ');
+    let bad = || protocol_error("ready", line);
+    if words.next() != Some("ready") {
+        return Err(bad());
+    }
+    let mut count = || words.next().and_then(|w| w.parse().ok()).ok_or_else(bad);
+    let (connected, failed) = (count()?, count()?);
+    Ok((connected, failed, words.next().map(String::from)))
 }
 
 fn join(v: &[u64]) -> String {
@@ -83,10 +99,19 @@ impl StdioLink {
 }
 
 impl ShardLink for StdioLink {
-    fn ready(&mut self, connected: u64, failed: u64) -> io::Result<(u64, u64, u64)> {
-        let answer = self.ask(format!("ready {connected} {failed}"))?;
+    fn ready(
+        &mut self,
+        connected: u64,
+        failed: u64,
+        first_failure: Option<&str>,
+    ) -> io::Result<Option<(u64, u64, u64)>> {
+        let why = first_failure.map_or(String::new(), |w| format!(" {}", w.replace('\n', " ")));
+        let answer = self.ask(format!("ready {connected} {failed}{why}"))?;
+        if answer.trim_end() == "stop" {
+            return Ok(None);
+        }
         match numbers(&answer, "go")?[..] {
-            [start, measure, end] => Ok((start, measure, end)),
+            [start, measure, end] => Ok(Some((start, measure, end))),
             _ => Err(protocol_error("go", &answer)),
         }
     }
@@ -173,13 +198,25 @@ pub fn run_parent(
             eprintln!("{s}");
         }
     };
-    let (mut connected, mut failed) = (0, 0);
+    let (mut connected, mut failed, mut first_failure) = (0, 0, None);
     for s in &mut shards.0 {
-        let line = s.read()?;
-        match numbers(&line, "ready")?[..] {
-            [c, f] => (connected, failed) = (connected + c, failed + f),
-            _ => return Err(protocol_error("ready", &line)),
+        let (c, f, why) = ready_line(&s.read()?)?;
+        (connected, failed) = (connected + c, failed + f);
+        first_failure = first_failure.or(why);
+    }
+    if connected == 0 {
+        for s in &mut shards.0 {
+            s.send("stop")?;
         }
+        let r = results(&mut shards)?;
+        return Ok(Outcome::unconnected(
+            cfg,
+            timing,
+            r.stats,
+            r.connect_secs,
+            procs,
+            first_failure,
+        ));
     }
     say(format!(
         "[{procs} processes] {connected} of {} connected, {failed} failed",
@@ -197,23 +234,25 @@ pub fn run_parent(
             std::thread::sleep(std::time::Duration::from_nanos(t - now));
         }
     };
-    sleep_until(measure);
+    let mut max_rss = 0;
+    // Sleeps until `until`, sampling the server and saying where the run is each second.
+    let mut wait = |until: u64| {
+        while now_ns() + SEC < until {
+            sleep_until(now_ns() + SEC);
+            if let Some(s) = sample(timing.server_pid) {
+                max_rss = max_rss.max(s.rss_bytes);
+            }
+            let at = stage(Phase::Run, now_ns(), start, [start, measure, end]);
+            say(format!("[{at}] {procs} processes"));
+        }
+        sleep_until(until);
+    };
+    wait(measure);
     let window_start = sample(timing.server_pid);
     let steal_start = procfs::steal_ticks();
     // After the samples, so a slow answer cannot move the window's marks.
     let writes_start = scrape(&cfg, &timing);
-    let mut max_rss = window_start.map_or(0, |s| s.rss_bytes);
-    while now_ns() + SEC < end {
-        sleep_until(now_ns() + SEC);
-        if let Some(s) = sample(timing.server_pid) {
-            max_rss = max_rss.max(s.rss_bytes);
-        }
-        say(format!(
-            "[{procs} processes] running, {:.0} s left",
-            (end.saturating_sub(now_ns())) as f64 / 1e9
-        ));
-    }
-    sleep_until(end);
+    wait(end);
     let window_end = sample(timing.server_pid);
     let steal_end = procfs::steal_ticks();
     let writes_end = scrape(&cfg, &timing);
@@ -228,29 +267,13 @@ pub fn run_parent(
     for s in &mut shards.0 {
         s.send(&format!("totals {}", join(&totals)))?;
     }
-    let mut stats = Stats::default();
-    let (mut connect_secs, mut self_cpu_ns, mut drained) = (0f64, 0, true);
-    for s in &mut shards.0 {
-        let line = s.read()?;
-        let v: Value = line
-            .strip_prefix("result ")
-            .and_then(|j| serde_json::from_str(j).ok())
-            .ok_or_else(|| protocol_error("result", &line))?;
-        stats
-            .merge(&Stats::from_value(&v["stats"]).ok_or_else(|| protocol_error("result", &line))?);
-        connect_secs = connect_secs.max(v["connect_secs"].as_f64().unwrap_or(0.0));
-        self_cpu_ns += v["self_cpu_ns"].as_u64().unwrap_or(0);
-        drained &= v["drained"].as_bool().unwrap_or(false);
-    }
-    for s in &mut shards.0 {
-        s.child.wait()?;
-    }
+    let r = results(&mut shards)?;
     let server = match (before_connect, window_start, window_end) {
         (Some(b), Some(s), Some(e)) => Some(ServerUsage {
             before_connect: b,
             window_start: s,
             window_end: e,
-            max_rss: max_rss.max(e.rss_bytes),
+            max_rss: max_rss.max(s.rss_bytes).max(e.rss_bytes),
         }),
         _ => None,
     };
@@ -258,17 +281,56 @@ pub fn run_parent(
         published: totals.iter().sum(),
         cfg,
         timing,
-        stats,
-        connect_secs,
+        stats: r.stats,
+        connect_secs: r.connect_secs,
         window_secs: (end - measure) as f64 / 1e9,
-        drained,
+        drained: r.drained,
         server,
         server_writes: ServerWrites::between(writes_start, writes_end),
-        self_cpu_ns,
+        self_cpu_ns: r.self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),
         procs,
+        no_client: None,
     })
+}
+
+/// What the shards measured, merged.
+struct Results {
+    stats: Stats,
+    /// The slowest shard's.
+    connect_secs: f64,
+    self_cpu_ns: u64,
+    drained: bool,
+}
+
+/// Reads every shard's `result` line, then waits for the shards to exit.
+fn results(shards: &mut Shards) -> io::Result<Results> {
+    let mut r = Results {
+        stats: Stats::default(),
+        connect_secs: 0.0,
+        self_cpu_ns: 0,
+        drained: true,
+    };
+    for s in &mut shards.0 {
+        let line = s.read()?;
+        let v: Value = line
+            .strip_prefix("result ")
+            .and_then(|j| serde_json::from_str(j).ok())
+            .ok_or_else(|| protocol_error("result", &line))?;
+        let stats =
+            Stats::from_value(&v["stats"]).ok_or_else(|| protocol_error("result", &line))?;
+        r.stats.merge(&stats);
+        r.connect_secs = r
+            .connect_secs
+            .max(v["connect_secs"].as_f64().unwrap_or(0.0));
+        r.self_cpu_ns += v["self_cpu_ns"].as_u64().unwrap_or(0);
+        r.drained &= v["drained"].as_bool().unwrap_or(false);
+    }
+    for s in &mut shards.0 {
+        s.child.wait()?;
+    }
+    Ok(r)
 }
 
 /// The command line for the shards: the parent's own arguments without those only the
@@ -328,5 +390,12 @@ mod tests {
         );
         assert!(numbers("ready x", "ready").is_err());
         assert!(numbers("result {}", "ready").is_err());
+        assert_eq!(ready_line("ready 3 1\n").unwrap(), (3, 1, None));
+        assert_eq!(
+            ready_line("ready 0 5 connect: Connection refused\n").unwrap(),
+            (0, 5, Some("connect: Connection refused".into()))
+        );
+        assert!(ready_line("ready 3\n").is_err());
+        assert!(ready_line("go 1 2 3\n").is_err());
     }
 }

@@ -275,6 +275,16 @@ fn url(url: &crate::handshake::WsUrl) -> String {
     format!("ws://{}{}", url.host, url.path)
 }
 
+/// The one line that replaces the report when no client could connect: the URLs and why.
+pub fn no_client(o: &Outcome) -> Option<String> {
+    let urls: Vec<String> = o.cfg.urls.iter().map(url).collect();
+    let why = o.no_client.as_ref()?;
+    Some(format!(
+        "no client could connect to {}: {why}",
+        urls.join(", ")
+    ))
+}
+
 /// Deliveries received inside the measured window, per second.
 pub fn deliveries_per_sec(o: &Outcome) -> f64 {
     o.stats.in_window as f64 / o.window_secs.max(1e-9)
@@ -636,6 +646,7 @@ mod tests {
             self_cpus: 1,
             steal: 0.0,
             procs: 1,
+            no_client: None,
         };
         o.stats.in_window = 4000;
         assert_eq!(to_json(&o)["server"], Value::Null, "unreadable: absent");

@@ -85,9 +85,41 @@ pub struct Outcome {
     pub steal: f64,
     /// loadgen processes the run was spread over (`--procs`).
     pub procs: u32,
+    /// When no client could connect, why (the first failure, or that none had opened in
+    /// time): the run stopped there, with nothing measured.
+    pub no_client: Option<String>,
 }
 
 impl Outcome {
+    /// A run that stopped when no client could connect: nothing published, no window,
+    /// nothing sampled.
+    pub(crate) fn unconnected(
+        cfg: Config,
+        timing: Timing,
+        stats: Stats,
+        connect_secs: f64,
+        procs: u32,
+        first_failure: Option<String>,
+    ) -> Outcome {
+        let why = no_client_why(&cfg, connect_secs, first_failure);
+        Outcome {
+            cfg,
+            timing,
+            stats,
+            connect_secs,
+            window_secs: 0.0,
+            published: 0,
+            drained: true,
+            server: None,
+            server_writes: None,
+            self_cpu_ns: 0,
+            self_cpus: procfs::allowed_cpus(),
+            steal: 0.0,
+            procs,
+            no_client: Some(why),
+        }
+    }
+
     /// loadgen's CPU use over the window, as a fraction of the CPUs it may use.
     pub fn self_load(&self) -> f64 {
         if self.window_secs <= 0.0 {
@@ -95,6 +127,16 @@ impl Outcome {
         }
         self.self_cpu_ns as f64 / 1e9 / self.window_secs / self.self_cpus as f64
     }
+}
+
+/// Why no client could connect: the first failure's reason, or else that none had opened
+/// when connecting ended (after `connect_secs`).
+fn no_client_why(cfg: &Config, connect_secs: f64, first_failure: Option<String>) -> String {
+    let limit = match cfg.scenario {
+        Scenario::Connect => "--duration",
+        _ => "--connect-phase-timeout",
+    };
+    first_failure.unwrap_or_else(|| format!("none open after {connect_secs:.1} s ({limit})"))
 }
 
 /// Samples a pid, or `None` without one (or when it is gone).
@@ -169,25 +211,53 @@ impl Watch {
                 .load(Relaxed)
                 .min(self.ctl.connected.load(Relaxed));
         let failed = self.ctl.failed.load(Relaxed);
-        let phase = format!("{:?}", self.ctl.phase()).to_lowercase();
+        let mark = |m: &std::sync::atomic::AtomicU64| m.load(Relaxed);
+        let marks = [&self.ctl.start_ns, &self.ctl.measure_ns, &self.ctl.end_ns].map(mark);
         eprintln!(
-            "[{:6.1}s] {phase:<7} open {open}/{} failed {failed}  deliveries/s {}  p50 {p50}  p99 {p99}",
-            (now - self.t0) as f64 / 1e9,
+            "[{}] open {open}/{} failed {failed}  deliveries/s {}  p50 {p50}  p99 {p99}",
+            stage(self.ctl.phase(), now, self.t0, marks),
             self.clients,
             crate::report::si(rate),
         );
     }
 }
 
+/// Where a run is, for the live line: its phase and the time into it, of the phase's
+/// length where that is fixed: `connect 0.4s`, `warm-up 0.5/1s`, `window 2.0/3s`,
+/// `drain 0.3s`. A newcomer reads the warm-up and the drain apart from the measured
+/// window the report's figures are about. `t0` is when connecting began, `[start,
+/// measure, end]` the run's marks (as in [`Control`]), all in `clock::now_ns` time.
+pub(crate) fn stage(phase: Phase, now: u64, t0: u64, [start, measure, end]: [u64; 3]) -> String {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let into = |from: u64, to: u64| {
+        let length = format!("{:.3}", secs(to - from));
+        let length = length.trim_end_matches('0').trim_end_matches('.');
+        format!("{:.1}/{length}s", secs(now.max(from).min(to) - from))
+    };
+    match phase {
+        Phase::Connect => format!("connect {:.1}s", secs(now.saturating_sub(t0))),
+        Phase::Run if now < measure => format!("warm-up {}", into(start, measure)),
+        Phase::Run => format!("window {}", into(measure, end)),
+        Phase::Drain => format!("drain {:.1}s", secs(now.saturating_sub(end))),
+        Phase::Close => "close".into(),
+    }
+}
+
 /// How a process that runs one shard of a multi-process run agrees with the others
 /// (through the parent that started them all).
 pub trait ShardLink {
-    /// Says this shard's connections are done (`connected` open, `failed` failed) and
-    /// returns the run's marks: (start, measure, end) in `clock::now_ns` time.
+    /// Says this shard's connections are done (`connected` open, `failed` failed, the
+    /// first for `first_failure`) and returns the run's marks: (start, measure, end) in
+    /// `clock::now_ns` time, or `None` when no shard connected any client (the run stops).
     ///
     /// # Errors
     /// When the parent is gone.
-    fn ready(&mut self, connected: u64, failed: u64) -> io::Result<(u64, u64, u64)>;
+    fn ready(
+        &mut self,
+        connected: u64,
+        failed: u64,
+        first_failure: Option<&str>,
+    ) -> io::Result<Option<(u64, u64, u64)>>;
 
     /// Gives the counts this shard's publishers sent (by publisher; zero for the others')
     /// and returns every publisher's count over all shards.
@@ -279,15 +349,35 @@ pub fn run_shard(
             c.connected.load(Relaxed) + c.failed.load(Relaxed) >= n
         });
         connect_secs = (now_ns() - t0) as f64 / 1e9;
-        let start;
-        (start, measure_ns, end_ns) = match link.as_mut() {
-            Some(link) => link.ready(ctl.connected.load(Relaxed), ctl.failed.load(Relaxed))?,
+        let connected = ctl.connected.load(Relaxed);
+        let first_failure = ctl.first_failure.get().cloned();
+        let marks = match link.as_mut() {
+            Some(link) => link.ready(
+                connected,
+                ctl.failed.load(Relaxed),
+                first_failure.as_deref(),
+            )?,
+            // With nobody to publish to or receive, a window would only measure nothing.
+            None if connected == 0 => None,
             None => {
                 let start = now_ns() + 20 * MS;
                 let measure = start + timing.warmup_ns;
-                (start, measure, measure + timing.duration_ns)
+                Some((start, measure, measure + timing.duration_ns))
             }
         };
+        let Some((start, measure, end)) = marks else {
+            ctl.set_phase(Phase::Close);
+            let stats = join(handles)?;
+            return Ok(Outcome::unconnected(
+                cfg,
+                timing,
+                stats,
+                connect_secs,
+                1,
+                first_failure,
+            ));
+        };
+        (measure_ns, end_ns) = (measure, end);
         ctl.start_ns.store(start, Relaxed);
         ctl.measure_ns.store(measure_ns, Relaxed);
         ctl.end_ns.store(end_ns, Relaxed);
@@ -327,13 +417,10 @@ pub fn run_shard(
         }
         ctl.set_phase(Phase::Close);
     }
-    let mut stats = Stats::default();
-    for h in handles {
-        let s = h
-            .join()
-            .map_err(|_| io::Error::other("a worker thread panicked"))??;
-        stats.merge(&s);
-    }
+    let stats = join(handles)?;
+    // `connect` has no window to skip, only a report of zeros to replace.
+    let no_client = (connect_only && stats.connected == 0)
+        .then(|| no_client_why(&cfg, connect_secs, ctl.first_failure.get().cloned()));
     let window_secs = if connect_only {
         connect_secs
     } else {
@@ -366,5 +453,43 @@ pub fn run_shard(
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),
         procs: 1,
+        no_client,
     })
+}
+
+/// Waits for the workers and merges what they counted.
+fn join(handles: Vec<JoinHandle<io::Result<Stats>>>) -> io::Result<Stats> {
+    let mut stats = Stats::default();
+    for h in handles {
+        let s = h
+            .join()
+            .map_err(|_| io::Error::other("a worker thread panicked"))??;
+        stats.merge(&s);
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_line_names_the_phase_and_the_time_into_it() {
+        // Connecting from 0; warm-up 1 s from 5 s; a 3 s window; then the drain.
+        let marks = [5 * SEC, 6 * SEC, 9 * SEC];
+        let at = |phase, now| stage(phase, now, 0, marks);
+        assert_eq!(at(Phase::Connect, 2_400 * MS), "connect 2.4s");
+        // The 20 ms between the end of connecting and publishing count as warm-up.
+        assert_eq!(at(Phase::Run, 4_980 * MS), "warm-up 0.0/1s");
+        assert_eq!(at(Phase::Run, 5_500 * MS), "warm-up 0.5/1s");
+        assert_eq!(at(Phase::Run, 6 * SEC), "window 0.0/3s");
+        assert_eq!(at(Phase::Run, 8 * SEC), "window 2.0/3s");
+        // The coordinator may look a moment after the end, before it moves to the drain.
+        assert_eq!(at(Phase::Run, 9_002 * MS), "window 3.0/3s");
+        assert_eq!(at(Phase::Drain, 10 * SEC), "drain 1.0s");
+        assert_eq!(at(Phase::Close, 11 * SEC), "close");
+        let odd = [0, 250 * MS, 250 * MS + 1_500 * MS];
+        assert_eq!(stage(Phase::Run, 100 * MS, 0, odd), "warm-up 0.1/0.25s");
+        assert_eq!(stage(Phase::Run, 1_050 * MS, 0, odd), "window 0.8/1.5s");
+    }
 }

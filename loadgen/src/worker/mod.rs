@@ -492,6 +492,9 @@ impl Worker {
     }
 
     fn count_failure(&mut self, reason: Reason) {
+        if self.ctx.ctl.first_failure.get().is_none() {
+            let _ = self.ctx.ctl.first_failure.set(reason.clone());
+        }
         *self.ctx.stats.failures.entry(reason).or_default() += 1;
         self.ctx.ctl.failed.fetch_add(1, Relaxed);
     }
