@@ -666,6 +666,8 @@ mod size_tests {
             std::mem::size_of::<WebSocketContext>(),
         );
         eprintln!("size_of::<Ws>() = {ws}, of which tungstenite's context {ctx}");
-        assert!(ws <= 304, "Ws grew to {ws} bytes");
+        // 312 bytes take the same 320-byte glibc chunk as 304 did: the
+        // session's two counters cost no memory.
+        assert!(ws <= 312, "Ws grew to {ws} bytes");
     }
 }
