@@ -50,7 +50,7 @@ fn a_message_reaches_its_room_and_no_other() {
     for ws in &mut blue {
         assert_eq!(recv_text(ws), format!("{PREFIX}to blue"));
     }
-    // The lobby is the seed's chat, unchanged.
+    // The lobby is the chat of the Node.js server herald reimplements, unchanged.
     send_text(&mut lobby[0], "to the lobby");
     for ws in &mut lobby {
         assert_eq!(recv_text(ws), format!("{PREFIX}to the lobby"));

@@ -110,7 +110,7 @@ pub fn room_name(room: u32) -> String {
 /// The path publishers take to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishVia {
-    /// Text frames on the publisher's own WebSocket (the seed's only way in).
+    /// Text frames on the publisher's own WebSocket (the only way in for a server without `POST /publish`).
     Ws,
     /// `POST /publish` on one extra kept-alive HTTP/1.1 connection per publisher (herald's
     /// way in for backends); the WebSocket then only receives.

@@ -1,5 +1,6 @@
-//! loadgen: a load generator for WebSocket broadcast servers with the seed's semantics
-//! (every text message a client sends is relayed, prefixed, to every client).
+//! loadgen: a load generator for WebSocket broadcast servers like the
+//! Node.js `ws` chat server herald reimplements (`benches/peers/node/server.js`): every
+//! text message a client sends is relayed, prefixed, to every client.
 //!
 //! It measures each delivery's latency from the message's *intended* send time into an
 //! HdrHistogram, tracks every (receiver, publisher) sequence for loss, duplication and

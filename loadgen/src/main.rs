@@ -9,8 +9,8 @@ use loadgen::{plot, report};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Load generator for WebSocket broadcast servers (herald, or any server with the seed's
-/// semantics). Exit status: 0 when everything arrived once and in order, 1 when anything
+/// Load generator for WebSocket broadcast servers (herald, or any server that, like the Node.js `ws`
+/// chat server herald reimplements, relays every message to every client). Exit status: 0 when everything arrived once and in order, 1 when anything
 /// was lost, duplicated, reordered, malformed or misrouted (another room's), a receiver saw
 /// its room's messages interleaved otherwise than the room's other receivers (order
 /// mismatch), or fewer clients connected than asked (none at all: loadgen stops once

@@ -1,7 +1,8 @@
 //! The payload loadgen publishes, and how a delivery is recognised.
 //!
 //! A published message is ASCII text of exactly `size` bytes (servers prefix text, and the
-//! seed's server stringifies what it receives, so the payload must be valid UTF-8):
+//! Node.js `ws` chat server herald reimplements (`benches/peers/node/server.js`) stringifies
+//! what it receives, so the payload must be valid UTF-8):
 //!
 //! ```text
 //! P<publisher: 8 hex>S<sequence: 16 hex>T<intended send time, ns: 16 hex>....

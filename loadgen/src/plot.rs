@@ -43,7 +43,8 @@ fn decimals(ticks: &[f64]) -> usize {
 }
 
 /// Draws `series` into an SVG file at `path`. With `log_latency` the latency axis is
-/// logarithmic too (for curves a hundred times apart, as herald's and the seed's are).
+/// logarithmic too (for curves a hundred times apart, as herald's and the Node.js
+/// `ws` server's are).
 ///
 /// # Errors
 /// When there is nothing to draw or the file cannot be written.
