@@ -813,6 +813,10 @@ impl Server {
     /// wait for the next), and the loop polls without waiting while it is
     /// not empty.
     fn end_of_iteration(&mut self, now: Instant) {
+        if let Some(bus) = self.bus.as_mut() {
+            let registry = self.poll.registry();
+            bus.write_publishes(&mut self.rooms, &mut self.stats, registry, now);
+        }
         if self.rooms.has_pending() || !self.publish_acks.is_empty() {
             self.fan_out(now);
         }

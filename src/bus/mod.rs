@@ -1049,6 +1049,33 @@ impl Bus {
                 at += len;
             }
         }
+        self.write(true, rooms, stats, registry, now);
+    }
+
+    /// Writes this iteration's publishes now, before the loop's flushes:
+    /// a message's trip through Redis then starts at once instead of after
+    /// a slice of its clients' writes.
+    pub fn write_publishes(
+        &mut self,
+        rooms: &mut Rooms,
+        stats: &mut Stats,
+        registry: &Registry,
+        now: Instant,
+    ) {
+        self.write(false, rooms, stats, registry, now);
+    }
+
+    /// Writes what each socket has to send: publishes only to a ready
+    /// server (the greeting ahead of them always), and, with
+    /// `subscriptions`, the subscription commands too.
+    fn write(
+        &mut self,
+        subscriptions: bool,
+        rooms: &mut Rooms,
+        stats: &mut Stats,
+        registry: &Registry,
+        now: Instant,
+    ) {
         let mut failed = None;
         for s in &mut self.servers {
             // Publishes wait until every room is subscribed again; the
@@ -1057,10 +1084,12 @@ impl Bus {
                 Phase::Ready => s.publisher.out.len(),
                 _ => s.publisher.greeting_len,
             };
-            let r = s
-                .subscriber
-                .flush(usize::MAX, stats)
-                .and_then(|()| s.publisher.flush(upto, stats));
+            let r = if subscriptions {
+                s.subscriber.flush(usize::MAX, stats)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| s.publisher.flush(upto, stats));
             if let Err(e) = r {
                 failed = Some(e);
                 break;
