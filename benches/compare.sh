@@ -419,6 +419,10 @@ def cluster(sc):
     c["echo"] = (bucket_quantile(b, 0.5), bucket_quantile(b, 0.99),
                  total / count if count else None, count)
     c["gaps"] = sum(n.get("bus_gaps") or 0 for n in nodes) if nodes else None
+    # Socket writes per delivery, both nodes, over the whole run (the counters are not read
+    # at the window's ends here): compare with (a)'s and (c)'s writes/deliv.
+    w, dl = (sum(n.get(k) or 0 for n in nodes) for k in ("writes", "deliveries"))
+    c["writes_per_delivery"] = w / dl if w and dl else None
     line = (load_extra("herald", sc, "redis-benchmark.txt") or "").strip()
     m = re.search(r"^PUBLISH .*: ([0-9.]+) requests per second", line)
     c["ceiling"] = float(m.group(1)) if m else None
@@ -526,7 +530,8 @@ if clusters:
           "clients' deliveries; nodes: both over all); echo = herald_bus_echo_seconds over "
           "the whole run, p50/p99 interpolated in its power-of-two buckets, mean exact")
     head2 = ["scenario", "clients node1/node2", "deliveries/s", "node1 ns", "node2 ns",
-             "nodes ns/deliv", "redis ns/deliv", "redis us/msg", "p50 ms", "p99 ms",
+             "nodes ns/deliv", "writes/deliv (run)", "redis ns/deliv", "redis us/msg",
+             "p50 ms", "p99 ms",
              "echo p50/p99/mean ms", "gaps", "order mismatch", "lost", "ok"]
     rows2 = []
     for sc, c in clusters:
@@ -539,7 +544,8 @@ if clusters:
         ns = c["node_ns"] + [None, None]
         rows2.append([
             sc, split, fmt(r.get("deliveries_per_sec")), fmt(ns[0]), fmt(ns[1]),
-            fmt(c["nodes_ns"]), fmt(c["redis_ns"]), fmt(c["redis_us_msg"], "{:.2f}"),
+            fmt(c["nodes_ns"]), fmt(c["writes_per_delivery"], "{:.4f}"), fmt(c["redis_ns"]),
+            fmt(c["redis_us_msg"], "{:.2f}"),
             fmt(lat.get("p50_ms"), "{:.3f}"), fmt(lat.get("p99_ms"), "{:.3f}"),
             " / ".join(fmt(None if v is None else v * 1e3, "{:.3f}") for v in (e50, e99, emean)),
             fmt(c["gaps"]), fmt(r.get("order_mismatch")), fmt(r.get("lost")),

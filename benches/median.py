@@ -65,6 +65,7 @@ def cluster_round(d, here, clusters):
             "node1 ns": (c.get("node_ns") or [None])[0],
             "node2 ns": (c.get("node_ns") or [None, None])[1],
             "nodes ns": c.get("nodes_ns"),
+            "writes/deliv (run)": c.get("writes_per_delivery"),
             "redis ns/deliv": c.get("redis_ns"),
             "redis us/msg": c.get("redis_us_msg"),
             "echo p50 ms": None if echo[0] is None else echo[0] * 1e3,
@@ -92,6 +93,7 @@ def print_clusters(clusters):
             if not vals:
                 continue
             spec = "{:,.0f}" if k.endswith(("ns", "ns/deliv", "msg/s")) else "{:.2f}"
+            spec = "{:.4f}" if k.startswith("writes") else spec
             each = ", ".join(spec.format(v) for v in vals)
             parts.append(f"{k} {spec.format(statistics.median(vals))} ({each})")
         print(f"  {sc}: " + "; ".join(parts))

@@ -165,6 +165,7 @@ def final(port, split_file, out):
             "websockets_open_max": seen.get(str(pid)),
             "upgrades": value(page, "herald_upgrades_total"),
             "deliveries": value(page, "herald_deliveries_total"),
+            "writes": value(page, "herald_frames_per_write_count"),
             "bus_up": value(page, "herald_bus_up"),
             "bus_publishes": value(page, "herald_bus_publishes_total"),
             "bus_received": value(page, "herald_bus_received_total"),
