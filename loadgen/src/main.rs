@@ -171,6 +171,10 @@ struct Common {
     /// Server process to sample from /proc (CPU per delivery, memory per connection).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// Another process whose CPU time over the measured window is reported on its own (the
+    /// JSON's "also"), such as a second node or the Redis behind them; repeatable.
+    #[arg(long, value_name = "PID")]
+    also_pid: Vec<u32>,
     /// Spread the clients over this many loadgen processes (one process may open only as
     /// many sockets as its open-file limit allows; threads share that limit).
     #[arg(long, default_value_t = 1)]
@@ -256,6 +260,7 @@ fn timing(c: &Common, duration: f64, warmup: f64, drain: f64) -> Timing {
         drain_ns: secs(drain),
         connect_phase_ns: secs(c.connect_phase_timeout),
         server_pid: c.server_pid,
+        also_pids: c.also_pid.clone(),
         server_metrics: false,
         live: !c.quiet,
     }

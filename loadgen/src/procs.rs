@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::control::Phase;
 use crate::metrics::ServerWrites;
 use crate::procfs;
-use crate::run::{scrape, stage, Outcome, ServerUsage, ShardLink, Timing};
+use crate::run::{cpu_between, sample_cpu, scrape, stage, Outcome, ServerUsage, ShardLink, Timing};
 use crate::stats::Stats;
 use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Write};
@@ -249,11 +249,13 @@ pub fn run_parent(
     };
     wait(measure);
     let window_start = sample(timing.server_pid);
+    let also_start = sample_cpu(&timing.also_pids);
     let steal_start = procfs::steal_ticks();
     // After the samples, so a slow answer cannot move the window's marks.
     let writes_start = scrape(&cfg, &timing);
     wait(end);
     let window_end = sample(timing.server_pid);
+    let also_end = sample_cpu(&timing.also_pids);
     let steal_end = procfs::steal_ticks();
     let writes_end = scrape(&cfg, &timing);
     let mut totals: Vec<u64> = Vec::new();
@@ -277,6 +279,7 @@ pub fn run_parent(
         }),
         _ => None,
     };
+    let also = cpu_between(&timing.also_pids, &also_start, &also_end);
     Ok(Outcome {
         published: totals.iter().sum(),
         cfg,
@@ -287,6 +290,7 @@ pub fn run_parent(
         drained: r.drained,
         server,
         server_writes: ServerWrites::between(writes_start, writes_end),
+        also,
         self_cpu_ns: r.self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),
@@ -334,10 +338,10 @@ fn results(shards: &mut Shards) -> io::Result<Results> {
 }
 
 /// The command line for the shards: the parent's own arguments without those only the
-/// parent acts on (`--procs`, `--json`, `--hgrm`, `--plot`, `--server-pid`,
+/// parent acts on (`--procs`, `--json`, `--hgrm`, `--plot`, `--server-pid`, `--also-pid`,
 /// `--server-metrics`), made quiet.
 pub fn child_args(args: &[String]) -> Vec<String> {
-    const WITH_VALUE: [&str; 4] = ["--procs", "--hgrm", "--plot", "--server-pid"];
+    const WITH_VALUE: [&str; 5] = ["--procs", "--hgrm", "--plot", "--server-pid", "--also-pid"];
     const ALONE: [&str; 4] = ["--json", "--quiet", "-q", "--server-metrics"];
     let mut out = Vec::new();
     let mut skip_next = false;
@@ -363,8 +367,8 @@ mod tests {
     #[test]
     fn children_get_the_scenario_not_the_parents_outputs() {
         let args: Vec<String> = "broadcast --procs 3 --clients 30000 --json --hgrm=x.hgrm \
-                                 --plot p.svg --server-pid 42 -q --server-metrics \
-                                 --local-addrs 127.0.0.1-127.0.0.8"
+                                 --plot p.svg --server-pid 42 --also-pid 43 -q \
+                                 --also-pid=44 --server-metrics --local-addrs 127.0.0.1-127.0.0.8"
             .split_whitespace()
             .map(String::from)
             .collect();

@@ -214,6 +214,21 @@ pub fn to_json(o: &Outcome) -> Value {
         }
         v["server"] = server;
     }
+    if !o.also.is_empty() {
+        v["also"] = o
+            .also
+            .iter()
+            .map(|&(pid, cpu)| {
+                json!({
+                    "pid": pid,
+                    "cpu_secs": cpu.map(|ns| ns as f64 / 1e9),
+                    "cpu_ns_per_delivery": cpu
+                        .filter(|_| s.in_window > 0)
+                        .map(|ns| ns as f64 / s.in_window as f64),
+                })
+            })
+            .collect();
+    }
     if let Some(w) = &o.server_writes {
         if v["server"].is_null() {
             v["server"] = json!({});
@@ -632,6 +647,7 @@ mod tests {
                 drain_ns: 0,
                 connect_phase_ns: 0,
                 server_pid: None,
+                also_pids: Vec::new(),
                 server_metrics: true,
                 live: false,
             },
@@ -642,6 +658,7 @@ mod tests {
             drained: true,
             server: None,
             server_writes: None,
+            also: Vec::new(),
             self_cpu_ns: 0,
             self_cpus: 1,
             steal: 0.0,

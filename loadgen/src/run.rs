@@ -26,6 +26,9 @@ pub struct Timing {
     pub connect_phase_ns: u64,
     /// The server process to sample from `/proc`.
     pub server_pid: Option<u32>,
+    /// More processes whose CPU time over the window is reported, one by one (`--also-pid`:
+    /// the other nodes of a cluster, its Redis).
+    pub also_pids: Vec<u32>,
     /// Read the servers' write counts from their `/metrics` at both ends of the window.
     pub server_metrics: bool,
     /// Print a live line each second on stderr.
@@ -76,6 +79,8 @@ pub struct Outcome {
     /// The servers' writes over the window, summed, with `--server-metrics` and servers
     /// that count them.
     pub server_writes: Option<ServerWrites>,
+    /// Each `--also-pid` and its CPU time in the window, ns (`None`: not sampled at both ends).
+    pub also: Vec<(u32, Option<u64>)>,
     /// loadgen's own CPU time in the measured window.
     pub self_cpu_ns: u64,
     /// CPUs loadgen may run on.
@@ -112,6 +117,7 @@ impl Outcome {
             drained: true,
             server: None,
             server_writes: None,
+            also: Vec::new(),
             self_cpu_ns: 0,
             self_cpus: procfs::allowed_cpus(),
             steal: 0.0,
@@ -142,6 +148,25 @@ fn no_client_why(cfg: &Config, connect_secs: f64, first_failure: Option<String>)
 /// Samples a pid, or `None` without one (or when it is gone).
 fn sample(pid: Option<u32>) -> Option<ProcSample> {
     pid.and_then(|p| procfs::sample(&p.to_string()).ok())
+}
+
+/// CPU time of each of `pids` now (`None` for one that is gone).
+pub(crate) fn sample_cpu(pids: &[u32]) -> Vec<Option<u64>> {
+    pids.iter()
+        .map(|&p| sample(Some(p)).map(|s| s.cpu_ns))
+        .collect()
+}
+
+/// Each of `pids` with its CPU time between two [`sample_cpu`]s.
+pub(crate) fn cpu_between(
+    pids: &[u32],
+    start: &[Option<u64>],
+    end: &[Option<u64>],
+) -> Vec<(u32, Option<u64>)> {
+    pids.iter()
+        .zip(start.iter().zip(end))
+        .map(|(&p, (s, e))| (p, s.zip(*e).map(|(s, e)| e.saturating_sub(s))))
+        .collect()
 }
 
 /// The servers' frames-per-write totals now, summed, when the run reads them.
@@ -328,6 +353,7 @@ pub fn run_shard(
     let connect_secs;
     let (window_start, window_end, self_start, self_end, steal_start, steal_end);
     let mut writes_start = None;
+    let (also_start, also_end);
     let (measure_ns, end_ns);
     if connect_only {
         measure_ns = t0;
@@ -337,11 +363,13 @@ pub fn run_shard(
         ctl.end_ns.store(end_ns, Relaxed);
         ctl.set_phase(Phase::Run);
         window_start = before_connect;
+        also_start = sample_cpu(&timing.also_pids);
         self_start = procfs::sample("self").ok();
         steal_start = procfs::steal_ticks();
         watch.wait(u64::MAX, |_| handles.iter().all(|h| h.is_finished()));
         connect_secs = (now_ns() - t0) as f64 / 1e9;
         window_end = sample(timing.server_pid);
+        also_end = sample_cpu(&timing.also_pids);
         self_end = procfs::sample("self").ok();
         steal_end = procfs::steal_ticks();
     } else {
@@ -384,6 +412,7 @@ pub fn run_shard(
         ctl.set_phase(Phase::Run);
         watch.wait(measure_ns, |_| false);
         window_start = sample(timing.server_pid);
+        also_start = sample_cpu(&timing.also_pids);
         self_start = procfs::sample("self").ok();
         steal_start = procfs::steal_ticks();
         // After the samples, so a slow answer cannot move the window's marks (herald
@@ -391,6 +420,7 @@ pub fn run_shard(
         writes_start = scrape(&cfg, &timing);
         watch.wait(end_ns, |_| false);
         window_end = sample(timing.server_pid);
+        also_end = sample_cpu(&timing.also_pids);
         self_end = procfs::sample("self").ok();
         steal_end = procfs::steal_ticks();
     }
@@ -439,6 +469,7 @@ pub fn run_shard(
         (Some(a), Some(b)) => b.cpu_ns.saturating_sub(a.cpu_ns),
         _ => 0,
     };
+    let also = cpu_between(&timing.also_pids, &also_start, &also_end);
     Ok(Outcome {
         published: ctl.published_total(),
         cfg,
@@ -449,6 +480,7 @@ pub fn run_shard(
         drained,
         server,
         server_writes: ServerWrites::between(writes_start, writes_end),
+        also,
         self_cpu_ns,
         self_cpus: procfs::allowed_cpus(),
         steal: procfs::max_steal(&steal_start, &steal_end),

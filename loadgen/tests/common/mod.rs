@@ -273,6 +273,7 @@ pub fn short_timing(secs: f64) -> loadgen::run::Timing {
         drain_ns: 1_000_000_000,
         connect_phase_ns: 10_000_000_000,
         server_pid: None,
+        also_pids: Vec::new(),
         server_metrics: false,
         live: false,
     }
