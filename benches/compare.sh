@@ -21,7 +21,7 @@
 #      HERALD_FLAGS; loadgen connects to PORT and the kernel spreads the connections over the
 #      nodes (the split is read from each node's /metrics, benches/node_metrics.py). herald
 #      only: the peers have no bus. Pinning, on this 2-core machine: both nodes AND Redis on
-#      SERVER_CPU, loadgen (and redis-benchmark, and the metrics reader) on LOADGEN_CPU, so
+#      SERVER_CPU (REDIS_CPU moves Redis), loadgen (and redis-benchmark, and the metrics reader) on LOADGEN_CPU, so
 #      the cluster gets the one core single-process herald gets in (a) and (c), and its CPU
 #      per delivery and latency compare at the same hardware; the nodes' deliveries/s at
 #      saturation are then three processes' share of one core, not two cores' worth.
@@ -50,6 +50,9 @@
 #   REDIS_SERVER=redis-server REDIS_BENCHMARK=redis-benchmark
 #   SERVERS="herald node python"   SCENARIOS="a b c d e g" (fa and fc on request)
 #   SERVER_CPU=0 LOADGEN_CPU=1     cores for taskset
+#   REDIS_CPU=$SERVER_CPU          (f)'s redis-server: with the nodes by default; LOADGEN_CPU
+#                                  runs it as a service beside herald's core, as a deployment
+#                                  would, where the nodes alone share SERVER_CPU
 #   PORT=9400                      port the servers listen on (127.0.0.1 only)
 #   OUT=target/compare             where results go
 #   SKIP_BUILD=1 SKIP_INSTALL=1    reuse existing binaries / node_modules / venv
@@ -94,6 +97,7 @@ SERVERS=${SERVERS:-herald node python}
 SCENARIOS=${SCENARIOS:-a b c d e g}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
+REDIS_CPU=${REDIS_CPU:-$SERVER_CPU}
 PORT=${PORT:-9400}
 OUT=${OUT:-$ROOT/target/compare}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -202,7 +206,7 @@ run_cluster() { # SCENARIO
     rm -f "$base.nodes" "$base.split" "$base.redis-benchmark.txt"
     CLUSTER_DIR=$(mktemp -d "${TMPDIR:-/tmp}/herald-bench-redis.XXXXXX")
     rport=$(free_port)
-    taskset -c "$SERVER_CPU" "$REDIS_SERVER" --bind 127.0.0.1 --port "$rport" --save '' \
+    taskset -c "$REDIS_CPU" "$REDIS_SERVER" --bind 127.0.0.1 --port "$rport" --save '' \
         --appendonly no --dir "$CLUSTER_DIR" >"$base.redis.log" 2>&1 &
     local redis_pid=$!
     CLUSTER_PIDS=("$redis_pid")
@@ -344,7 +348,7 @@ CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
         echo "# baseline: $HERALD_BASELINE, flags: ${HERALD_BASELINE_FLAGS:-none}"
     fi
 } | tee "$OUT/table.txt"
-SERVER_CPU=$SERVER_CPU python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY' | tee -a "$OUT/table.txt"
+SERVER_CPU=$SERVER_CPU REDIS_CPU=$REDIS_CPU python3 - "$OUT" "$SERVERS" "$SCENARIOS" <<'PY' | tee -a "$OUT/table.txt"
 import json, os, re, sys
 
 out, servers, scenarios = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
@@ -525,8 +529,9 @@ clusters = [(sc, cluster(sc)) for sc in scenarios if sc in CLUSTER and "herald" 
 clusters = [(sc, c) for sc, c in clusters if c]
 if clusters:
     print()
-    print("(f) two herald nodes (--reuse-port) + Redis, all three on CPU "
-          f"{os.environ.get('SERVER_CPU', '?')}; CPU in ns per delivery (node: over its own "
+    print("(f) two herald nodes (--reuse-port) on CPU "
+          f"{os.environ.get('SERVER_CPU', '?')}, Redis on CPU {os.environ.get('REDIS_CPU', '?')}"
+          "; CPU in ns per delivery (node: over its own "
           "clients' deliveries; nodes: both over all); echo = herald_bus_echo_seconds over "
           "the whole run, p50/p99 interpolated in its power-of-two buckets, mean exact")
     head2 = ["scenario", "clients node1/node2", "deliveries/s", "node1 ns", "node2 ns",

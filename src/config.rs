@@ -140,6 +140,12 @@ pub struct Config {
     #[arg(long)]
     pub require_origin: bool,
 
+    /// Also serve the metrics, /healthz and /readyz, and nothing else, on
+    /// this address: each node's own, where several share --listen with
+    /// --reuse-port (a scrape of the shared port reaches any one of them).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Path of the Prometheus metrics endpoint; empty disables it.
     #[arg(long, default_value = "/metrics")]
     pub metrics_path: String,
@@ -536,7 +542,7 @@ impl Config {
              flush_slice={} io_uring={} slow_consumer={} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
-             redis={} redis_cluster={} redis_prefix={:?} bus_buffer={} \
+             redis={} redis_cluster={} redis_prefix={:?} bus_buffer={} metrics_listen={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
@@ -578,6 +584,7 @@ impl Config {
             },
             self.redis_prefix,
             self.bus_buffer,
+            opt(self.metrics_listen.map(|a| a.to_string())),
             self.handshake_timeout,
             self.close_timeout,
             self.shutdown_timeout,

@@ -42,6 +42,7 @@ use crate::{feed, metrics, sockopt, Shutdown};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const METRICS_LISTENER: Token = Token(usize::MAX - 4);
 
 /// Size of the one read buffer every socket is read into.
 const READ_BUF_LEN: usize = 64 * 1024;
@@ -97,6 +98,8 @@ const WS_READ_BUFFER: usize = 128;
 pub(crate) struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// `--metrics-listen`: the node's own door to its metrics and health.
+    metrics_listener: Option<TcpListener>,
     conns: Slab<Conn>,
     cfg: Config,
     route: RouteConfig,
@@ -225,6 +228,18 @@ impl Server {
         // payload; input at least a 6-byte header and the same payload.
         let expansion = (10 + cfg.prefix.len()).div_ceil(MIN_READ).max(1);
         let bus = Bus::new(&cfg, now)?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(addr) => {
+                let std = StdListener::bind(addr)?;
+                std.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(std);
+                poll.registry()
+                    .register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
+                tracing::info!(addr = %l.local_addr()?, "metrics and health listening");
+                Some(l)
+            }
+            None => None,
+        };
         let ring = if cfg.io_uring {
             match Ring::new() {
                 Ok(ring) => Some(ring),
@@ -239,6 +254,7 @@ impl Server {
         Ok(Server {
             poll,
             listener: Some(listener),
+            metrics_listener,
             conns: Slab::new(),
             route,
             ws_config,
@@ -338,6 +354,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
+                    METRICS_LISTENER => self.accept_metrics(now),
                     WAKER => {
                         if self.shutdown.is_requested() {
                             self.begin_shutdown(now);
@@ -458,7 +475,9 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Ok((stream, peer)) => {
+                    self.admit(stream, peer, now);
+                }
                 Err(e) if would_block(&e) => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) if is_fd_exhaustion(&e) => {
@@ -471,6 +490,30 @@ impl Server {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Accepts on `--metrics-listen`: connections there get the metrics and
+    /// health answers only. Not shed at the descriptor limit: a scrape
+    /// that fails then is how an operator hears of it.
+    fn accept_metrics(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.metrics_listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Some(k) = self.admit(stream, peer, now) {
+                        self.conns[k].serve_metrics_only();
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept on --metrics-listen failed");
                     return;
                 }
             }
@@ -499,13 +542,19 @@ impl Server {
         shed
     }
 
-    fn admit(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+    /// Takes a new connection in; returns its key unless it was dropped.
+    fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        peer: std::net::SocketAddr,
+        now: Instant,
+    ) -> Option<usize> {
         self.stats.accepted += 1;
         let over = self.conns.len() >= self.cfg.max_connections;
         if over && self.conns.len() >= self.cfg.max_connections + REJECT_SLACK {
             self.stats.over_limit += 1;
             self.stats.closed[CloseReason::Limit as usize] += 1;
-            return; // dropped: closed at once
+            return None; // dropped: closed at once
         }
         if let Err(e) = sockopt::apply(&stream, &self.cfg.socket) {
             tracing::debug!(%peer, error = %e, "socket option not applied");
@@ -519,7 +568,7 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(%peer, error = %e, "register failed");
-            return;
+            return None;
         }
         let mut conn = Conn::new(stream, peer, now + self.cfg.handshake_timeout, tick);
         if over {
@@ -535,6 +584,7 @@ impl Server {
         }
         entry.insert(conn);
         self.mark_dirty(key);
+        Some(key)
     }
 
     /// Handles `k`'s pipelined input, then reads it until `WouldBlock`,
@@ -854,10 +904,16 @@ impl Server {
             );
             self.round_left = self.round.len();
         }
-        let slice = match self.cfg.flush_slice {
+        let mut slice = match self.cfg.flush_slice {
             0 => self.round_left,
             n => n.min(self.round_left),
         };
+        if self.bus.as_ref().is_some_and(Bus::awaits_echo) {
+            // This node's messages are on their way back from Redis: a
+            // short slice lets the loop read them sooner, instead of after
+            // a full slice of writes for the messages before them.
+            slice = slice.min(ECHO_SLICE);
+        }
         self.round_left -= slice;
         if self.ring.is_some() {
             self.flush_slice_through_ring(slice, tick);
@@ -1107,6 +1163,10 @@ fn relist_if_ready(conn: &mut Conn, k: usize, unread: &mut VecDeque<usize>, limi
         unread.push_back(k);
     }
 }
+
+/// The most connections flushed per iteration while this node's own
+/// publishes are on their way through Redis.
+const ECHO_SLICE: usize = 64;
 
 /// Keys of a round kept together when it is reordered.
 const ROUND_BLOCK: usize = 64;

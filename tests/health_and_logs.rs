@@ -355,3 +355,36 @@ fn access_log_puts_each_request_at_info_with_method_path_status_and_bytes() {
     );
     let _ = herald.stop(WAIT);
 }
+
+#[test]
+fn metrics_listen_gives_each_node_its_own_door_to_metrics_and_health_and_nothing_else() {
+    let mut herald = HeraldProcess::builder()
+        .flags(&["--metrics-listen", "127.0.0.1:0"])
+        .start();
+    let line = herald.expect_line("the metrics listener", |l| {
+        l.contains("metrics and health listening")
+    });
+    let addr: SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_ne!(addr, herald.addr);
+    let get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        http_exchange(addr, request.as_bytes())
+    };
+    let metrics = get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.text().contains("herald_connections_open"));
+    assert_eq!(get("/healthz").status, 200);
+    assert_eq!(get("/readyz").status, 200);
+    // No chat, no WebSocket, no publishing there...
+    assert_eq!(get("/").status, 404);
+    let upgrade = http_exchange(addr, common::upgrade_request("13", "").as_bytes());
+    assert_eq!(upgrade.status, 404, "{}", upgrade.status_line);
+    // ...while the main port serves everything, the metrics included.
+    assert_eq!(healthz(herald.addr).status, 200);
+    let _ = herald.stop(WAIT);
+}

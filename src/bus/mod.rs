@@ -365,6 +365,12 @@ impl Bus {
         &self.echo
     }
 
+    /// Whether publishes of this node are written and not yet answered: their
+    /// echo is on its way.
+    pub fn awaits_echo(&self) -> bool {
+        self.state == State::Up && self.servers.iter().any(|s| s.publisher.written > 0)
+    }
+
     /// Whether the loop should poll without waiting: input is left over.
     pub fn has_input_left(&self) -> bool {
         self.input_left

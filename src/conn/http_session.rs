@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Conn, Ctx, State, NO_ROOM};
+use super::{Conn, Ctx, Marks, State, NO_ROOM};
 use crate::bus::{Ack, Target};
 use crate::config::Config;
 use crate::frame::{self, Frame, OP_BINARY, OP_TEXT};
@@ -248,7 +248,10 @@ impl Conn {
                 .then(|| http::request_line(input))
                 .flatten()
                 .map(|(m, p)| (m.to_string(), p.to_string()));
-            let route = http::route(input, ctx.route, ctx.phase);
+            let mut route = http::route(input, ctx.route, ctx.phase);
+            if self.marks.has(Marks::METRICS_ONLY) {
+                route = metrics_only(route);
+            }
             if let Some(Pending::Published { room: owed, .. }) = self.pending {
                 // Only a publish to the same room joins the same answer.
                 let same_room = matches!(&route, Route::Publish { room, .. }
@@ -491,6 +494,23 @@ impl Conn {
 /// else at debug).
 fn logging(cfg: &Config) -> bool {
     cfg.access_log || tracing::enabled!(tracing::Level::DEBUG)
+}
+
+/// What a connection on `--metrics-listen` may ask: the metrics and the
+/// health answers; the rest is not there.
+fn metrics_only(route: Route) -> Route {
+    match route {
+        Route::Get {
+            what: Resource::Metrics | Resource::Health | Resource::Ready,
+            ..
+        }
+        | Route::Incomplete
+        | Route::Reject(..) => route,
+        _ => Route::Reject(
+            Status::NotFound,
+            "only the metrics, /healthz and /readyz are served here",
+        ),
+    }
 }
 
 /// The request line of a publish, for its log line once the body is read.

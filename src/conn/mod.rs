@@ -144,6 +144,8 @@ impl Marks {
     /// The socket reported an error (the peer reset it): what is still
     /// unread was abandoned by the peer.
     const RESET: u8 = 16;
+    /// Accepted on `--metrics-listen`: served the metrics and health only.
+    const METRICS_ONLY: u8 = 32;
 
     #[inline]
     fn has(self, bit: u8) -> bool {
@@ -663,6 +665,12 @@ impl Conn {
     /// The socket may take bytes again.
     pub fn on_writable(&mut self) {
         self.blocked = false;
+    }
+
+    /// Accepted on `--metrics-listen`: it is answered the metrics,
+    /// `/healthz` and `/readyz`, and 404 for anything else.
+    pub fn serve_metrics_only(&mut self) {
+        self.marks.set(Marks::METRICS_ONLY, true);
     }
 
     /// Whether the end phase has something to write for it: queued bytes,
