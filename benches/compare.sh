@@ -54,7 +54,10 @@
 #                                  runs it as a service beside herald's core, as a deployment
 #                                  would, where the nodes alone share SERVER_CPU
 #   PORT=9400                      port the servers listen on (127.0.0.1 only)
-#   OUT=target/compare             where results go
+#   OUT=target/compare/<UTC date-time>-<commit>
+#                                  where results go (a new directory each run; target/compare/latest
+#                                  links to the newest); an OUT given is used as it is
+#   HERALD_LOG=warn                herald's RUST_LOG during the runs
 #   SKIP_BUILD=1 SKIP_INSTALL=1    reuse existing binaries / node_modules / venv
 #   HERALD=... LOADGEN=...         binaries to use (default: $CARGO_TARGET_DIR or target/)
 #   HERALD_FLAGS="--client-rate 0 --client-bandwidth 0"
@@ -99,7 +102,15 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 REDIS_CPU=${REDIS_CPU:-$SERVER_CPU}
 PORT=${PORT:-9400}
-OUT=${OUT:-$ROOT/target/compare}
+# One directory per run, named by when and at which commit it ran, and a `latest` link
+# to the newest; OUT given is used as it is.
+if [[ -z ${OUT:-} ]]; then
+    OUT=$ROOT/target/compare/$(date -u +%Y%m%d-%H%M%S)-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo nogit)
+    LATEST=$ROOT/target/compare/latest
+fi
+# herald's log level during runs: warn, so a run's log holds its problems, not a line per
+# connection (HERALD_LOG=info or debug to see more).
+HERALD_LOG=${HERALD_LOG:-warn}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 HERALD=${HERALD:-$TARGET/release/herald}
 HERALD_FLAGS=${HERALD_FLAGS---client-rate 0 --client-bandwidth 0}
@@ -115,6 +126,7 @@ LOCAL_ADDRS=127.0.0.1-127.0.0.8
 CONNECT_PHASE=60
 
 mkdir -p "$OUT"
+[[ -z ${LATEST:-} ]] || ln -sfn "$OUT" "$LATEST"
 log() { printf '== %s\n' "$*" >&2; }
 
 if [[ -z ${SKIP_BUILD:-} ]]; then
@@ -167,9 +179,9 @@ trap 'stop_server; stop_cluster' EXIT INT TERM
 start_server() { # NAME LOGFILE
     case $1 in
         # shellcheck disable=SC2086 # the flags are words
-        herald) taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" $HERALD_FLAGS >"$2" 2>&1 & ;;
+        herald) RUST_LOG=$HERALD_LOG taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" $HERALD_FLAGS >"$2" 2>&1 & ;;
         # shellcheck disable=SC2086
-        baseline|before) taskset -c "$SERVER_CPU" \
+        baseline|before) RUST_LOG=$HERALD_LOG taskset -c "$SERVER_CPU" \
             "${HERALD_BASELINE:?set HERALD_BASELINE to run server $1}" \
             --listen "127.0.0.1:$PORT" $HERALD_BASELINE_FLAGS >"$2" 2>&1 & ;;
         node) PORT=$PORT HOST=127.0.0.1 taskset -c "$SERVER_CPU" node "$PEERS/node/server.js" >"$2" 2>&1 & ;;
@@ -215,7 +227,7 @@ run_cluster() { # SCENARIO
     local nodes=()
     for n in 1 2; do
         # shellcheck disable=SC2086 # the flags are words
-        taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" --reuse-port --redis "$url" \
+        RUST_LOG=$HERALD_LOG taskset -c "$SERVER_CPU" "$HERALD" --listen "127.0.0.1:$PORT" --reuse-port --redis "$url" \
             $HERALD_FLAGS >"$base.node$n.log" 2>&1 &
         nodes+=("$!")
         # Nodes first: they are stopped before Redis.
@@ -589,4 +601,13 @@ warn = [f"{s}-{sc}" for sc in scenarios for s in servers
 if warn:
     print("loadgen used over 90% of its core in: " + ", ".join(warn) + " (those figures are a floor)")
 PY
-echo "results (table.txt, one JSON per run), logs, .hgrm files and latency-c.svg are in $OUT" >&2
+# Only what this run wrote.
+wrote=("table.txt")
+n_json=$(find "$OUT" -maxdepth 1 -name '*.json' | wc -l)
+((n_json == 0)) || wrote+=("$n_json JSON results")
+n_logs=$(find "$OUT" -maxdepth 1 -name '*.log' | wc -l)
+((n_logs == 0)) || wrote+=("$n_logs logs")
+n_hgrm=$(find "$OUT" -maxdepth 1 -name '*.hgrm' | wc -l)
+((n_hgrm == 0)) || wrote+=("$n_hgrm .hgrm latency distributions")
+[[ ! -s $OUT/latency-c.svg ]] || wrote+=("latency-c.svg")
+(IFS=,; echo "wrote ${wrote[*]} in $OUT${LATEST:+ (also $LATEST)}" | sed 's/,/, /g') >&2
