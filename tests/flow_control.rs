@@ -358,16 +358,15 @@ fn settled_count(addr: SocketAddr, within: Duration) -> u64 {
 }
 
 /// One client writes a 4 MiB burst of tiny text frames, reading its own
-/// echoes, while five clients read flat out. The burst gets 5 s at most
+/// echoes, while `readers` clients read flat out. The burst gets 5 s at most
 /// (a server that paces the client never takes it all); then the flooder is
 /// reset, and once herald's count has settled every reader is read up to
 /// it. Returns the count and what each reader saw.
-pub fn burst_to_fast_readers(flags: &[&str]) -> (u64, Vec<Seen>) {
-    const READERS: usize = 5;
+pub fn burst_to_fast_readers(flags: &[&str], readers: usize) -> (u64, Vec<Seen>) {
     let server = TestServer::start(flags);
     let target = Arc::new(AtomicU64::new(u64::MAX));
     let deadline = Instant::now() + Duration::from_secs(20);
-    let readers: Vec<JoinHandle<Seen>> = (0..READERS)
+    let readers: Vec<JoinHandle<Seen>> = (0..readers)
         .map(|_| {
             let s = raw_websocket(server.addr);
             let target = target.clone();
@@ -407,15 +406,20 @@ pub fn burst_to_fast_readers(flags: &[&str]) -> (u64, Vec<Seen>) {
 
 #[test]
 fn a_burst_of_tiny_messages_evicts_no_fast_reader_and_reaches_each_in_order() {
-    check_burst(&[]);
+    check_burst(&[], 5);
 }
 
+/// Unpaced, herald fans the burst out as fast as its core allows, and
+/// checking each message costs a reader more than sending it costs herald:
+/// on two cores, five reader threads sharing one cannot keep up, and are
+/// rightly evicted as slow. Two can: the property under test (no batch
+/// runs ahead of a reader that keeps up) needs readers that keep up.
 #[test]
 fn without_rate_limits_a_burst_still_evicts_no_fast_reader() {
-    check_burst(&UNLIMITED);
+    check_burst(&UNLIMITED, 2);
 }
 
-fn check_burst(flags: &[&str]) {
+fn check_burst(flags: &[&str], readers: usize) {
     let _serial = serial();
     // Loopback autotunes herald's send buffers to megabytes within the
     // burst, enough to hide from its queues, most of the time, how far
@@ -424,7 +428,7 @@ fn check_burst(flags: &[&str]) {
     // the queues see on every run.
     let mut flags = flags.to_vec();
     flags.extend(["--send-buffer", "256KiB"]);
-    let (accepted, seen) = burst_to_fast_readers(&flags);
+    let (accepted, seen) = burst_to_fast_readers(&flags, readers);
     assert!(accepted > 0, "herald accepted none of the burst");
     for (i, s) in seen.iter().enumerate() {
         assert!(
