@@ -458,15 +458,49 @@ fn subscription(proxy: &Proxy) -> usize {
     subs[0]
 }
 
+/// One node on Redis through a proxy, two clients in `room`, subscribed:
+/// what a quiet failure of the wire needs.
+struct Proxied {
+    redis: RedisServer,
+    proxy: Proxy,
+    herald: HeraldProcess,
+    channel: String,
+    clients: [Client; 2],
+    /// The node's reconnects so far.
+    reconnects: u64,
+}
+
+impl Proxied {
+    fn start(room: &str) -> Self {
+        let redis = RedisServer::start();
+        let proxy = Proxy::start(redis.addr());
+        let herald = node(&["--redis", &proxy.url()]);
+        let channel = channel("herald", Some(room));
+        let path = format!("/rooms/{room}");
+        let clients = [join(herald.addr, &path), join(herald.addr, &path)];
+        redis.wait_subscribers(&channel, 1);
+        let reconnects = metric(herald.addr, "herald_bus_reconnects_total");
+        Proxied {
+            redis,
+            proxy,
+            herald,
+            channel,
+            clients,
+            reconnects,
+        }
+    }
+}
+
 #[test]
 fn a_subscription_lost_silently_is_noticed_by_a_publish_that_reached_nobody() {
-    let redis = RedisServer::start();
-    let proxy = Proxy::start(redis.addr());
-    let herald = node(&["--redis", &proxy.url()]);
-    let ch = channel("herald", Some("q"));
-    let mut clients = [join(herald.addr, "/rooms/q"), join(herald.addr, "/rooms/q")];
-    redis.wait_subscribers(&ch, 1);
-    let before = metric(herald.addr, "herald_bus_reconnects_total");
+    let Proxied {
+        redis,
+        proxy,
+        herald,
+        channel: ch,
+        mut clients,
+        reconnects: before,
+    } = Proxied::start("q");
 
     // Redis loses the subscription; herald's end of it stays open and quiet.
     proxy.cut_upstream(subscription(&proxy));
@@ -489,13 +523,14 @@ fn a_subscription_lost_silently_is_noticed_by_a_publish_that_reached_nobody() {
 
 #[test]
 fn a_subscription_gone_quiet_is_noticed_by_its_ping_and_what_it_missed_is_counted() {
-    let redis = RedisServer::start();
-    let proxy = Proxy::start(redis.addr());
-    let herald = node(&["--redis", &proxy.url()]);
-    let ch = channel("herald", Some("s"));
-    let mut clients = [join(herald.addr, "/rooms/s"), join(herald.addr, "/rooms/s")];
-    redis.wait_subscribers(&ch, 1);
-    let before = metric(herald.addr, "herald_bus_reconnects_total");
+    let Proxied {
+        redis,
+        proxy,
+        herald,
+        channel: ch,
+        mut clients,
+        reconnects: before,
+    } = Proxied::start("s");
 
     // The subscription carries nothing more, both ends open: Redis still
     // counts it, so a publish reaches it and is lost on the wire.

@@ -4,7 +4,9 @@
 use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
-use mio::{Registry, Token};
+use std::net::SocketAddr;
+
+use mio::{Interest, Registry, Token};
 
 use crate::nonblock::{interrupted, would_block};
 use crate::stats::Stats;
@@ -48,6 +50,24 @@ impl Link {
             written: 0,
             greeting: 0,
         }
+    }
+
+    /// Starts a non-blocking connect to `addr`, registered for both
+    /// readinesses under this link's token.
+    pub(super) fn open(&mut self, addr: SocketAddr, registry: &Registry) -> Result<(), String> {
+        let mut sock = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+        // Commands are written once per iteration, whole: no need to wait
+        // for more.
+        let _ = sock.set_nodelay(true);
+        registry
+            .register(
+                &mut sock,
+                self.token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("register: {e}"))?;
+        self.sock = Some(sock);
+        Ok(())
     }
 
     /// Closes the socket; what is queued stays.

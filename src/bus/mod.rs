@@ -38,8 +38,7 @@ use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use prometheus_client::metrics::histogram::Histogram;
 use redis_protocol::redis_keyslot;
 use redis_protocol::resp2::decode::decode_range;
@@ -1158,16 +1157,7 @@ impl Bus {
         let probe = &mut c.probe;
         probe.close(registry);
         probe.out.clear();
-        let mut sock = TcpStream::connect(seed).map_err(|e| format!("connect to {seed}: {e}"))?;
-        registry
-            .register(
-                &mut sock,
-                probe.token,
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(|e| format!("register: {e}"))?;
-        probe.sock = Some(sock);
-        Ok(())
+        probe.open(seed, registry)
     }
 
     /// Drives the seed's connection: once connected, asks `CLUSTER SLOTS`
@@ -1287,17 +1277,7 @@ impl Bus {
         for s in &mut self.servers {
             s.phase = Phase::Connecting;
             for link in [&mut s.publisher, &mut s.subscriber] {
-                let mut sock = TcpStream::connect(s.addr)
-                    .map_err(|e| format!("connect to {}: {e}", s.addr))?;
-                let _ = sock.set_nodelay(true);
-                registry
-                    .register(
-                        &mut sock,
-                        link.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .map_err(|e| format!("register: {e}"))?;
-                link.sock = Some(sock);
+                link.open(s.addr, registry)?;
             }
         }
         Ok(())
