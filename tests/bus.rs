@@ -493,23 +493,16 @@ impl Proxied {
 
 #[test]
 fn a_subscription_lost_silently_is_noticed_by_a_publish_that_reached_nobody() {
-    let Proxied {
-        redis,
-        proxy,
-        herald,
-        channel: ch,
-        mut clients,
-        reconnects: before,
-    } = Proxied::start("q");
+    let mut p = Proxied::start("q");
 
     // Redis loses the subscription; herald's end of it stays open and quiet.
-    proxy.cut_upstream(subscription(&proxy));
-    redis.wait_subscribers(&ch, 0);
+    p.proxy.cut_upstream(subscription(&p.proxy));
+    p.redis.wait_subscribers(&p.channel, 0);
     let sent = Instant::now();
-    send_text(&mut clients[0], "nobody heard this");
+    send_text(&mut p.clients[0], "nobody heard this");
     // Its PUBLISH reached nobody: herald reconnects at once (not after its
     // PING goes unanswered, 3 s later) and publishes it again.
-    for ws in &mut clients {
+    for ws in &mut p.clients {
         assert_eq!(recv_text(ws), format!("{PREFIX}nobody heard this"));
     }
     assert!(
@@ -517,35 +510,28 @@ fn a_subscription_lost_silently_is_noticed_by_a_publish_that_reached_nobody() {
         "took {:?}: noticed by the PING, not by the publish",
         sent.elapsed()
     );
-    assert!(metric(herald.addr, "herald_bus_reconnects_total") > before);
-    assert_eq!(metric(herald.addr, "herald_bus_gaps_total"), 0);
+    assert!(metric(p.herald.addr, "herald_bus_reconnects_total") > p.reconnects);
+    assert_eq!(metric(p.herald.addr, "herald_bus_gaps_total"), 0);
 }
 
 #[test]
 fn a_subscription_gone_quiet_is_noticed_by_its_ping_and_what_it_missed_is_counted() {
-    let Proxied {
-        redis,
-        proxy,
-        herald,
-        channel: ch,
-        mut clients,
-        reconnects: before,
-    } = Proxied::start("s");
+    let mut p = Proxied::start("s");
 
     // The subscription carries nothing more, both ends open: Redis still
     // counts it, so a publish reaches it and is lost on the wire.
-    proxy.freeze(subscription(&proxy));
-    send_text(&mut clients[0], "lost on the wire");
+    p.proxy.freeze(subscription(&p.proxy));
+    send_text(&mut p.clients[0], "lost on the wire");
     eventually(
         Duration::from_secs(8),
         "a reconnect after the PING went unanswered",
-        || (metric(herald.addr, "herald_bus_reconnects_total") > before).then_some(()),
+        || (metric(p.herald.addr, "herald_bus_reconnects_total") > p.reconnects).then_some(()),
     );
-    redis.wait_subscribers(&ch, 2);
-    send_text(&mut clients[0], "after");
-    for ws in &mut clients {
+    p.redis.wait_subscribers(&p.channel, 2);
+    send_text(&mut p.clients[0], "after");
+    for ws in &mut p.clients {
         assert_eq!(recv_text(ws), format!("{PREFIX}after"));
     }
     // The lost message is a gap in this node's own sequence, never silent.
-    assert_eq!(metric(herald.addr, "herald_bus_gaps_total"), 1);
+    assert_eq!(metric(p.herald.addr, "herald_bus_gaps_total"), 1);
 }
