@@ -431,20 +431,22 @@ impl Server {
             now,
             prefix: self.cfg.prefix.as_bytes(),
         });
-        self.bus_acks.extend(bus.take_acks());
+        bus.take_acks(&mut self.bus_acks);
         if self.feed_line.is_some() {
             self.drain_feed();
         }
         let tick = self.tick(now);
         let limit = self.cfg.max_queued_bytes;
-        for (ack, nodes) in std::mem::take(&mut self.bus_acks) {
+        for &(ack, nodes) in &self.bus_acks {
             let Some(conn) = self.conns.get_mut(ack.key) else {
                 continue;
             };
             if conn.answer_bus_published(ack.ticket, nodes, now, &self.cfg) {
                 conn.flush(tick, &mut self.stats);
                 relist_if_ready(conn, ack.key, &mut self.unread, limit);
-                self.mark_dirty(ack.key);
+                if conn.list_for_flush() {
+                    self.dirty.push(ack.key);
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ use std::thread;
 use common::{
     connect, eventually, masked_frame, metric, raw_websocket, read_until_close_frame, recv_text,
     send_text, tcp_tiny_receive_buffer, Client, ServerFrame, TestServer, PREFIX, TIMEOUT,
+    UNLIMITED,
 };
 
 /// Opens a WebSocket, writes `bytes` in one go and returns the close frame
@@ -296,16 +297,13 @@ fn an_empty_fragment_that_ends_a_read_counts_at_once() {
 #[test]
 fn a_ping_flood_from_a_client_that_does_not_read_costs_a_few_pongs() {
     // No rate limit, so the whole flood reaches the pong logic at once.
-    let server = TestServer::start(&[
-        "--max-queued-bytes",
-        "64KiB",
-        "--send-buffer",
-        "8KiB",
-        "--client-rate",
-        "0",
-        "--client-bandwidth",
-        "0",
-    ]);
+    let server = TestServer::start(
+        &[
+            &["--max-queued-bytes", "64KiB", "--send-buffer", "8KiB"][..],
+            &UNLIMITED,
+        ]
+        .concat(),
+    );
     let addr = server.addr;
     let mut bystander = connect(addr);
     let mut flooder = tcp_tiny_receive_buffer(addr);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     connect, drain, handshake, metric, recv_text, split, start_with, tcp_tiny_receive_buffer,
-    Client, Ending, PREFIX, TIMEOUT,
+    Client, Ending, PREFIX, TIMEOUT, UNLIMITED,
 };
 use tungstenite::Message;
 
@@ -277,14 +277,7 @@ fn a_slow_reader_behind_a_tiny_window_gets_every_byte_in_order_through_io_uring(
 /// The queue limit is far above the total, so nothing is dropped.
 fn slow_reader_with(extra: &[&str]) {
     let server = start_with(
-        &[
-            "--send-buffer",
-            "8KiB",
-            "--client-rate",
-            "0",
-            "--client-bandwidth",
-            "0",
-        ],
+        &[&["--send-buffer", "8KiB"][..], &UNLIMITED].concat(),
         extra,
     );
     let mut slow = handshake(server.addr, tcp_tiny_receive_buffer(server.addr));

@@ -393,10 +393,12 @@ impl Bus {
         }
     }
 
-    /// HTTP publishes Redis answered since the last call, with the number of
-    /// subscribers Redis counted.
-    pub fn take_acks(&mut self) -> std::vec::Drain<'_, (Ack, i64)> {
-        self.acks.drain(..)
+    /// Moves the HTTP publishes Redis answered since the last call, with the
+    /// number of subscribers Redis counted (negative: refused), into `into`
+    /// (emptied first): the two vectors trade places, so neither allocates.
+    pub fn take_acks(&mut self, into: &mut Vec<(Ack, i64)>) {
+        into.clear();
+        std::mem::swap(&mut self.acks, into);
     }
 
     /// A number for an HTTP publish's [`Ack`].
@@ -1175,23 +1177,7 @@ impl Bus {
             if !probe.connected {
                 return Ok(None);
             }
-            let mut n = 0;
-            match (&self.url.username, &self.url.password) {
-                (Some(u), Some(p)) => {
-                    pack(
-                        &mut self.cmd,
-                        "AUTH",
-                        &[u.as_bytes(), p.as_bytes()],
-                        &mut probe.out,
-                    );
-                    n += 1;
-                }
-                (None, Some(p)) => {
-                    pack(&mut self.cmd, "AUTH", &[p.as_bytes()], &mut probe.out);
-                    n += 1;
-                }
-                _ => {}
-            }
+            let n = pack_auth(&mut self.cmd, &self.url, &mut probe.out);
             pack(&mut self.cmd, "CLUSTER", &[b"SLOTS"], &mut probe.out);
             probe.greeting = n;
             probe.flush(usize::MAX, stats)?;
@@ -1394,18 +1380,7 @@ impl Server {
             // What a greeting reply is answered before: nothing else may
             // sit ahead of it in the buffer.
             let mut greeting = Vec::new();
-            let mut n = 0;
-            match (&url.username, &url.password) {
-                (Some(u), Some(p)) => {
-                    pack(cmd, "AUTH", &[u.as_bytes(), p.as_bytes()], &mut greeting);
-                    n += 1;
-                }
-                (None, Some(p)) => {
-                    pack(cmd, "AUTH", &[p.as_bytes()], &mut greeting);
-                    n += 1;
-                }
-                _ => {}
-            }
+            let mut n = pack_auth(cmd, url, &mut greeting);
             if select && url.db != 0 && role == "pub" {
                 pack(
                     cmd,
@@ -1438,6 +1413,17 @@ impl Server {
         // Subscriptions are made again; publishes are kept.
         self.subscriber.out.clear();
     }
+}
+
+/// Packs the `AUTH` that `url`'s credentials call for, if any, onto `out`;
+/// returns the commands packed (0 or 1).
+fn pack_auth(cmd: &mut redis::Cmd, url: &RedisUrl, out: &mut Vec<u8>) -> u32 {
+    match (&url.username, &url.password) {
+        (Some(u), Some(p)) => pack(cmd, "AUTH", &[u.as_bytes(), p.as_bytes()], out),
+        (None, Some(p)) => pack(cmd, "AUTH", &[p.as_bytes()], out),
+        _ => return 0,
+    };
+    1
 }
 
 /// The channel of room `name` (empty: the lobby), into `out`.
