@@ -414,9 +414,16 @@ fn a_burst_of_tiny_messages_evicts_no_fast_reader_and_reaches_each_in_order() {
 /// on two cores, five reader threads sharing one cannot keep up, and are
 /// rightly evicted as slow. Two can: the property under test (no batch
 /// runs ahead of a reader that keeps up) needs readers that keep up.
+/// The limit is 16 MiB here: a batch is a quarter of it, so what is tested
+/// (no batch runs past a reader that keeps up) is the same, while a reader
+/// thread descheduled for a moment on a loaded two-core machine (it fell
+/// 4 MiB behind in 0.2 s in a clean CI run) is not taken for a slow one.
 #[test]
 fn without_rate_limits_a_burst_still_evicts_no_fast_reader() {
-    check_burst(&UNLIMITED, 2);
+    check_burst(
+        &[&UNLIMITED[..], &["--max-queued-bytes", "16MiB"]].concat(),
+        2,
+    );
 }
 
 fn check_burst(flags: &[&str], readers: usize) {
