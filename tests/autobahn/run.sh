@@ -304,7 +304,13 @@ rm -rf reports/servers-tls
 if [[ -n "${AUTOBAHN_SERVER_CMD:-}" || "${AUTOBAHN_TLS:-1}" == 0 ]]; then
   log "the wss:// run is skipped (${AUTOBAHN_SERVER_CMD:+AUTOBAHN_SERVER_CMD is set}${AUTOBAHN_SERVER_CMD:-AUTOBAHN_TLS=0})"
 else
-  command -v openssl >/dev/null || die "openssl not found (needed for the wss:// run's certificate; AUTOBAHN_TLS=0 skips it)"
+  if ! command -v openssl >/dev/null; then
+    [[ $(id -u) -eq 0 ]] \
+      || die "openssl not found (needed for the wss:// run's certificate; AUTOBAHN_TLS=0 skips it)"
+    log "openssl missing: installing it"
+    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends openssl \
+      || die "apt-get install openssl failed"
+  fi
   TLS_DIR="$(mktemp -d)"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
     -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" -subj /CN=localhost \
