@@ -235,7 +235,7 @@ impl Session {
         TlsRead::Read {
             plain,
             wire,
-            drained: socket.short && left == 0,
+            drained: socket.short && left == 0 && !closed,
         }
     }
 
