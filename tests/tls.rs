@@ -111,11 +111,14 @@ fn assert_all_hear_each_other(clients: &mut [WssClient], tag: &str) {
 
 #[test]
 fn every_wss_client_gets_every_message_in_order() {
-    let tls = Tls::start(&[]);
-    let mut clients: Vec<WssClient> = (0..3).map(|_| tls.wss("/")).collect();
-    assert_all_hear_each_other(&mut clients, "hello");
-    drop(clients);
-    tls.finish();
+    // With --io-uring, TLS connections are flushed beside the ring's writes.
+    for variant in [&[][..], &["--io-uring"]] {
+        let tls = Tls::start(variant);
+        let mut clients: Vec<WssClient> = (0..3).map(|_| tls.wss("/")).collect();
+        assert_all_hear_each_other(&mut clients, "hello");
+        drop(clients);
+        tls.finish();
+    }
 }
 
 #[test]
@@ -187,6 +190,124 @@ fn rooms_over_wss_keep_to_themselves() {
         assert_eq!(recv(c), format!("{PREFIX}red again"));
     }
     drop((red, blue, lobby));
+    tls.finish();
+}
+
+/// Reads until the server's close frame and the end of the session;
+/// returns the code. The session must end with close_notify: a clean EOF
+/// through rustls, not a TCP close it reports as truncation.
+fn read_close(ws: &mut WssClient) -> u16 {
+    let mut code = None;
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => {
+                code = Some(u16::from(frame.expect("a close code").code));
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => {
+                return code.expect("the session ended without a close frame")
+            }
+            Err(e) => panic!("after close {code:?}: {e} (no close_notify?)"),
+        }
+    }
+}
+
+#[test]
+fn a_wss_client_closes_politely_and_sigterm_closes_the_others_with_1001() {
+    let tls = Tls::start(&["--shutdown-timeout", "30s"]);
+    let mut clients: Vec<WssClient> = (0..3).map(|_| tls.wss("/")).collect();
+    // One leaves with the close handshake: 1000 back, then close_notify.
+    let mut leaving = clients.pop().expect("a client");
+    leaving
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .expect("send close");
+    assert_eq!(read_close(&mut leaving), 1000);
+    assert_all_hear_each_other(&mut clients, "after a leave");
+
+    let Tls { mut herald, .. } = tls;
+    herald.signal(libc::SIGTERM);
+    let started = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(read_close(c), 1001, "client {i}");
+    }
+    drop(clients);
+    let status = herald.wait(TIMEOUT);
+    assert!(status.success(), "{status}");
+    // Well before --shutdown-timeout: herald had every reply.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(herald.count_in_log("panicked"), 0, "{:#?}", herald.log());
+}
+
+#[test]
+fn a_wss_client_that_never_reads_is_closed_at_the_queue_limit_and_the_others_get_everything() {
+    let mut flags = vec!["--max-queued-bytes", "256KiB", "--send-buffer", "16KiB"];
+    flags.extend(UNLIMITED);
+    let tls = Tls::start(&flags);
+    // Never read: a tiny receive buffer, upgraded, then left alone.
+    let mut stuck = tls_over(tcp_with_buffers(tls.addr(), Some(4096), None), &tls.client);
+    stuck
+        .write_all(upgrade_request("13", "").as_bytes())
+        .expect("send upgrade");
+    let mut healthy = tls.wss("/");
+    const MESSAGES: usize = 2_000;
+    let filler = "z".repeat(1000);
+    for seq in 0..MESSAGES {
+        let text = format!("{seq} {filler}");
+        send(&mut healthy, &text);
+        assert_eq!(
+            recv(&mut healthy),
+            format!("{PREFIX}{text}"),
+            "message {seq}"
+        );
+    }
+    let metrics = tls.scrape();
+    assert_eq!(
+        sample(&metrics, "herald_slow_consumers_total"),
+        1,
+        "{metrics}"
+    );
+    // The stuck client's session was ended: its socket reaches EOF once
+    // what herald had sent is read.
+    stuck.sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let rest = read_to_close(&mut stuck.sock).expect("the stuck client closed");
+    assert!(
+        rest.len() < 2 * 1024 * 1024,
+        "{} bytes reached the stuck client",
+        rest.len()
+    );
+    drop((healthy, stuck));
+    tls.finish();
+}
+
+#[test]
+fn past_max_connections_a_tls_newcomer_is_turned_away_at_once() {
+    let tls = Tls::start(&["--max-connections", "2"]);
+    let mut open = vec![tls.wss("/"), tls.wss("/")];
+    let started = Instant::now();
+    let mut newcomer = rustls::StreamOwned::new(client_session(&tls.client), tcp(tls.addr()));
+    let mut failed = None;
+    while failed.is_none() && started.elapsed() < TIMEOUT {
+        if let Err(e) = newcomer.conn.complete_io(&mut newcomer.sock) {
+            failed = Some(e);
+        } else if !newcomer.conn.is_handshaking() {
+            panic!("a TLS handshake past --max-connections completed");
+        }
+    }
+    let failed = failed.expect("the newcomer neither served nor refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused only after {:?}: {failed}",
+        started.elapsed()
+    );
+    assert_all_hear_each_other(&mut open, "the two admitted");
+    drop(open);
     tls.finish();
 }
 
@@ -584,9 +705,13 @@ impl Watched {
     }
 }
 
-/// A TLS alert record (content type 21) and nothing after it but more alerts.
-fn assert_alert(reply: &[u8], what: &str) {
-    assert!(!reply.is_empty(), "{what}: closed without an alert");
+/// `reply` is TLS alert records (content type 21) and nothing else;
+/// returns the level of the first (1 warning, 2 fatal).
+fn assert_alert(reply: &[u8], what: &str) -> u8 {
+    assert!(
+        reply.len() >= 7,
+        "{what}: closed without an alert: {reply:?}"
+    );
     let mut at = 0;
     while at < reply.len() {
         assert_eq!(
@@ -597,6 +722,7 @@ fn assert_alert(reply: &[u8], what: &str) {
         at += 5 + len;
     }
     assert_eq!(at, reply.len(), "{what}: a partial record: {reply:?}");
+    reply[5]
 }
 
 #[test]
@@ -631,20 +757,34 @@ fn garbage_on_the_tls_port_gets_an_alert_and_a_close() {
         x ^= x << 5;
         noise.push(x as u8);
     }
-    let garbage: [(&str, &[u8]); 4] = [
-        ("random bytes", &noise),
-        ("lower-case text", b"get / http/1.1\r\nhost: x\r\n\r\n"),
+    // Each with whether rustls seals a fatal alert for it: for a handshake
+    // message announced larger than it takes it seals none, and the
+    // session ends with herald's close_notify.
+    let garbage: [(&str, &[u8], bool); 4] = [
+        ("random bytes", &noise, true),
         (
-            "a handshake record that is no ClientHello",
-            b"\x16\x03\x01\x00\x05hello",
+            "lower-case text",
+            b"get / http/1.1\r\nhost: x\r\n\r\n",
+            true,
         ),
-        ("a record longer than TLS allows", b"\x16\x03\x01\xff\xff"),
+        (
+            "a 6 MB handshake message announced",
+            b"\x16\x03\x01\x00\x05hello",
+            false,
+        ),
+        (
+            "a record longer than TLS allows",
+            b"\x16\x03\x01\xff\xff",
+            true,
+        ),
     ];
-    for (n, (what, bytes)) in garbage.iter().enumerate() {
+    for (n, (what, bytes, fatal)) in garbage.iter().enumerate() {
         let mut s = tcp(watched.addr());
         s.write_all(bytes).expect("write garbage");
         let reply = read_to_close(&mut s).unwrap_or_else(|e| panic!("{what}: not closed: {e}"));
-        assert_alert(&reply, what);
+        let level = assert_alert(&reply, what);
+        let want = if *fatal { 2 } else { 1 };
+        assert_eq!(level, want, "{what}: the alert's level: {reply:?}");
         let failures = watched.failures();
         assert_eq!(failures, n as u64 + 1, "{what}: herald_tls_failures_total");
     }
