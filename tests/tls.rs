@@ -170,6 +170,45 @@ fn a_large_message_and_a_burst_reach_a_client_with_a_tiny_receive_buffer_whole_a
 }
 
 #[test]
+fn a_wss_client_paced_by_client_bandwidth_gets_all_it_sent_through() {
+    // A second's worth (128 KiB) at once, then 128 KiB a second: the
+    // plaintext rustls has decrypted waits in the session while the
+    // client is not read, and must be taken up without a new socket event.
+    let tls = Tls::start(&[
+        "--client-bandwidth",
+        "128KiB",
+        "--max-message-size",
+        "128KiB",
+    ]);
+    let mut ws = tls.wss("/");
+    let started = Instant::now();
+    let texts: Vec<String> = (0..3)
+        .map(|n| format!("{n}{}", "p".repeat(100 * 1024)))
+        .collect();
+    for text in &texts {
+        ws.write(tungstenite::Message::text(text.as_str()))
+            .expect("write");
+    }
+    ws.flush().expect("flush");
+    for (n, text) in texts.iter().enumerate() {
+        let got = recv(&mut ws);
+        assert!(
+            got == format!("{PREFIX}{text}"),
+            "message {n}: {} bytes",
+            got.len()
+        );
+    }
+    // 300 KiB at 128 KiB a second, the first 128 KiB at once: paced.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not paced: {:?}",
+        started.elapsed()
+    );
+    drop(ws);
+    tls.finish();
+}
+
+#[test]
 fn rooms_over_wss_keep_to_themselves() {
     let tls = Tls::start(&[]);
     let mut red = vec![tls.wss("/rooms/red"), tls.wss("/rooms/red")];
