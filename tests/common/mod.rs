@@ -15,6 +15,7 @@ pub mod hostile;
 mod process;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 
 pub use bus::all_hear_nothing;
 pub use hostile::*;
@@ -455,7 +456,7 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpResponse {
 
 /// Reads one response from `s`: the head, then `Content-Length` bytes of
 /// body unless it answers a HEAD request. Reads nothing past it.
-pub fn read_http_response(s: &mut TcpStream, head_request: bool) -> HttpResponse {
+pub fn read_http_response(s: &mut impl Read, head_request: bool) -> HttpResponse {
     let raw = read_head_exact(s).unwrap_or_else(|e| panic!("reading the response head: {e}"));
     let mut resp = parse_head(&raw);
     if !head_request {
