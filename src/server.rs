@@ -626,7 +626,9 @@ impl Server {
     ) -> Option<usize> {
         self.stats.accepted += 1;
         let over = self.conns.len() >= self.cfg.max_connections;
-        if over && self.conns.len() >= self.cfg.max_connections + REJECT_SLACK {
+        // A TLS newcomer cannot read a 503 before its handshake, which a
+        // turned-away connection is not worth: it is closed at once.
+        if over && (tls || self.conns.len() >= self.cfg.max_connections + REJECT_SLACK) {
             self.stats.over_limit += 1;
             self.stats.closed[CloseReason::Limit as usize] += 1;
             return None; // dropped: closed at once
