@@ -262,6 +262,7 @@ pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Conf
             rooms: 0,
         }),
         shard: (0, 1),
+        tls: None,
     }
 }
 
