@@ -4,6 +4,7 @@
 //! embedded default configuration that `herald` runs with when given none.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -139,6 +140,22 @@ pub struct Config {
     /// Reject (403) upgrade requests that carry no Origin header.
     #[arg(long)]
     pub require_origin: bool,
+
+    /// Serve TLS with this certificate chain (PEM), with --tls-key: the
+    /// listener (or --tls-listen) speaks https:// and wss:// only. SIGHUP
+    /// loads the pair again for new connections.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve TLS on this address, besides plain HTTP on --listen (for a
+    /// health checker or a publisher on loopback). Needs --tls-cert and
+    /// --tls-key; without it, --listen itself speaks TLS.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub tls_listen: Option<SocketAddr>,
 
     /// Also serve the metrics, /healthz and /readyz, and nothing else, on
     /// this address: each node's own, where several share --listen with
@@ -517,6 +534,14 @@ impl Config {
                     .into(),
             );
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("--tls-cert without --tls-key: give both".into()),
+            (None, Some(_)) => return Err("--tls-key without --tls-cert: give both".into()),
+            (None, None) if self.tls_listen.is_some() => {
+                return Err("--tls-listen needs --tls-cert and --tls-key".into())
+            }
+            _ => {}
+        }
         if self.handshake_timeout.is_zero() {
             return Err("--handshake-timeout 0: no request could arrive in time".into());
         }
@@ -542,7 +567,7 @@ impl Config {
              flush_slice={} io_uring={} slow_consumer={} client_rate={} client_burst={} client_bandwidth={} \
              max_fragments={} ping_interval={:?} idle_timeout={:?} \
              allow_origins={:?} require_origin={} metrics_path={:?} publish={} feed={} feed_room={} max_rooms={} \
-             redis={} redis_cluster={} redis_prefix={:?} bus_buffer={} metrics_listen={} \
+             redis={} redis_cluster={} redis_prefix={:?} bus_buffer={} metrics_listen={} tls={} tls_listen={} \
              handshake_timeout={:?} close_timeout={:?} shutdown_timeout={:?} backlog={} nodelay={} send_buffer={} \
              recv_buffer={} reuse_port={} keepalive={} keepalive_interval={} keepalive_retries={} \
              user_timeout={} notsent_lowat={} quickack={} congestion={} busy_poll={} tos={}",
@@ -585,6 +610,8 @@ impl Config {
             self.redis_prefix,
             self.bus_buffer,
             opt(self.metrics_listen.map(|a| a.to_string())),
+            if self.tls_cert.is_some() { "on" } else { "off" },
+            opt(self.tls_listen.map(|a| a.to_string())),
             self.handshake_timeout,
             self.close_timeout,
             self.shutdown_timeout,

@@ -25,6 +25,7 @@ mod rooms;
 mod server;
 pub mod sockopt;
 pub mod stats;
+mod tls;
 mod uring;
 
 use std::io;
@@ -48,6 +49,19 @@ pub fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> io::Res
     let addr = listener.local_addr()?;
     tracing::info!(%addr, config = %config.summary(), "herald listening");
     server::Server::new(listener, config, shutdown)?.serve()
+}
+
+/// Loads `--tls-cert` and `--tls-key`, if given, to say before listening
+/// whether they can serve.
+///
+/// # Errors
+/// A one-line reason: a file missing or unreadable, no certificate or key
+/// in it, or a key that does not go with the certificate.
+pub fn check_tls(config: &Config) -> Result<(), String> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => tls::Acceptor::load(cert, key).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// A handle that asks a running server to shut down gracefully.

@@ -10,6 +10,10 @@ fn main() {
             .error(clap::error::ErrorKind::ValueValidation, why)
             .exit();
     }
+    if let Err(why) = herald::check_tls(&config) {
+        eprintln!("herald: {why}");
+        std::process::exit(2);
+    }
     herald::init_logging(config.log_format);
     let listener = match herald::sockopt::bind(config.listen, &config.socket) {
         Ok(l) => l,

@@ -224,6 +224,16 @@ pub fn render(
         c(stats.throttled),
     );
     r.register(
+        "tls_handshakes",
+        "TLS handshakes completed (--tls-cert)",
+        c(stats.tls_handshakes),
+    );
+    r.register(
+        "tls_failures",
+        "TLS sessions ended by a protocol error (failed handshake, corrupt record), an alert sent",
+        c(stats.tls_failures),
+    );
+    r.register(
         "over_limit",
         "Connections turned away at the connection or descriptor limit",
         c(stats.over_limit),

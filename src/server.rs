@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::metrics::histogram::Histogram;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
@@ -36,6 +36,7 @@ use crate::http::{self, Phase, RouteConfig, Status};
 use crate::nonblock::{interrupted, would_block};
 use crate::rooms::Rooms;
 use crate::stats::{CloseReason, Stats};
+use crate::tls::Acceptor;
 use crate::uring::Ring;
 use crate::{feed, metrics, sockopt, Shutdown};
 
@@ -43,6 +44,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const METRICS_LISTENER: Token = Token(usize::MAX - 4);
+const TLS_LISTENER: Token = Token(usize::MAX - 5);
 
 /// Size of the one read buffer every socket is read into.
 const READ_BUF_LEN: usize = 64 * 1024;
@@ -100,6 +102,13 @@ pub(crate) struct Server {
     listener: Option<TcpListener>,
     /// `--metrics-listen`: the node's own door to its metrics and health.
     metrics_listener: Option<TcpListener>,
+    /// `--tls-listen`: TLS beside the plain `--listen`.
+    tls_listener: Option<TcpListener>,
+    /// The certificate and key (`--tls-cert`, `--tls-key`), reloaded on
+    /// SIGHUP.
+    tls: Option<Acceptor>,
+    /// `--listen` itself speaks TLS (certificates given, no `--tls-listen`).
+    listener_tls: bool,
     conns: Slab<Conn>,
     cfg: Config,
     route: RouteConfig,
@@ -200,7 +209,9 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         shutdown.set_waker(waker.clone());
         let signals = if shutdown.handles_signals() {
-            let mut s = Signals::new([SIGINT, SIGTERM])?;
+            // SIGHUP reloads the TLS pair; without TLS it is logged, not
+            // fatal (the default action would end the server).
+            let mut s = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry()
                 .register(&mut s, SIGNALS, Interest::READABLE)?;
             Some(s)
@@ -240,6 +251,22 @@ impl Server {
             }
             None => None,
         };
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(Acceptor::load(cert, key).map_err(io::Error::other)?),
+            _ => None,
+        };
+        let tls_listener = match cfg.tls_listen {
+            Some(addr) => {
+                let std = crate::sockopt::bind(addr, &cfg.socket)?;
+                std.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(std);
+                poll.registry()
+                    .register(&mut l, TLS_LISTENER, Interest::READABLE)?;
+                tracing::info!(addr = %l.local_addr()?, "TLS listening");
+                Some(l)
+            }
+            None => None,
+        };
         let ring = if cfg.io_uring {
             match Ring::new() {
                 Ok(ring) => Some(ring),
@@ -255,6 +282,9 @@ impl Server {
             poll,
             listener: Some(listener),
             metrics_listener,
+            listener_tls: tls.is_some() && tls_listener.is_none(),
+            tls_listener,
+            tls,
             conns: Slab::new(),
             route,
             ws_config,
@@ -353,7 +383,8 @@ impl Server {
             self.read_carried(now);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(now),
+                    LISTENER => self.accept_all(now, false),
+                    TLS_LISTENER => self.accept_all(now, true),
                     METRICS_LISTENER => self.accept_metrics(now),
                     WAKER => {
                         if self.shutdown.is_requested() {
@@ -362,10 +393,21 @@ impl Server {
                         self.drain_feed();
                     }
                     SIGNALS => {
+                        let (mut reload, mut stop) = (false, false);
                         if let Some(s) = &mut self.signals {
-                            s.pending().for_each(drop);
+                            for signal in s.pending() {
+                                match signal {
+                                    SIGHUP => reload = true,
+                                    _ => stop = true,
+                                }
+                            }
                         }
-                        self.begin_shutdown(now);
+                        if reload {
+                            self.reload_tls();
+                        }
+                        if stop {
+                            self.begin_shutdown(now);
+                        }
                     }
                     token if Bus::owns(token) => {}
                     Token(k) => {
@@ -468,17 +510,38 @@ impl Server {
         }
     }
 
-    fn accept_all(&mut self, now: Instant) {
+    /// SIGHUP: new handshakes get the certificate and key as the files
+    /// hold them now; open connections keep their sessions. A pair that
+    /// cannot serve is refused and the one in use kept.
+    fn reload_tls(&mut self) {
+        let Some(tls) = &mut self.tls else {
+            tracing::info!("SIGHUP: no --tls-cert, nothing to reload");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Err(why) => tracing::warn!(%why, "SIGHUP: TLS reload refused, the old pair kept"),
+        }
+    }
+
+    /// Accepts what waits on `--listen` (`tls` false) or `--tls-listen`.
+    fn accept_all(&mut self, now: Instant, tls: bool) {
         if self.accept_paused.is_some() {
             return;
         }
+        let tls = tls || self.listener_tls;
         loop {
-            let Some(listener) = &self.listener else {
+            let listener = if tls && !self.listener_tls {
+                &self.tls_listener
+            } else {
+                &self.listener
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    self.admit(stream, peer, now);
+                    self.admit(stream, peer, now, tls);
                 }
                 Err(e) if would_block(&e) => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
@@ -486,7 +549,7 @@ impl Server {
                     // accept(2) reserves a descriptor before it looks at the
                     // queue, so EMFILE says nothing about waiting clients:
                     // stop once shedding finds none, or the loop would spin.
-                    if !self.shed_one(now) || self.accept_paused.is_some() {
+                    if !self.shed_one(now, tls) || self.accept_paused.is_some() {
                         return;
                     }
                 }
@@ -508,7 +571,7 @@ impl Server {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if let Some(k) = self.admit(stream, peer, now) {
+                    if let Some(k) = self.admit(stream, peer, now, false) {
                         self.conns[k].serve_metrics_only();
                     }
                 }
@@ -526,15 +589,24 @@ impl Server {
     /// connection to tell it 503, and takes the spare again. If even that
     /// fails, accepting pauses until the next sweep. Returns whether a
     /// connection was waiting.
-    fn shed_one(&mut self, now: Instant) -> bool {
+    fn shed_one(&mut self, now: Instant, tls: bool) -> bool {
         self.spare_fd = None;
-        let accepted = self.listener.as_ref().map(|l| l.accept());
+        let listener = if tls && !self.listener_tls {
+            &self.tls_listener
+        } else {
+            &self.listener
+        };
+        let accepted = listener.as_ref().map(|l| l.accept());
         let shed = matches!(accepted, Some(Ok(_)));
         if let Some(Ok((mut stream, peer))) = accepted {
             self.stats.over_limit += 1;
-            tracing::debug!(%peer, "out of file descriptors: connection refused with 503");
-            let busy = http::error_response(Status::Unavailable, "server out of file descriptors");
-            let _ = std::io::Write::write(&mut stream, &busy);
+            tracing::debug!(%peer, "out of file descriptors: connection refused");
+            // A TLS client could not read a plain 503: it is just closed.
+            if !tls {
+                let busy =
+                    http::error_response(Status::Unavailable, "server out of file descriptors");
+                let _ = std::io::Write::write(&mut stream, &busy);
+            }
         }
         self.spare_fd = File::open("/dev/null").ok();
         if self.spare_fd.is_none() {
@@ -550,6 +622,7 @@ impl Server {
         mut stream: TcpStream,
         peer: std::net::SocketAddr,
         now: Instant,
+        tls: bool,
     ) -> Option<usize> {
         self.stats.accepted += 1;
         let over = self.conns.len() >= self.cfg.max_connections;
@@ -561,6 +634,14 @@ impl Server {
         if let Err(e) = sockopt::apply(&stream, &self.cfg.socket) {
             tracing::debug!(%peer, error = %e, "socket option not applied");
         }
+        let session = match self.tls.as_ref().filter(|_| tls).map(Acceptor::accept) {
+            None => None,
+            Some(Ok(session)) => Some(session),
+            Some(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "TLS session not created");
+                return None;
+            }
+        };
         let tick = self.tick(now);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -573,6 +654,9 @@ impl Server {
             return None;
         }
         let mut conn = Conn::new(stream, peer, now + self.cfg.handshake_timeout, tick);
+        if let Some(session) = session {
+            conn.use_tls(session);
+        }
         if over {
             self.stats.over_limit += 1;
             *self.stats.rejected.entry(503).or_default() += 1;
@@ -672,7 +756,11 @@ impl Server {
                 ReadLimit::Abandoned => break,
             };
             match conn.read_input(&mut buf[..cap], &mut ctx) {
-                Input::Read { bytes, frames } => {
+                Input::Read {
+                    bytes,
+                    frames,
+                    drained,
+                } => {
                     let work = bytes + frames as usize * FRAME_COST;
                     total += work;
                     self.input_left = self.input_left.saturating_sub(work);
@@ -681,7 +769,7 @@ impl Server {
                     // only say WouldBlock is saved (one syscall per
                     // publisher per iteration). Not for HTTP, whose
                     // pipelined requests are routed between reads.
-                    if bytes < cap && conn.is_open() {
+                    if drained && conn.is_open() {
                         break;
                     }
                 }
@@ -848,7 +936,8 @@ impl Server {
                 .spare_fd
                 .take()
                 .or_else(|| File::open("/dev/null").ok());
-            self.accept_all(now);
+            self.accept_all(now, false);
+            self.accept_all(now, true);
         }
     }
 

@@ -66,6 +66,11 @@ pub struct Stats {
     pub bus_undelivered: u64,
     /// Times the bus came back after being down.
     pub bus_reconnects: u64,
+    /// TLS handshakes completed (`--tls-cert`).
+    pub tls_handshakes: u64,
+    /// TLS sessions that ended in a protocol error (a failed handshake,
+    /// a corrupt record), an alert sent.
+    pub tls_failures: u64,
 }
 
 /// How many broadcast frames each write carried: the figure batching moves.

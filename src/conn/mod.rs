@@ -31,6 +31,7 @@ use crate::nonblock::{interrupted, would_block};
 use crate::queue::{Flushed, Kind, WriteQueue};
 use crate::rooms::Rooms;
 use crate::stats::{CloseReason, Stats};
+use crate::tls::{Tls, TlsRead};
 
 pub(crate) use http_session::Awaiting;
 use http_session::{Body, Pending, HTTP_READ};
@@ -78,6 +79,9 @@ pub(super) struct SessionEnd {
 pub(crate) struct Conn {
     /// The non-blocking socket, registered once for read and write readiness.
     stream: TcpStream,
+    /// Its TLS session, on a TLS listener: the transport every byte read
+    /// or written goes through. `None`: the socket is the transport.
+    tls: Option<Box<Tls>>,
     /// The peer's address, for logs.
     peer: SocketAddr,
     /// Bytes waiting for the socket, in order.
@@ -221,10 +225,15 @@ pub(crate) enum Input {
     /// frames (0 for HTTP): the loop's work is per frame as much as per
     /// byte.
     Read {
-        /// Bytes read.
+        /// Bytes read (from the socket, or decrypted: the larger).
         bytes: usize,
         /// WebSocket frames they carried.
         frames: u32,
+        /// The read took all the socket held (it gave less than asked)
+        /// and nothing read is left undelivered: data that arrives later
+        /// raises a new edge, so the read that would only say
+        /// `WouldBlock` can be saved.
+        drained: bool,
     },
     /// Nothing more for now (`WouldBlock`).
     Drained,
@@ -240,6 +249,7 @@ impl Conn {
     pub fn new(stream: TcpStream, peer: SocketAddr, deadline: Instant, tick: u32) -> Self {
         Conn {
             stream,
+            tls: None,
             peer,
             queue: WriteQueue::new(),
             state: State::Http(Vec::new()),
@@ -260,6 +270,12 @@ impl Conn {
             delivered: 0,
             marks: Marks::default(),
         }
+    }
+
+    /// Makes `tls` the connection's transport (a TLS listener's, before
+    /// anything was read).
+    pub fn use_tls(&mut self, tls: Tls) {
+        self.tls = Some(Box::new(tls));
     }
 
     // The loop's lists. A connection is on each at most once; the flag
@@ -372,7 +388,7 @@ impl Conn {
             && self.pending.is_none()
             && match self.state {
                 State::Http(_) => self.queue.is_empty(),
-                State::Open(_) => self.queue.cost() <= limit,
+                State::Open(_) => self.queue.cost() + self.sealed() <= limit,
                 State::Body(_) | State::Closing { .. } => true,
             }
     }
@@ -430,6 +446,12 @@ impl Conn {
 
     /// Reads the socket once into `buf` and handles what came.
     pub fn read_input(&mut self, buf: &mut [u8], ctx: &mut Ctx<'_>) -> Input {
+        // A closing connection's input is only read to find its end: raw,
+        // since it is discarded (a TLS session that failed would only fail
+        // again).
+        if self.tls.is_some() && !self.is_closing() {
+            return self.read_tls_input(buf, ctx);
+        }
         match self.stream.read(buf) {
             Ok(0) => {
                 self.on_eof(ctx.close_by());
@@ -439,7 +461,11 @@ impl Conn {
                 self.last_seen = ctx.tick;
                 self.marks.set(Marks::PINGED, false);
                 let frames = self.on_input(&buf[..n], ctx);
-                Input::Read { bytes: n, frames }
+                Input::Read {
+                    bytes: n,
+                    frames,
+                    drained: n < buf.len(),
+                }
             }
             Err(e) if would_block(&e) => Input::Drained,
             Err(e) if interrupted(&e) => Input::Interrupted,
@@ -450,6 +476,93 @@ impl Conn {
                 Input::Ended
             }
         }
+    }
+
+    /// [`Conn::read_input`] through the TLS session: one socket read (or
+    /// none, when decrypted bytes wait), plaintext into `buf`.
+    fn read_tls_input(&mut self, buf: &mut [u8], ctx: &mut Ctx<'_>) -> Input {
+        let Some(tls) = self.tls.as_mut() else {
+            return Input::Drained;
+        };
+        let read = tls.read(&self.stream, buf);
+        if tls.just_connected() {
+            ctx.stats.tls_handshakes += 1;
+        }
+        match read {
+            TlsRead::Read {
+                plain,
+                wire,
+                drained,
+            } => {
+                self.last_seen = ctx.tick;
+                self.marks.set(Marks::PINGED, false);
+                let frames = if plain > 0 {
+                    self.on_input(&buf[..plain], ctx)
+                } else {
+                    0
+                };
+                Input::Read {
+                    bytes: plain.max(wire),
+                    frames,
+                    drained,
+                }
+            }
+            TlsRead::Blocked => Input::Drained,
+            TlsRead::Interrupted => Input::Interrupted,
+            TlsRead::Eof => {
+                self.on_eof(ctx.close_by());
+                Input::Ended
+            }
+            TlsRead::PlainHttp => {
+                // Told in plain text: it would not understand an alert.
+                self.tls = None;
+                tracing::debug!(peer = %self.peer, status = 400, "plain HTTP on a TLS port");
+                *ctx.stats.rejected.entry(400).or_default() += 1;
+                self.finish_with(
+                    http::error_response(
+                        Status::BadRequest,
+                        "this port speaks TLS: use https:// or wss://",
+                    ),
+                    CloseReason::ProtocolError,
+                    ctx.close_by(),
+                );
+                Input::Ended
+            }
+            TlsRead::Broken(e) => {
+                // rustls sealed an alert for the peer: it leaves with the
+                // closing flush.
+                tracing::debug!(peer = %self.peer, error = %e, "TLS failed");
+                ctx.stats.tls_failures += 1;
+                self.begin_closing(CloseReason::ProtocolError, ctx.close_by());
+                Input::Ended
+            }
+            TlsRead::Failed(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                self.reason = CloseReason::IoError;
+                self.doomed = true;
+                Input::Ended
+            }
+        }
+    }
+
+    /// Plaintext sealed in the TLS session but not yet on the wire: the
+    /// client's backlog too.
+    #[inline]
+    fn sealed(&self) -> usize {
+        self.tls.as_ref().map_or(0, |t| t.held())
+    }
+
+    /// Broadcast bytes the client has not taken: in the queue, and sealed
+    /// in its TLS session.
+    #[inline]
+    pub(super) fn backlog(&self) -> usize {
+        self.queue.backlog() + self.sealed()
+    }
+
+    /// Whether bytes wait for the client, in the queue or sealed.
+    #[inline]
+    pub(super) fn has_output(&self) -> bool {
+        !self.queue.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Handles bytes read from the socket (or, with `data` empty, bytes
@@ -677,7 +790,7 @@ impl Conn {
     /// or the shutdown of a drained closing connection's write side.
     pub fn wants_flush(&self) -> bool {
         !self.doomed
-            && (!self.queue.is_empty()
+            && (self.has_output()
                 || matches!(
                     self.state,
                     State::Closing {
@@ -718,7 +831,7 @@ impl Conn {
     /// write side) is left to `flush`.
     #[inline]
     pub fn has_write_ready(&self) -> bool {
-        !self.blocked && !self.doomed && !self.queue.is_empty()
+        !self.blocked && !self.doomed && !self.queue.is_empty() && self.tls.is_none()
     }
 
     /// The socket, for a write made elsewhere.
@@ -771,7 +884,7 @@ impl Conn {
     /// what the socket does not take. For the `101`: an idle WebSocket then
     /// never allocates a queue. Returns the bytes written.
     pub(super) fn send_now(&mut self, bytes: &[u8]) -> usize {
-        let written = if self.queue.is_empty() {
+        let written = if self.queue.is_empty() && self.tls.is_none() {
             match SendMsg(&self.stream).write(bytes) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => 0,
@@ -797,9 +910,15 @@ impl Conn {
     /// socket would block.
     fn write_queued(&mut self, tick: u32, stats: &mut Stats) {
         let before = self.queue.queued();
-        let result = self
-            .queue
-            .flush(&mut SendMsg(&self.stream), &mut stats.writes);
+        let result = match &mut self.tls {
+            None => self
+                .queue
+                .flush(&mut SendMsg(&self.stream), &mut stats.writes),
+            Some(tls) => {
+                let last = matches!(self.state, State::Closing { .. });
+                tls.flush(&mut self.queue, &self.stream, &mut stats.writes, last)
+            }
+        };
         self.count_written(before, tick, stats);
         self.settle_flush(result);
     }

@@ -379,7 +379,7 @@ impl Conn {
     /// broadcasts it has not started receiving are dropped (herald's own
     /// answers stay), and a close 1008 goes after them.
     fn close_slow(&mut self, limit: usize, close_by: Instant) {
-        tracing::debug!(peer = %self.peer, backlog = self.queue.backlog(), limit, "slow consumer closed");
+        tracing::debug!(peer = %self.peer, backlog = self.backlog(), limit, "slow consumer closed");
         self.queue.discard_broadcasts();
         let why = format!("slow consumer: more than {limit} bytes queued");
         self.close_with(
@@ -437,7 +437,7 @@ impl Conn {
         // client sends (a ping a second must not keep a client that
         // never reads).
         let stalled =
-            |idle: u32| !self.queue.is_empty() && tick.saturating_sub(self.last_drained) >= idle;
+            |idle: u32| self.has_output() && tick.saturating_sub(self.last_drained) >= idle;
         if idle_after.is_some_and(|idle| silent >= idle || stalled(idle)) {
             self.close_ws(CloseCode::Away, "idle timeout", CloseReason::Idle, close_by);
             true
@@ -467,7 +467,7 @@ impl Conn {
         policy: SlowConsumer,
         close_by: Instant,
     ) -> Offer {
-        let backlog = self.queue.backlog();
+        let backlog = self.backlog();
         if backlog == 0 || backlog + batch.len() + ENTRY_COST <= limit {
             if self.dropped > 0 {
                 // Where the gap is, before what follows it.
