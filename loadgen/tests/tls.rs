@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{broadcast_config, short_timing, PREFIX};
-use loadgen::config::{Config, Scenario};
+use common::{broadcast_config, short_timing, with_herald_tls, PREFIX, TOKEN};
+use loadgen::config::{Config, PublishVia, Scenario};
 use loadgen::report::problems;
 use loadgen::run::{run, Outcome};
 use loadgen::tls::{client_config, Trust};
@@ -31,6 +31,8 @@ struct Cert {
     key: PrivatePkcs8KeyDer<'static>,
     /// The certificate as a PEM file, for `--ca`.
     pem: PathBuf,
+    /// The key as a PEM file, for herald's `--tls-key`.
+    key_pem: PathBuf,
 }
 
 impl Cert {
@@ -40,16 +42,19 @@ impl Cert {
         (params.distinguished_name).push(rcgen::DnType::CommonName, names[0]);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        let pem = std::env::temp_dir().join(format!(
-            "loadgen-tls-{}-{}.pem",
-            std::process::id(),
-            NEXT_FILE.fetch_add(1, Relaxed)
-        ));
+        let file = |what: &str| {
+            let n = NEXT_FILE.fetch_add(1, Relaxed);
+            let name = format!("loadgen-tls-{}-{n}-{what}.pem", std::process::id());
+            std::env::temp_dir().join(name)
+        };
+        let (pem, key_pem) = (file("cert"), file("key"));
         std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&key_pem, key.serialize_pem()).unwrap();
         Cert {
             der: cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
             pem,
+            key_pem,
         }
     }
 }
@@ -57,6 +62,7 @@ impl Cert {
 impl Drop for Cert {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.pem);
+        let _ = std::fs::remove_file(&self.key_pem);
     }
 }
 
@@ -365,4 +371,74 @@ fn wss_without_trust_is_a_usage_error() {
     let out = loadgen(&["idle", "--url", "wss://127.0.0.1:9/", "--ca", "/dev/null"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--ca /dev/null"), "{}", stderr(&out));
+}
+
+/// Runs `body` against an in-process herald speaking TLS with a certificate for
+/// `localhost`, with the certificate for `--ca`.
+fn with_tls_herald(body: impl FnOnce(String, &Cert)) {
+    let cert = Cert::new(&["localhost"]);
+    let pair = (cert.pem.clone(), cert.key_pem.clone());
+    with_herald_tls(Some(pair), |url| body(url, &cert));
+}
+
+#[test]
+fn herald_over_wss_delivers_everything_in_order() {
+    with_tls_herald(|url, cert| {
+        let saturated = run_trusting(cert, broadcast_config(&url, 200, 0.0, 16));
+        assert_eq!(
+            saturated.stats.connected, 200,
+            "{:?}",
+            saturated.stats.failures
+        );
+        assert!(saturated.published > 16);
+        assert!(saturated.drained);
+        assert_eq!(problems(&saturated), Vec::<String>::new());
+        assert_eq!(saturated.stats.delivered, saturated.published * 200);
+
+        let paced = run_trusting(cert, broadcast_config(&url, 50, 500.0, 0));
+        assert!(paced.published >= 450, "{}", paced.published);
+        assert_eq!(problems(&paced), Vec::<String>::new());
+        assert_eq!(paced.stats.latency.len(), paced.published * 50);
+    });
+}
+
+#[test]
+fn herald_takes_publishes_over_https() {
+    with_tls_herald(|url, cert| {
+        let mut cfg = broadcast_config(&url, 100, 0.0, 16);
+        if let Scenario::Broadcast(b) = &mut cfg.scenario {
+            b.via = PublishVia::Http {
+                token: Some(TOKEN.into()),
+            };
+        }
+        let out = run_trusting(cert, cfg);
+        let s = &out.stats;
+        assert_eq!(s.connected, 100, "{:?}", s.failures);
+        assert!(out.published > 16);
+        assert_eq!(problems(&out), Vec::<String>::new());
+        assert_eq!(s.delivered, out.published * 100);
+        assert_eq!(s.publish_answers, out.published);
+        assert_eq!(s.recipients, (100, 100));
+    });
+}
+
+#[test]
+fn herald_over_wss_through_the_command_line() {
+    with_tls_herald(|url, _| {
+        // Over two processes: the children are given the trust flags too.
+        let args = ["broadcast", "--url", &url, "--insecure", "--clients", "20"];
+        let out = loadgen(&[&args[..], &["--rate", "200", "--procs", "2"]].concat());
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = |k: &str| json[k].as_u64();
+        assert_eq!(json["tls"], true);
+        assert_eq!(
+            (got("procs"), got("connected"), got("lost")),
+            (Some(2), Some(20), Some(0))
+        );
+        let out = loadgen(&["connect", "--url", &url, "--insecure", "--clients", "20"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["connected"], 20);
+    });
 }
