@@ -12,13 +12,14 @@ use loadgen::run::{run, Outcome};
 use loadgen::tls::{client_config, Trust};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{ProtocolVersion, SupportedProtocolVersion};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 use tungstenite::{Message, WebSocket};
@@ -72,11 +73,19 @@ static NEXT_FILE: AtomicU64 = AtomicU64::new(0);
 /// client, sender included, as `Message from server: <msg>`.
 struct TlsServer {
     addr: SocketAddr,
+    seen: Arc<Seen>,
+}
+
+/// What the server saw of its clients.
+#[derive(Default)]
+struct Seen {
     /// Handshakes completed in full, and by resuming an earlier session.
-    full: Arc<AtomicU64>,
-    resumed: Arc<AtomicU64>,
+    full: AtomicU64,
+    resumed: AtomicU64,
     /// Pongs received (the server pings each client once, right after the upgrade).
-    pongs: Arc<AtomicU64>,
+    pongs: AtomicU64,
+    /// The protocol version of each connection, in the order they were upgraded.
+    versions: Mutex<Vec<ProtocolVersion>>,
 }
 
 impl TlsServer {
@@ -90,9 +99,14 @@ type Tls = StreamOwned<ServerConnection, TcpStream>;
 
 /// Starts a server presenting `cert`; it serves any number of clients, each on a thread.
 fn start(cert: &Cert) -> TlsServer {
+    start_speaking(cert, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`start`], with only the TLS `versions` given.
+fn start_speaking(cert: &Cert, versions: &[&'static SupportedProtocolVersion]) -> TlsServer {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(
@@ -104,12 +118,10 @@ fn start(cert: &Cert) -> TlsServer {
     let cfg = Arc::new(cfg);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let (full, resumed, pongs) = Default::default();
+    let seen = Arc::new(Seen::default());
     let server = TlsServer {
         addr,
-        full: Arc::clone(&full),
-        resumed: Arc::clone(&resumed),
-        pongs: Arc::clone(&pongs),
+        seen: seen.clone(),
     };
     let (relay_tx, relay_rx) = mpsc::channel::<Relay>();
     thread::spawn(move || relay(relay_rx));
@@ -117,9 +129,8 @@ fn start(cert: &Cert) -> TlsServer {
         for tcp in listener.incoming() {
             let Ok(tcp) = tcp else { return };
             let conn = ServerConnection::new(cfg.clone()).unwrap();
-            let kinds = (full.clone(), resumed.clone(), pongs.clone());
-            let relay_tx = relay_tx.clone();
-            thread::spawn(move || serve(StreamOwned::new(conn, tcp), kinds, relay_tx));
+            let (seen, relay_tx) = (seen.clone(), relay_tx.clone());
+            thread::spawn(move || serve(StreamOwned::new(conn, tcp), &seen, relay_tx));
         }
     });
     server
@@ -149,18 +160,17 @@ fn relay(rx: Receiver<Relay>) {
 
 /// One client: the TLS handshake and the upgrade (blocking), then a loop that reads with
 /// a short timeout and sends what the relay has for it in between.
-fn serve(
-    tls: Tls,
-    (full, resumed, pongs): (Arc<AtomicU64>, Arc<AtomicU64>, Arc<AtomicU64>),
-    relay: Sender<Relay>,
-) {
+fn serve(tls: Tls, seen: &Seen, relay: Sender<Relay>) {
     let Ok(mut ws) = tungstenite::accept(tls) else {
         return; // the client refused the certificate, or hung up
     };
-    match ws.get_ref().conn.handshake_kind() {
-        Some(HandshakeKind::Resumed) => resumed.fetch_add(1, Relaxed),
-        _ => full.fetch_add(1, Relaxed),
+    let conn = &ws.get_ref().conn;
+    match conn.handshake_kind() {
+        Some(HandshakeKind::Resumed) => seen.resumed.fetch_add(1, Relaxed),
+        _ => seen.full.fetch_add(1, Relaxed),
     };
+    let version = conn.protocol_version().expect("after the handshake");
+    seen.versions.lock().unwrap().push(version);
     let (tx, rx) = mpsc::channel();
     if relay.send(Relay::Join(tx)).is_err()
         || ws.send(Message::Ping(b"hi".to_vec().into())).is_err()
@@ -185,7 +195,7 @@ fn serve(
                 let _ = relay.send(Relay::Text(t.to_string()));
             }
             Ok(Message::Pong(_)) => {
-                pongs.fetch_add(1, Relaxed);
+                seen.pongs.fetch_add(1, Relaxed);
             }
             Ok(Message::Close(_)) => return close(ws),
             Ok(_) => {}
@@ -242,7 +252,7 @@ fn broadcast_over_wss_delivers_everything_once_and_in_order() {
         (0, 0, 0, 0)
     );
     assert_eq!(s.pings, 20, "pings answered over TLS");
-    assert_eq!(server.pongs.load(Relaxed), 20);
+    assert_eq!(server.seen.pongs.load(Relaxed), 20);
     let json = loadgen::report::to_json(&out);
     assert_eq!(json["tls"], true);
     assert_eq!(json["url"], server.url("localhost"));
@@ -254,6 +264,47 @@ fn broadcast_over_wss_delivers_everything_once_and_in_order() {
         "{table}"
     );
     assert!(table.lines().next().unwrap().contains(", TLS, "), "{table}");
+}
+
+#[test]
+fn a_tls_1_2_server_works_too() {
+    // TLS 1.2 finishes the other way round (the server's Finished comes last), and its
+    // signatures go through the --insecure verifier's other method.
+    let cert = Cert::new(&["localhost"]);
+    let server = start_speaking(&cert, &[&rustls::version::TLS12]);
+    for trust in [Trust::Ca(cert.pem.clone()), Trust::Insecure] {
+        let cfg = with_trust(
+            broadcast_config(&server.url("localhost"), 10, 0.0, 16),
+            trust,
+        );
+        let out = run(cfg, short_timing(0.5)).unwrap();
+        assert_eq!(out.stats.connected, 10, "{:?}", out.stats.failures);
+        assert!(out.published > 16, "{}", out.published);
+        assert_eq!(problems(&out), Vec::<String>::new());
+        assert_eq!(out.stats.delivered, out.published * 10);
+    }
+    assert_eq!(
+        *server.seen.versions.lock().unwrap(),
+        [ProtocolVersion::TLSv1_2; 20]
+    );
+}
+
+#[test]
+fn ws_and_wss_urls_mix() {
+    let cert = Cert::new(&["localhost"]);
+    let tls = start(&cert);
+    let plain = common::start(2, 64, |_, _, _| None);
+    let mut cfg = broadcast_config(&plain.url(), 4, 0.0, 1);
+    cfg.urls.push(tls.url("localhost").parse().unwrap());
+    cfg.scenario = Scenario::Idle { rooms: 0 };
+    let out = run(with_trust(cfg, Trust::Insecure), short_timing(0.2)).unwrap();
+    assert_eq!(out.stats.connected, 4, "{:?}", out.stats.failures);
+    assert_eq!(out.stats.pings, 4, "both servers ping");
+    assert_eq!(
+        tls.seen.full.load(Relaxed) + tls.seen.resumed.load(Relaxed),
+        2
+    );
+    assert_eq!(plain.paths.lock().unwrap().len(), 2);
 }
 
 #[test]
@@ -281,7 +332,10 @@ fn connect_over_wss_does_a_full_handshake_every_time() {
     assert_eq!(out.stats.failed(), 0);
     assert_eq!(out.stats.handshake.len(), 30);
     assert_eq!(
-        (server.full.load(Relaxed), server.resumed.load(Relaxed)),
+        (
+            server.seen.full.load(Relaxed),
+            server.seen.resumed.load(Relaxed)
+        ),
         (30, 0)
     );
     // The server does resume sessions when offered: the zero above is loadgen's doing.
@@ -291,7 +345,10 @@ fn connect_over_wss_does_a_full_handshake_every_time() {
     (idle.batch, idle.batch_interval_ns) = (1, 20_000_000);
     let out = run(with_trust(idle, Trust::Insecure), short_timing(0.2)).unwrap();
     assert_eq!(out.stats.connected, 10);
-    assert!(server.resumed.load(Relaxed) > 0, "no session was resumed");
+    assert!(
+        server.seen.resumed.load(Relaxed) > 0,
+        "no session was resumed"
+    );
 }
 
 /// Runs the `loadgen` binary with `args` (a short quiet run with a JSON report).
