@@ -135,8 +135,9 @@ enum Via {
 #[derive(Args, Debug)]
 struct Common {
     /// Server URL, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (HOST an IP address or
-    /// localhost; wss:// needs --ca or --insecure, and its --publish-via http publishers
-    /// speak HTTPS). Repeat it to load several servers (nodes sharing rooms): client i
+    /// localhost; wss:// needs --ca or --insecure, its --publish-via http publishers speak
+    /// HTTPS, and in broadcast and idle later connections may resume the TLS sessions of
+    /// earlier ones, which connect never does). Repeat it to load several servers (nodes sharing rooms): client i
     /// connects to the (i mod n)-th --url, and publisher j (client j) publishes through the
     /// (j mod n)-th, over its WebSocket or HTTP alike; the same with --procs. The order
     /// check (order mismatch) compares the receivers of each room across all URLs and all
