@@ -206,7 +206,9 @@ impl Tls {
         TlsRead::Read {
             plain,
             wire,
-            drained: socket.short && left == 0,
+            // A close_notify read with data is acted on by the next
+            // read (which says EOF): the loop must make it.
+            drained: socket.short && left == 0 && !closed,
         }
     }
 

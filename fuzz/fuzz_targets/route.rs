@@ -4,26 +4,11 @@
 //! `--require-origin`, draining, publish endpoint), the rest is the request.
 #![no_main]
 
-use herald::http::{route, Phase, Route, RouteConfig, MAX_HEAD_LEN};
-use libfuzzer_sys::fuzz_target;
+mod common;
 
-fn config(bits: u8) -> RouteConfig {
-    RouteConfig {
-        allow_origins: if bits & 1 != 0 {
-            vec![
-                "https://chat.example.com".into(),
-                "*.example.org".into(),
-                "localhost".into(),
-            ]
-        } else {
-            Vec::new()
-        },
-        require_origin: bits & 2 != 0,
-        publish_token: (bits & 8 != 0).then(|| "t0ken".into()),
-        metrics_path: (bits & 16 != 0).then(|| "/metrics".into()),
-        max_body: 1024,
-    }
-}
+use common::config;
+use herald::http::{route, Phase, Route, MAX_HEAD_LEN};
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&bits, data)) = input.split_first() else {

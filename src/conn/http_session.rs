@@ -2,7 +2,6 @@
 //! order, publish bodies read, and the requests only the server can finish
 //! (metrics, a publish's 202) held as pending until it does.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{Conn, Ctx, Marks, State, NO_ROOM};
@@ -520,7 +519,7 @@ fn publish_line() -> (String, String) {
 
 /// One request's line: at info with `--access-log`, else at debug.
 fn log_request(
-    peer: SocketAddr,
+    peer: super::Peer,
     method: &str,
     path: &str,
     status: u16,

@@ -14,7 +14,7 @@ mod http_session;
 mod ws_session;
 
 use std::io::{self, Read as _, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
@@ -83,7 +83,7 @@ pub(crate) struct Conn {
     /// or written goes through. `None`: the socket is the transport.
     tls: Option<Box<Tls>>,
     /// The peer's address, for logs.
-    peer: SocketAddr,
+    peer: Peer,
     /// Bytes waiting for the socket, in order.
     queue: WriteQueue,
     /// Protocol state.
@@ -104,65 +104,87 @@ pub(crate) struct Conn {
     last_drained: u32,
     /// Why the connection is closing, once it is.
     reason: CloseReason,
-    /// herald started the close handshake (tungstenite can no longer
-    /// write), so broadcasts skip this connection.
-    ws_closing: bool,
     /// Marked for removal at the end of the iteration (never mid-batch).
     doomed: bool,
-    /// Listed in the loop's flush list for this iteration.
-    dirty: bool,
-    /// Listed in the loop's round of broadcast flushes (see
-    /// [`Conn::list_for_round`]).
-    in_round: bool,
-    /// The last flush hit `WouldBlock`: wait for a writable event.
-    blocked: bool,
-    /// Listed in the loop's read list (budget spent, or throttled): read
-    /// from there, not on its events, so it is listed at most once.
-    unread: bool,
     /// The room this WebSocket joined ([`NO_ROOM`] before the upgrade).
     room: u32,
     /// Its index in the room's member list.
     slot: u32,
     /// Messages queued for it, for its session's log line.
     delivered: u32,
-    /// Rarely changed facts, one bit each ([`Marks`]): packed, so a
+    /// Facts and list memberships, one bit each ([`Marks`]): packed, so a
     /// connection stays within its size.
     marks: Marks,
 }
 
-/// Facts about a connection that change once or rarely.
+/// Facts about a connection and the loop's lists it is on, one bit each.
 #[derive(Debug, Default, Clone, Copy)]
-struct Marks(u8);
+struct Marks(u16);
 
 impl Marks {
     /// It became a WebSocket at some point (shutdown waits for these).
-    const WAS_WS: u8 = 1;
+    const WAS_WS: u16 = 1;
     /// A keepalive ping is out and nothing arrived since.
-    const PINGED: u8 = 2;
+    const PINGED: u16 = 2;
     /// The peer sent EOF.
-    const PEER_EOF: u8 = 4;
+    const PEER_EOF: u16 = 4;
     /// Reading stopped because the connection may not take input now (its
     /// queue is full, an HTTP answer has not left, a request is pending);
     /// the loop lists it for reading once that changes.
-    const HELD: u8 = 8;
+    const HELD: u16 = 8;
     /// The socket reported an error (the peer reset it): what is still
     /// unread was abandoned by the peer.
-    const RESET: u8 = 16;
+    const RESET: u16 = 16;
     /// Accepted on `--metrics-listen`: served the metrics and health only.
-    const METRICS_ONLY: u8 = 32;
+    const METRICS_ONLY: u16 = 32;
+    /// herald started the close handshake (tungstenite can no longer
+    /// write), so broadcasts skip this connection.
+    const WS_CLOSING: u16 = 64;
+    /// Listed in the loop's flush list for this iteration.
+    const DIRTY: u16 = 128;
+    /// Listed in the loop's round of broadcast flushes (see
+    /// [`Conn::list_for_round`]).
+    const IN_ROUND: u16 = 256;
+    /// The last flush hit `WouldBlock`: wait for a writable event.
+    const BLOCKED: u16 = 512;
+    /// Listed in the loop's read list (budget spent, or throttled): read
+    /// from there, not on its events, so it is listed at most once.
+    const UNREAD: u16 = 1024;
 
     #[inline]
-    fn has(self, bit: u8) -> bool {
+    fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
     }
 
+    /// Sets `bit`; returns whether it was clear.
     #[inline]
-    fn set(&mut self, bit: u8, on: bool) {
+    fn raise(&mut self, bit: u16) -> bool {
+        let was = self.has(bit);
+        self.0 |= bit;
+        !was
+    }
+
+    #[inline]
+    fn set(&mut self, bit: u16, on: bool) {
         if on {
             self.0 |= bit;
         } else {
             self.0 &= !bit;
         }
+    }
+}
+
+/// A peer's address, for logs: a `SocketAddr` without the IPv6 flow and
+/// scope fields (20 bytes, not 32), so a connection stays within its size.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Peer {
+    ip: IpAddr,
+    port: u16,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        SocketAddr::new(self.ip, self.port).fmt(f)
     }
 }
 
@@ -247,6 +269,10 @@ pub(crate) enum Input {
 impl Conn {
     /// A freshly accepted connection, waiting for its request head.
     pub fn new(stream: TcpStream, peer: SocketAddr, deadline: Instant, tick: u32) -> Self {
+        let peer = Peer {
+            ip: peer.ip(),
+            port: peer.port(),
+        };
         Conn {
             stream,
             tls: None,
@@ -259,12 +285,7 @@ impl Conn {
             dropped: 0,
             last_drained: tick,
             reason: CloseReason::Normal,
-            ws_closing: false,
             doomed: false,
-            dirty: false,
-            in_round: false,
-            blocked: false,
-            unread: false,
             room: NO_ROOM,
             slot: 0,
             delivered: 0,
@@ -286,33 +307,33 @@ impl Conn {
     /// at most once.
     #[inline]
     pub fn list_for_read(&mut self) -> bool {
-        !std::mem::replace(&mut self.unread, true)
+        self.marks.raise(Marks::UNREAD)
     }
 
     /// The loop took it off its read list to read it.
     #[inline]
     pub fn unlist_for_read(&mut self) {
-        self.unread = false;
+        self.marks.set(Marks::UNREAD, false);
     }
 
     /// Whether it is on a read list: then it is read from there, in turn,
     /// not on its events.
     #[inline]
     pub fn is_listed_for_read(&self) -> bool {
-        self.unread
+        self.marks.has(Marks::UNREAD)
     }
 
     /// Flags the connection for the end phase's flush; true if it was not
     /// already, so the caller lists it.
     #[inline]
     pub fn list_for_flush(&mut self) -> bool {
-        !std::mem::replace(&mut self.dirty, true)
+        self.marks.raise(Marks::DIRTY)
     }
 
     /// The end phase took it off its flush list.
     #[inline]
     pub fn unlist_for_flush(&mut self) {
-        self.dirty = false;
+        self.marks.set(Marks::DIRTY, false);
     }
 
     /// Flags the connection for the round of broadcast flushes, which the
@@ -321,20 +342,20 @@ impl Conn {
     /// place, and what is queued for it meanwhile leaves in the same write.
     #[inline]
     pub fn list_for_round(&mut self) -> bool {
-        !std::mem::replace(&mut self.in_round, true)
+        self.marks.raise(Marks::IN_ROUND)
     }
 
     /// Its turn in the round came.
     #[inline]
     pub fn unlist_for_round(&mut self) {
-        self.in_round = false;
+        self.marks.set(Marks::IN_ROUND, false);
     }
 
     /// Whether it waits in the round (its key must leave the round's list
     /// when it is removed).
     #[inline]
     pub fn is_listed_for_round(&self) -> bool {
-        self.in_round
+        self.marks.has(Marks::IN_ROUND)
     }
 
     /// Whether it is to be removed at the end of the iteration.
@@ -623,7 +644,7 @@ impl Conn {
     /// herald started names its code (a handshake herald began is 1001).
     fn session_of(&self, ws: &Ws, reason: CloseReason) -> SessionEnd {
         let (opened_ms, messages_in) = ws.session();
-        let herald_began = self.ws_closing;
+        let herald_began = self.marks.has(Marks::WS_CLOSING);
         SessionEnd {
             opened_ms,
             messages_in,
@@ -777,7 +798,7 @@ impl Conn {
 
     /// The socket may take bytes again.
     pub fn on_writable(&mut self) {
-        self.blocked = false;
+        self.marks.set(Marks::BLOCKED, false);
     }
 
     /// Accepted on `--metrics-listen`: it is answered the metrics,
@@ -808,7 +829,7 @@ impl Conn {
     /// `stats`.
     #[inline]
     pub fn flush(&mut self, tick: u32, stats: &mut Stats) {
-        if self.blocked {
+        if self.marks.has(Marks::BLOCKED) {
             return;
         }
         self.write_queued(tick, stats);
@@ -831,7 +852,10 @@ impl Conn {
     /// write side) is left to `flush`.
     #[inline]
     pub fn has_write_ready(&self) -> bool {
-        !self.blocked && !self.doomed && !self.queue.is_empty() && self.tls.is_none()
+        !self.marks.has(Marks::BLOCKED)
+            && !self.doomed
+            && !self.queue.is_empty()
+            && self.tls.is_none()
     }
 
     /// The socket, for a write made elsewhere.
@@ -939,7 +963,7 @@ impl Conn {
     fn settle_flush(&mut self, result: io::Result<Flushed>) {
         match result {
             Ok(Flushed::Empty) => {
-                self.blocked = false;
+                self.marks.set(Marks::BLOCKED, false);
                 if let State::Closing { write_shut, .. } = &mut self.state {
                     if self.marks.has(Marks::PEER_EOF) {
                         self.doomed = true;
@@ -951,7 +975,7 @@ impl Conn {
                     }
                 }
             }
-            Ok(Flushed::Blocked) => self.blocked = true,
+            Ok(Flushed::Blocked) => self.marks.set(Marks::BLOCKED, true),
             Err(e) => {
                 tracing::debug!(peer = %self.peer, error = %e, "write failed");
                 self.doomed = true;

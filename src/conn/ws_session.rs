@@ -271,7 +271,7 @@ impl Conn {
     /// moves the connection to `Closing` within the same read.
     #[inline]
     pub fn is_open(&self) -> bool {
-        matches!(self.state, State::Open(_)) && !self.ws_closing
+        matches!(self.state, State::Open(_)) && !self.marks.has(Marks::WS_CLOSING)
     }
 
     /// Answers an upgrade with `response` (the 101) and becomes a member
@@ -332,7 +332,7 @@ impl Conn {
                 // Both Close frames are exchanged: the peer has nothing
                 // more to say, so once the reply is out the server closes
                 // TCP first (RFC 6455 §7.1.1).
-                let herald_began = self.ws_closing;
+                let herald_began = self.marks.has(Marks::WS_CLOSING);
                 self.begin_closing(self.reason, ctx.close_by());
                 self.marks.set(Marks::PEER_EOF, true);
                 if let (Some((code, why)), false) = (read.close, herald_began) {
@@ -411,7 +411,7 @@ impl Conn {
             // Writing into the queue cannot block; any error means the
             // handshake was already under way, which is just as good.
             let _ = ws.ctx.close(&mut io, Some(frame));
-            self.ws_closing = true;
+            self.marks.set(Marks::WS_CLOSING, true);
             self.reason = reason;
             self.deadline = Some(close_by);
         }

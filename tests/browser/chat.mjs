@@ -1,8 +1,11 @@
 // End-to-end test of herald's chat page in Debian's chromium, driven by
 // playwright-core (no browser download: /usr/bin/chromium).
 //
-// Run by tests/browser/run.sh, which starts herald and passes:
+// Run by tests/browser/run.sh, which starts two heralds and passes:
 //   HERALD_URL        http://127.0.0.1:PORT/
+//   HERALD_TLS_URL    https://127.0.0.1:PORT2/: a herald serving TLS only,
+//                     with a self-signed certificate (chromium runs with
+//                     --ignore-certificate-errors)
 //   HERALD_CTL        command (run through bash) that takes `stop` or
 //                     `start`: stops herald with SIGTERM / starts it again
 //                     on the same port (both wait until done)
@@ -17,6 +20,13 @@
 // reconnect on their own (status back to connected) and chat again. Then
 // two pages open `/rooms/blue` (titled for their room) and chat with each
 // other, while the lobby pages see none of it and they none of the lobby.
+// Every page's WebSocket must use the scheme its page's came with: ws: here.
+//
+// Then over TLS, in the same browser: pages E and F open the TLS herald's
+// `/` (the page's TLS details are checked) and open a `wss:` socket (the
+// page derives it from `location`); they chat (Enter, Send); page G opens
+// `/rooms/blue` there and sees none of it, and they none of G's message.
+// No restart: the plain run proves that, and the transport does not change it.
 // Every wait has a timeout; any mismatch fails with a message naming it.
 
 import { execFileSync } from 'node:child_process';
@@ -26,6 +36,7 @@ import { dirname, join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const URL = required('HERALD_URL');
+const TLS_URL = required('HERALD_TLS_URL');
 const CTL = required('HERALD_CTL');
 const REPORT_DIR = required('REPORT_DIR');
 const DOCS_SCREENSHOT = process.env.DOCS_SCREENSHOT || '';
@@ -191,22 +202,39 @@ async function main() {
         '--disable-background-networking',
         '--disable-component-update',
         '--disable-sync',
+        // The TLS herald's certificate is self-signed.
+        '--ignore-certificate-errors',
       ],
       viewport: { width: 640, height: 480 },
       timeout: 60_000,
     });
     context.setDefaultTimeout(STEP_MS);
     const browserErrors = [];
-    const open = async (name, path = '', wantTitle = 'WebSocket Chat') => {
+    // Every WebSocket URL each page opened, as the browser saw it.
+    const sockets = new Map();
+    // Each page's answer to its GET.
+    const responses = new Map();
+    const open = async (name, path = '', wantTitle = 'WebSocket Chat', base = URL) => {
       const page = await context.newPage();
       page.on('pageerror', (e) => browserErrors.push(`page ${name}: ${e.message}`));
-      const resp = await page.goto(URL + path, { waitUntil: 'load' });
+      sockets.set(page, []);
+      page.on('websocket', (ws) => sockets.get(page).push(ws.url()));
+      const resp = await page.goto(base + path, { waitUntil: 'load' });
       if (!resp || resp.status() !== 200) {
-        throw new Error(`page ${name}: GET ${URL}${path} answered ${resp ? resp.status() + " " + (await resp.text()) : "nothing"}`);
+        throw new Error(`page ${name}: GET ${base}${path} answered ${resp ? resp.status() + " " + (await resp.text()) : "nothing"}`);
       }
       const title = await page.title();
       if (title !== wantTitle) throw new Error(`page ${name}: title is "${title}"`);
+      responses.set(page, resp);
       return page;
+    };
+    /** The page's sockets all went to `base`'s host at `path`, as ws: or wss: like the page. */
+    const expectSockets = (page, name, path, base = URL) => {
+      const want = base.replace(/^http/, 'ws') + path;
+      const got = sockets.get(page);
+      if (got.length === 0 || got.some((u) => u !== want)) {
+        throw new Error(`page ${name}: its WebSockets should all be ${want}, but were ${JSON.stringify(got)}`);
+      }
     };
     const a = await open('A');
     const b = await open('B');
@@ -265,6 +293,11 @@ async function main() {
     for (const [n, p] of pages) await expectMessages(p, n, expected);
     for (const [n, p] of room) await expectMessages(p, n, blue);
     log('room blue: C and D chat; the lobby pages see none of it, and they none of the lobby');
+    for (const [n, p] of pages) expectSockets(p, n, '');
+    for (const [n, p] of room) expectSockets(p, n, 'rooms/blue');
+    log(`every page's WebSocket is ws: (${sockets.get(a)[0]}, ${sockets.get(c)[0]})`);
+
+    await tlsRun(open, expectSockets, responses);
 
     if (browserErrors.length) throw new Error(`script errors in the page: ${browserErrors.join('; ')}`);
 
@@ -286,6 +319,48 @@ async function main() {
     if (context) await context.close().catch(() => {});
     rmSync(profile, { recursive: true, force: true });
   }
+}
+
+/** The TLS herald: pages E and F chat over wss:, page G in room blue sees none of it. */
+async function tlsRun(open, expectSockets, responses) {
+  const e = await open('E', '', 'WebSocket Chat', TLS_URL);
+  const f = await open('F', '', 'WebSocket Chat', TLS_URL);
+  const g = await open('G', 'rooms/blue', 'WebSocket Chat: blue', TLS_URL);
+  const lobby = [['E', e], ['F', f]];
+  for (const [n, p] of [...lobby, ['G', g]]) await expectStatus(p, n, 'connected');
+  // The page's own view: it came over https: and its socket is wss:.
+  const seen = await e.evaluate(() => [location.protocol, socket.url]);
+  if (seen[0] !== 'https:' || !seen[1].startsWith('wss://')) {
+    throw new Error(`page E: location.protocol is ${seen[0]}, its socket's URL ${seen[1]}`);
+  }
+  const details = await responses.get(e).securityDetails();
+  if (!details || !/^TLS 1\.[23]$/.test(details.protocol || '')) {
+    throw new Error(`page E: no TLS details for ${TLS_URL}: ${JSON.stringify(details)}`);
+  }
+  log(`TLS pages connected: E over ${details.protocol} (certificate for ${details.subjectName}), socket ${seen[1]}`);
+
+  const expected = [];
+  const m1 = 'E over TLS (Enter)';
+  await typeAndPressEnter(e, m1);
+  expected.push(PREFIX + m1);
+  for (const [n, p] of lobby) await expectMessages(p, n, expected);
+  const m2 = 'F over TLS (Send button)';
+  await typeAndClickSend(f, m2);
+  expected.push(PREFIX + m2);
+  for (const [n, p] of lobby) await expectMessages(p, n, expected);
+  log('TLS: E typed + Enter, F typed + Send: both pages show both');
+
+  const m3 = 'G in room blue, over TLS';
+  await typeAndPressEnter(g, m3);
+  await expectMessages(g, 'G', [PREFIX + m3]);
+  for (const [n, p] of lobby) await expectMessages(p, n, expected);
+  log('TLS: G in room blue sees only its own message; E and F none of it');
+
+  for (const [n, p] of lobby) expectSockets(p, n, '', TLS_URL);
+  expectSockets(g, 'G', 'rooms/blue', TLS_URL);
+  const file = join(REPORT_DIR, 'page-tls.png');
+  await f.screenshot({ path: file });
+  log(`TLS: every page's WebSocket is wss:; screenshot ${file}`);
 }
 
 main().then(
