@@ -258,3 +258,141 @@ pub fn failure(op: &str, e: &io::Error) -> String {
         None => format!("{op}: {}", crate::net::describe(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ServerConfig, ServerConnection};
+
+    /// A client session (trusting anything) and a server session, handshaken in memory.
+    fn pair() -> (ClientConnection, ServerConnection) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = PrivatePkcs8KeyDer::from(made.signing_key.serialize_der());
+        let provider = Arc::new(crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![made.cert.der().clone()], PrivateKeyDer::Pkcs8(key))
+            .unwrap();
+        let mut server = ServerConnection::new(Arc::new(server)).unwrap();
+        let url = "wss://localhost:1/".parse().unwrap();
+        let config = client_config(&Trust::Insecure, false).unwrap();
+        let mut client = *session(Some(&config), &url).unwrap().unwrap();
+        while client.is_handshaking() || server.is_handshaking() {
+            server.read_tls(&mut &wire(&mut client)[..]).unwrap();
+            server.process_new_packets().unwrap();
+            client.read_tls(&mut &wire(&mut server)[..]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        (client, server)
+    }
+
+    /// Everything `conn` has to send.
+    fn wire<D>(conn: &mut rustls::ConnectionCommon<D>) -> Vec<u8> {
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// A socket's receive queue: one read takes what fits, then `WouldBlock` (or the
+    /// end-of-file once `eof`); it counts the reads.
+    struct Queue {
+        data: Vec<u8>,
+        eof: bool,
+        reads: usize,
+    }
+
+    impl Queue {
+        fn new(data: Vec<u8>, eof: bool) -> Queue {
+            Queue {
+                data,
+                eof,
+                reads: 0,
+            }
+        }
+    }
+
+    impl Read for Queue {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            if self.data.is_empty() && !self.eof {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data.drain(..n);
+            Ok(n)
+        }
+    }
+
+    /// Reads plaintext through `inbox` until it says `WouldBlock` (`None`) or end (`Some`).
+    fn drain(inbox: &mut Inbox, q: &mut Queue, tls: &mut ClientConnection) -> (Vec<u8>, bool) {
+        let (mut got, mut dst) = (Vec::new(), [0u8; 3000]);
+        loop {
+            match inbox.read(q, tls, &mut dst) {
+                Ok(0) => return (got, true),
+                Ok(n) => got.extend_from_slice(&dst[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (got, false),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn large_reads_are_decrypted_whole_and_an_empty_socket_is_not_read_again() {
+        let (mut client, mut server) = pair();
+        // Far more than the 16 KiB of plaintext rustls holds at once, and than one socket
+        // read takes.
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        server.set_buffer_limit(None);
+        server.writer().write_all(&sent).unwrap();
+        let mut q = Queue::new(wire(&mut server), false);
+        let mut inbox = Inbox::default();
+        inbox.start(false);
+        let (got, eof) = drain(&mut inbox, &mut q, &mut client);
+        assert_eq!((got.len(), eof), (sent.len(), false));
+        assert!(got == sent);
+        // Two full reads, then a short one: the queue is empty, and the next edge will say
+        // so, so it is not read again.
+        assert_eq!(q.reads, 3);
+    }
+
+    #[test]
+    fn data_and_close_notify_in_one_read_are_the_data_then_the_end() {
+        let (mut client, mut server) = pair();
+        server.writer().write_all(b"last words").unwrap();
+        server.send_close_notify();
+        let mut q = Queue::new(wire(&mut server), false);
+        let mut inbox = Inbox::default();
+        inbox.start(false);
+        assert_eq!(
+            drain(&mut inbox, &mut q, &mut client),
+            (b"last words".to_vec(), true)
+        );
+        // A hang-up without close_notify is an end as well.
+        let (mut client, _server) = pair();
+        let mut q = Queue::new(Vec::new(), true);
+        inbox.start(true);
+        assert_eq!(drain(&mut inbox, &mut q, &mut client), (Vec::new(), true));
+    }
+
+    #[test]
+    fn a_corrupt_record_is_a_tls_failure() {
+        let (mut client, mut server) = pair();
+        server.writer().write_all(b"hello").unwrap();
+        let mut data = wire(&mut server);
+        let last = data.len() - 1;
+        data[last] ^= 1;
+        let mut q = Queue::new(data, false);
+        let mut inbox = Inbox::default();
+        inbox.start(false);
+        let e = inbox.read(&mut q, &mut client, &mut [0; 64]).unwrap_err();
+        assert_eq!(failure("read", &e), "tls: cannot decrypt peer's message");
+        let plain = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert_eq!(failure("read", &plain), "read: connection reset");
+    }
+}
