@@ -30,6 +30,9 @@ pub struct Config {
     /// This process's part of a run split over several processes: (index, count). A
     /// process opens the clients `i` with `i % count == index`; (0, 1) is a whole run.
     pub shard: (u32, u32),
+    /// What connections to `wss://` URLs speak TLS with (see [`crate::tls::client_config`]);
+    /// `None` when every URL is `ws://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -228,6 +231,7 @@ pub(crate) mod fixtures {
             max_frame: 0,
             scenario,
             shard: (0, 1),
+            tls: None,
         }
     }
 }

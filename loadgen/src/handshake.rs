@@ -1,8 +1,9 @@
-//! The client side of the RFC 6455 opening handshake, and the `ws://` URL it needs.
+//! The client side of the RFC 6455 opening handshake, and the `ws://` or `wss://` URL it
+//! needs.
 
 use sha1::{Digest, Sha1};
 
-/// A parsed `ws://host:port/path` URL.
+/// A parsed `ws://host:port/path` or `wss://host:port/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsUrl {
     /// The server's socket address (the host must be an IP literal or `localhost`).
@@ -11,15 +12,46 @@ pub struct WsUrl {
     pub host: String,
     /// Path and query, at least `/`.
     pub path: String,
+    /// `wss://`: the connection (and a publisher's HTTP connection) speaks TLS.
+    pub tls: bool,
+}
+
+impl WsUrl {
+    /// `ws` or `wss`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+
+    /// The host without its port or an IPv6 address's brackets: the name a TLS
+    /// certificate must be valid for.
+    pub fn hostname(&self) -> &str {
+        let host = match self.host.rfind(']') {
+            Some(i) => &self.host[..=i],
+            None => self.host.rsplit_once(':').map_or(&*self.host, |(h, _)| h),
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+impl std::fmt::Display for WsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme(), self.host, self.path)
+    }
 }
 
 impl std::str::FromStr for WsUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("ws://")
-            .ok_or_else(|| format!("{s}: only ws:// URLs are supported"))?;
+        let (rest, tls, port) = match (s.strip_prefix("ws://"), s.strip_prefix("wss://")) {
+            (Some(rest), _) => (rest, false, 80),
+            (_, Some(rest)) => (rest, true, 443),
+            _ => return Err(format!("{s}: only ws:// and wss:// URLs are supported")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -31,7 +63,7 @@ impl std::str::FromStr for WsUrl {
         let with_port = if has_port {
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{port}")
         };
         let resolvable = with_port.replacen("localhost:", "127.0.0.1:", 1);
         let addr = resolvable
@@ -41,6 +73,7 @@ impl std::str::FromStr for WsUrl {
             addr,
             host: authority.to_string(),
             path: path.to_string(),
+            tls,
         })
     }
 }
@@ -190,6 +223,24 @@ mod tests {
         let u: WsUrl = "ws://[::1]:7000/".parse().unwrap();
         assert_eq!(u.addr, "[::1]:7000".parse().unwrap());
         assert!("http://127.0.0.1/".parse::<WsUrl>().is_err());
+        assert_eq!((u.hostname(), u.scheme()), ("::1", "ws"));
+    }
+
+    #[test]
+    fn wss_urls() {
+        let u: WsUrl = "wss://127.0.0.1/chat".parse().unwrap();
+        assert_eq!(
+            (u.addr.port(), u.tls, u.hostname()),
+            (443, true, "127.0.0.1")
+        );
+        assert_eq!(u.to_string(), "wss://127.0.0.1/chat");
+        let u: WsUrl = "wss://localhost:8443".parse().unwrap();
+        assert_eq!((u.addr.port(), u.hostname()), (8443, "localhost"));
+        assert_eq!(u.to_string(), "wss://localhost:8443/");
+        let u: WsUrl = "wss://[::1]".parse().unwrap();
+        assert_eq!((u.addr.port(), u.hostname()), (443, "::1"));
+        let u: WsUrl = "ws://127.0.0.1:9001/".parse().unwrap();
+        assert!(!u.tls);
     }
 
     #[test]

@@ -27,5 +27,6 @@ pub mod rng;
 pub mod run;
 pub mod stats;
 pub mod timer;
+pub mod tls;
 pub mod track;
 pub mod worker;

@@ -5,9 +5,12 @@ use loadgen::config::{parse_local_addrs, Broadcast, Config, PublishVia, Scenario
 use loadgen::handshake::WsUrl;
 use loadgen::procs::{child_args, run_parent, StdioLink};
 use loadgen::run::{run, run_shard, Timing};
+use loadgen::tls::{self, Trust};
 use loadgen::{plot, report};
+use rustls::ClientConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Load generator for WebSocket broadcast servers (herald, or any server that, like the Node.js `ws`
 /// chat server herald reimplements, relays every message to every client). Exit status: 0 when everything arrived once and in order, 1 when anything
@@ -77,11 +80,13 @@ enum Command {
         /// --url's address (loopback only) at both ends of the window: writes per delivery
         /// and frames per write. With several --url, every distinct address is read once and
         /// the counts are summed into one figure for all nodes. Left out of the report when
-        /// any server does not have it.
+        /// any server does not have it. Not with wss:// URLs.
         #[arg(long)]
         server_metrics: bool,
     },
-    /// Open, handshake and close connections; reports handshakes/s and their latency.
+    /// Open, handshake and close connections; reports handshakes/s and their latency. Over
+    /// wss:// each one is a full TLS handshake (TCP connect, TLS without session
+    /// resumption, WebSocket upgrade), timed from connect() to the checked 101.
     Connect {
         #[command(flatten)]
         common: Common,
@@ -129,17 +134,29 @@ enum Via {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// Server URL, ws://HOST:PORT/PATH (HOST an IP address or localhost). Repeat it to
-    /// load several servers (nodes sharing rooms): client i connects to the (i mod n)-th
-    /// --url, and publisher j (client j) publishes through the (j mod n)-th, over its
-    /// WebSocket or HTTP alike; the same with --procs. The order check (order mismatch)
-    /// compares the receivers of each room across all URLs and all processes.
+    /// Server URL, ws://HOST:PORT/PATH or wss://HOST:PORT/PATH (HOST an IP address or
+    /// localhost; wss:// needs --ca or --insecure, its --publish-via http publishers speak
+    /// HTTPS, and in broadcast and idle later connections may resume the TLS sessions of
+    /// earlier ones, which connect never does). Repeat it to load several servers (nodes sharing rooms): client i
+    /// connects to the (i mod n)-th --url, and publisher j (client j) publishes through the
+    /// (j mod n)-th, over its WebSocket or HTTP alike; the same with --procs. The order
+    /// check (order mismatch) compares the receivers of each room across all URLs and all
+    /// processes.
     #[arg(
         long = "url",
         value_name = "URL",
         default_value = "ws://127.0.0.1:8080/"
     )]
     urls: Vec<WsUrl>,
+    /// For wss:// URLs: trust the certificates in this PEM file (the server's CA, or its
+    /// self-signed certificate); the certificate must name the URL's host (SNI is the
+    /// host; an IP address must be among the certificate's IP addresses).
+    #[arg(long, value_name = "PATH")]
+    ca: Option<PathBuf>,
+    /// For wss:// URLs: accept any server certificate, for any name (the handshake's
+    /// signatures are still checked). For test servers with throwaway certificates.
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
     /// Connections to open (connect: handshakes to do).
     #[arg(long, default_value_t = 1000)]
     clients: u32,
@@ -221,6 +238,29 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
+/// The TLS configuration `c`'s URLs need: `None` when none is `wss://`. `connect` resumes
+/// no session, so that each of its handshakes is a full one.
+fn tls_config(c: &Common, scenario: &Scenario) -> Result<Option<Arc<ClientConfig>>, String> {
+    let trust = match (&c.ca, c.insecure) {
+        (Some(path), _) => Some(Trust::Ca(path.clone())),
+        (None, true) => Some(Trust::Insecure),
+        (None, false) => None,
+    };
+    match (c.urls.iter().any(|u| u.tls), trust) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err("--ca and --insecure apply to wss:// URLs only".into()),
+        (true, None) => Err(
+            "wss:// needs --ca PATH (a PEM file with the server's CA or self-signed \
+             certificate) or --insecure (accept any certificate)"
+                .into(),
+        ),
+        (true, Some(trust)) => {
+            let resume = !matches!(scenario, Scenario::Connect);
+            tls::client_config(&trust, resume).map(Some)
+        }
+    }
+}
+
 fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
     if c.threads == 0 || c.clients == 0 || c.batch == 0 || c.max_pending == 0 || c.procs == 0 {
         return Err(
@@ -248,6 +288,7 @@ fn config(c: &Common, scenario: Scenario) -> Result<Config, String> {
         max_pending: c.max_pending,
         connect_timeout_ns: secs(c.connect_timeout),
         max_frame: c.max_frame,
+        tls: tls_config(c, &scenario)?,
         scenario,
         shard,
     })
@@ -349,6 +390,11 @@ fn real_main(cli: Cli) -> Result<bool, String> {
                     "--server-metrics reads /metrics over plain HTTP: loopback --url only".into(),
                 );
             }
+            if server_metrics && common.urls.iter().any(|u| u.tls) {
+                return Err(
+                    "--server-metrics reads /metrics over plain HTTP: not with wss:// URLs".into(),
+                );
+            }
             let cfg = config(&common, Scenario::Broadcast(b))?;
             let t = Timing {
                 server_metrics,
@@ -406,8 +452,10 @@ fn real_main(cli: Cli) -> Result<bool, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if let Some(path) = svg {
-        let hosts: Vec<&str> = outcome.cfg.urls.iter().map(|u| u.host.as_str()).collect();
-        let title = format!("Delivery latency, ws://{}", hosts.join(", "));
+        let hosts: Vec<String> = (outcome.cfg.urls.iter())
+            .map(|u| format!("{}://{}", u.scheme(), u.host))
+            .collect();
+        let title = format!("Delivery latency, {}", hosts.join(", "));
         let series = vec![(
             format!("{} clients", outcome.cfg.clients),
             report::points(&outcome.stats.latency),

@@ -130,6 +130,7 @@ pub fn to_json(o: &Outcome) -> Value {
         "clients": o.cfg.clients,
         "threads": o.cfg.threads,
         "procs": o.procs,
+        "tls": tls(o),
         "connected": s.connected,
         "failed": s.failed(),
         "failures": s.failures,
@@ -287,7 +288,13 @@ fn publish_path(o: &Outcome) -> String {
 
 /// `url` as given on the command line.
 fn url(url: &crate::handshake::WsUrl) -> String {
-    format!("ws://{}{}", url.host, url.path)
+    url.to_string()
+}
+
+/// Whether any connection spoke TLS (a `wss://` URL): a TLS run's figures include the
+/// encryption on both sides, so tables must tell them apart.
+fn tls(o: &Outcome) -> bool {
+    o.cfg.urls.iter().any(|u| u.tls)
 }
 
 /// The one line that replaces the report when no client could connect: the URLs and why.
@@ -321,7 +328,7 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
     let urls: Vec<String> = o.cfg.urls.iter().map(url).collect();
     writeln!(
         out,
-        "loadgen {} {} ({}, {}{} thread{})",
+        "loadgen {} {} ({}{}, {}{} thread{})",
         match o.cfg.scenario {
             Scenario::Broadcast(_) => "broadcast",
             Scenario::Connect => "connect",
@@ -329,6 +336,7 @@ pub fn write_table(o: &Outcome, out: &mut impl Write) -> io::Result<()> {
         },
         urls.join(" "),
         mode(o),
+        if tls(o) { ", TLS" } else { "" },
         if o.procs > 1 {
             format!("{} processes × ", o.procs)
         } else {

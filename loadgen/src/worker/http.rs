@@ -7,12 +7,14 @@
 //! answer, or none, is a publish error: the publisher then stops, and only what it sent
 //! before the first failed request counts as published.
 
-use super::{write_out, Conn, Ctx, Publisher, Ready, Reason, Worker};
+use super::{send, Conn, Ctx, Publisher, Ready, Reason, Worker};
 use crate::control::Phase;
 use crate::stats::Stats;
+use crate::tls::{self, Inbox};
 use crate::{net, publish};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::ClientConnection;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::atomic::Ordering::Relaxed;
@@ -29,6 +31,8 @@ pub(super) struct HttpPub {
     head: Vec<u8>,
     /// The socket (`None`: not open yet, or closed by the server while idle).
     stream: Option<TcpStream>,
+    /// Its TLS session when the publisher's URL is `wss://` (HTTPS, then).
+    tls: Option<Box<ClientConnection>>,
     /// Requests to send; `out[out_pos..]` is still unsent.
     out: Vec<u8>,
     /// How much of `out` the socket has taken.
@@ -48,6 +52,12 @@ impl HttpPub {
             head,
             ..HttpPub::default()
         }
+    }
+
+    /// Whether there is anything to write: queued requests, or (TLS) records the session
+    /// made, such as its handshake's next flight after a read.
+    fn has_output(&self) -> bool {
+        self.out_pos < self.out.len() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Queues the request that publishes `msg`, message `seq` of its publisher.
@@ -75,6 +85,7 @@ impl Ctx {
         if let Some(mut stream) = h.stream.take() {
             let _ = reg.deregister(&mut stream);
         }
+        h.tls = None;
         (h.out_pos, h.failed) = (0, h.failed || !h.unanswered.is_empty());
         h.out.clear();
         h.input.clear();
@@ -95,7 +106,7 @@ impl Ctx {
     /// requests left unanswered as failed.
     pub(super) fn http_end(&mut self, h: &mut HttpPub, p: Publisher, reg: &Registry) {
         let why = match h.stream.is_some() && !h.unanswered.is_empty() {
-            true => read_answers(h, &mut self.stats, false).err(),
+            true => read_answers(h, &mut self.inbox, &mut self.stats, false).err(),
             false => None,
         };
         let end = "publish: not answered by the end";
@@ -118,23 +129,25 @@ impl Worker {
         }
         let cfg = &self.ctx.cfg;
         let reg = self.poll.registry();
-        let opened = net::connect(cfg.url_of(p.id).addr, cfg.local_addr(p.id)).and_then(|mut s| {
+        let url = cfg.url_of(p.id);
+        let session = tls::session(cfg.tls.as_ref(), url).map_err(|why| format!("publish: {why}"));
+        let opened = session.and_then(|tls| {
+            let mut s = net::connect(url.addr, cfg.local_addr(p.id))
+                .map_err(|e| format!("publish: connect: {}", net::describe(&e)))?;
             let token = Token(key | HTTP);
-            reg.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(s)
+            reg.register(&mut s, token, Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| format!("publish: register: {}", net::describe(&e)))?;
+            Ok((s, tls))
         });
         match opened {
-            Ok(s) => h.stream = Some(s),
-            Err(e) => {
-                let why = format!("publish: connect: {}", net::describe(&e));
-                self.ctx.http_down(h, p, reg, &why, &why);
-            }
+            Ok((s, tls)) => (h.stream, h.tls) = (Some(s), tls),
+            Err(why) => self.ctx.http_down(h, p, reg, &why, &why),
         }
     }
 
     /// Sends what publisher `key` queued on its HTTP connection, opening it if need be.
     pub(super) fn flush_http(&mut self, key: usize) {
-        let queued = |c: &Conn| c.http.as_ref().is_some_and(|h| h.out_pos < h.out.len());
+        let queued = |c: &Conn| c.http.as_ref().is_some_and(|h| h.has_output());
         if !self.conns.get(key).is_some_and(queued) {
             return;
         }
@@ -146,8 +159,8 @@ impl Worker {
         let Some(stream) = h.stream.as_mut() else {
             return; // it failed to open (counted)
         };
-        if let Err(e) = write_out(stream, &mut h.out, &mut h.out_pos) {
-            let why = format!("publish: write: {}", net::describe(&e));
+        if let Err(e) = send(stream, h.tls.as_deref_mut(), &mut h.out, &mut h.out_pos) {
+            let why = format!("publish: {}", tls::failure("write", &e));
             self.ctx.http_down(h, p, self.poll.registry(), &why, &why);
         }
     }
@@ -166,7 +179,7 @@ impl Worker {
         }
         if ready.readable {
             let reg = self.poll.registry();
-            match read_answers(h, &mut self.ctx.stats, ready.hung_up) {
+            match read_answers(h, &mut self.ctx.inbox, &mut self.ctx.stats, ready.hung_up) {
                 Ok(false) => {}
                 Ok(true) => {
                     let why = "publish: not answered (closed by the server)";
@@ -178,36 +191,48 @@ impl Worker {
                 }
             }
         }
-        if ready.writable {
+        if ready.writable || h.has_output() {
             self.flush_http(key);
         }
     }
 }
 
-/// Reads what publisher connection `h` has (all of it when `hung_up`) and checks every
-/// whole answer, each against the oldest unanswered request. Returns whether the server
-/// closed the connection.
+/// Reads what publisher connection `h` has (all of it when `hung_up`), through `inbox`
+/// when it speaks TLS, and checks every whole answer, each against the oldest unanswered
+/// request. Returns whether the server closed the connection.
 ///
 /// # Errors
 /// Why the oldest unanswered request failed: an answer other than 202 (left unconsumed),
-/// a malformed answer, or a read error.
-fn read_answers(h: &mut HttpPub, stats: &mut Stats, hung_up: bool) -> Result<bool, Reason> {
+/// a malformed answer, or a read or TLS error.
+fn read_answers(
+    h: &mut HttpPub,
+    inbox: &mut Inbox,
+    stats: &mut Stats,
+    hung_up: bool,
+) -> Result<bool, Reason> {
     let Some(stream) = h.stream.as_mut() else {
         return Ok(false);
     };
+    if h.tls.is_some() {
+        inbox.start(hung_up);
+    }
     let (mut eof, mut broken) = (false, None);
     loop {
         let len = h.input.len();
         h.input.resize(len + HTTP_READ, 0);
-        let read = stream.read(&mut h.input[len..]);
+        let read = match h.tls.as_deref_mut() {
+            None => stream.read(&mut h.input[len..]),
+            Some(tls) => inbox.read(stream, tls, &mut h.input[len..]),
+        };
         h.input.truncate(len + *read.as_ref().unwrap_or(&0));
         match read {
             Ok(0) => eof = true,
-            Ok(n) if n == HTTP_READ || hung_up => continue,
+            // A short read of plaintext says nothing of the socket: read on to WouldBlock.
+            Ok(n) if n == HTTP_READ || hung_up || h.tls.is_some() => continue,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => broken = Some(format!("publish: read: {}", net::describe(&e))),
+            Err(e) => broken = Some(format!("publish: {}", tls::failure("read", &e))),
         }
         break;
     }

@@ -16,10 +16,11 @@ use crate::rng::Rng;
 use crate::stats::Stats;
 use crate::timer::Timer;
 use crate::track::SeqTracker;
-use crate::{handshake, net, publish};
+use crate::{handshake, net, publish, tls};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::ClientConnection;
 use slab::Slab;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering::Relaxed;
@@ -56,6 +57,9 @@ enum State {
 struct Conn {
     /// The socket, registered `READABLE | WRITABLE` once (edge-triggered).
     stream: TcpStream,
+    /// The TLS session of a `wss://` connection: what is read from and written to the
+    /// socket passes through it (boxed: a plaintext connection pays one word for it).
+    tls: Option<Box<ClientConnection>>,
     /// Where the connection is in its life.
     state: State,
     /// When the current state's deadline clock started: `connect()` for the handshake
@@ -95,6 +99,12 @@ impl Conn {
         census.leave(self.state);
         census.enter(to);
         self.state = to;
+    }
+
+    /// Whether there is anything to write: queued bytes, or (TLS) records the session made,
+    /// such as its handshake's next flight after a read.
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
     /// Whether this is a publisher whose publishing has not failed.
@@ -191,6 +201,8 @@ struct Ctx {
     msg: Vec<u8>,
     /// How many connections are pending or closing.
     census: Census,
+    /// Ciphertext read and not yet decrypted (TLS connections only).
+    inbox: tls::Inbox,
 }
 
 impl Ctx {
@@ -285,6 +297,7 @@ impl Worker {
             phase: Phase::Connect,
             msg: vec![0; size],
             census: Census::default(),
+            inbox: tls::Inbox::default(),
             cfg,
             ctl,
         };
@@ -429,6 +442,10 @@ impl Worker {
 
     fn open(&mut self, client: u32, now: u64) {
         let cfg = &self.ctx.cfg;
+        let tls = match tls::session(cfg.tls.as_ref(), cfg.url_of(client)) {
+            Ok(tls) => tls,
+            Err(why) => return self.count_failure(why),
+        };
         let mut stream = match net::connect(cfg.url_of(client).addr, cfg.local_addr(client)) {
             Ok(s) => s,
             Err(e) => return self.count_failure(format!("connect: {}", net::describe(&e))),
@@ -473,6 +490,7 @@ impl Worker {
         };
         entry.insert(Conn {
             stream,
+            tls,
             state: State::Connecting,
             since_ns: now,
             accept: None,
@@ -708,7 +726,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if ready.writable || !conn.out.is_empty() {
+        if ready.writable || conn.has_output() {
             if let Err(e) = flush(conn) {
                 return self.end(key, End::Broke(format!("write: {}", net::describe(&e))));
             }
@@ -841,7 +859,26 @@ fn finish_connect(conn: &mut Conn, cfg: &Config, rng: &mut Rng) -> io::Result<bo
 
 /// Writes a connection's queued bytes until done or the socket is full.
 fn flush(conn: &mut Conn) -> io::Result<()> {
-    write_out(&mut conn.stream, &mut conn.out, &mut conn.out_pos)
+    send(
+        &mut conn.stream,
+        conn.tls.as_deref_mut(),
+        &mut conn.out,
+        &mut conn.out_pos,
+    )
+}
+
+/// Writes `out[*pos..]` to `stream`, through the TLS session `tls` if there is one, until
+/// done or the socket is full.
+fn send(
+    stream: &mut TcpStream,
+    tls: Option<&mut ClientConnection>,
+    out: &mut Vec<u8>,
+    pos: &mut usize,
+) -> io::Result<()> {
+    match tls {
+        None => write_out(stream, out, pos),
+        Some(tls) => tls::write_out(stream, tls, out),
+    }
 }
 
 /// Writes `out[*pos..]` to `stream` until done (then empties `out`) or the socket is full.

@@ -13,7 +13,7 @@ use crate::config::Scenario;
 use crate::control::Phase;
 use crate::frame::{self, Frame};
 use crate::track::Seen;
-use crate::{handshake, message, net};
+use crate::{handshake, message, tls};
 use std::io::{self, Read};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -38,34 +38,43 @@ pub(super) enum ReadEnd {
     Eof,
 }
 
-/// Reads everything the socket has and handles each whole frame.
+/// Reads everything the socket has (through the TLS session, if any) and handles each
+/// whole frame.
 pub(super) fn read_ready(
     conn: &mut Conn,
     buf: &mut Vec<u8>,
     ctx: &mut Ctx,
     hung_up: bool,
 ) -> Result<ReadEnd, Reason> {
+    if conn.tls.is_some() {
+        ctx.inbox.start(hung_up);
+    }
     loop {
         let carry = conn.carry.len();
         if buf.len() < carry + READ_BUF / 2 {
             buf.resize(carry + READ_BUF / 2, 0);
         }
         let space = buf.len() - carry;
-        let n = match conn.stream.read(&mut buf[carry..]) {
+        let read = match conn.tls.as_deref_mut() {
+            None => conn.stream.read(&mut buf[carry..]),
+            Some(tls) => ctx.inbox.read(&mut conn.stream, tls, &mut buf[carry..]),
+        };
+        let n = match read {
             Ok(0) => return Ok(ReadEnd::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadEnd::Drained),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read: {}", net::describe(&e))),
+            Err(e) => return Err(tls::failure("read", &e)),
         };
         buf[..carry].copy_from_slice(&conn.carry);
         conn.carry.clear();
         let data = &buf[..carry + n];
         let used = handle_bytes(conn, data, now_ns(), ctx)?;
         conn.carry.extend_from_slice(&data[used..]);
-        if n < space && !hung_up {
+        if n < space && !hung_up && conn.tls.is_none() {
             // A short read emptied the socket's receive queue; data arriving later raises
-            // a new edge, so this saves the read that would return WouldBlock.
+            // a new edge, so this saves the read that would return WouldBlock. (A short
+            // read of plaintext says nothing of the socket: the inbox keeps that count.)
             return Ok(ReadEnd::Drained);
         }
     }

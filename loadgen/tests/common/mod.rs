@@ -9,6 +9,7 @@ use loadgen::config::{Broadcast, Config, PublishVia, Scenario};
 use loadgen::frame;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
@@ -262,6 +263,7 @@ pub fn broadcast_config(url: &str, clients: u32, rate: f64, window: u32) -> Conf
             rooms: 0,
         }),
         shard: (0, 1),
+        tls: None,
     }
 }
 
@@ -310,12 +312,25 @@ pub const TOKEN: &str = "s3cret";
 /// Runs `body` against a herald serving on 127.0.0.1:0 (`POST /publish` enabled with
 /// [`TOKEN`]), then shuts herald down.
 pub fn with_herald(body: impl FnOnce(String)) {
+    with_herald_tls(None, body)
+}
+
+/// [`with_herald`], speaking TLS on its port with `tls`, the paths of a PEM certificate
+/// and its key, when given: `body` then gets a `wss://localhost:PORT/` URL.
+pub fn with_herald_tls(tls: Option<(PathBuf, PathBuf)>, body: impl FnOnce(String)) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = match tls {
+        None => format!("ws://127.0.0.1:{port}/"),
+        Some(_) => format!("wss://localhost:{port}/"),
+    };
     let shutdown = herald::Shutdown::new();
     let handle = shutdown.clone();
+    let (tls_cert, tls_key) = tls.unzip();
     let cfg = herald::Config {
         publish_token: Some(TOKEN.into()),
+        tls_cert,
+        tls_key,
         ..herald::Config::default()
     };
     let server = thread::spawn(move || herald::run(listener, cfg, handle));
