@@ -52,7 +52,8 @@ case $KEY in
     *) echo "KEY is ec or rsa" >&2; exit 2 ;;
 esac
 openssl req -x509 "${keyopt[@]}" -nodes -keyout "$OUT/key.pem" -out "$OUT/cert.pem" -days 2 \
-    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 
 SERVER_PID=
 stop_server() {
