@@ -64,7 +64,8 @@ stop_server() {
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=
 }
-trap stop_server EXIT INT TERM
+trap stop_server EXIT
+trap 'exit 130' INT TERM
 
 start_herald() { # MODE(plain|tls) LOGFILE
     local tls=()
