@@ -11,8 +11,8 @@
 #   2. cargo clippy --workspace --all-targets -- -D warnings
 #   3. cargo build --release --workspace
 #   4. cargo test --workspace --release
-#   5. bash tests/autobahn/run.sh        (Autobahn TestSuite vs herald --mode echo)
-#   6. bash tests/browser/run.sh         (the chat page in Debian's chromium)
+#   5. bash tests/autobahn/run.sh        (Autobahn TestSuite vs herald --mode echo, ws:// and wss://)
+#   6. bash tests/browser/run.sh         (the chat page in Debian's chromium, http:// and https://)
 # Every step has a time limit; the whole run is meant to stay under 20 minutes.
 set -euo pipefail
 
@@ -104,6 +104,9 @@ setup() {
   # The Redis backplane tests (tests/bus.rs, tests/bus_cluster.rs) start
   # their own redis-server processes and drive them with redis-cli (Debian's
   # redis-server brings redis-tools).
+  # TLS: the browser and Autobahn runs make their certificates with openssl,
+  # and tests/tls.rs tries a renegotiation with `openssl s_client`.
+  command -v openssl >/dev/null || pkgs+=(openssl)
   if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     pkgs+=(redis-server)
   fi
