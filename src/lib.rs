@@ -28,6 +28,9 @@ pub mod stats;
 mod tls;
 mod uring;
 
+#[doc(hidden)]
+pub use tls::fuzzing;
+
 use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -505,7 +505,7 @@ impl Conn {
         let Some(tls) = self.tls.as_mut() else {
             return Input::Drained;
         };
-        let read = tls.read(&self.stream, buf);
+        let read = tls.read(&mut &self.stream, buf);
         if tls.just_connected() {
             ctx.stats.tls_handshakes += 1;
         }
@@ -940,7 +940,7 @@ impl Conn {
                 .flush(&mut SendMsg(&self.stream), &mut stats.writes),
             Some(tls) => {
                 let last = matches!(self.state, State::Closing { .. });
-                tls.flush(&mut self.queue, &self.stream, &mut stats.writes, last)
+                tls.flush(&mut self.queue, &mut &self.stream, &mut stats.writes, last)
             }
         };
         self.count_written(before, tick, stats);
