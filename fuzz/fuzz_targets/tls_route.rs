@@ -20,9 +20,11 @@
 //!   also writes its plaintext in pieces of that size;
 //! - byte 2: an XOR mask for one byte of the client's stream (0: none);
 //! - bytes 3-4: that byte's offset (big-endian);
-//! - byte 5: the read size: 0 as the loop reads (16 KiB for HTTP, 64 KiB
-//!   once upgraded), else at most `byte5²` bytes (at least 6), as when the
-//!   loop's budget for the iteration is nearly spent;
+//! - byte 5: bits 0-6 the read size: 0 as the loop reads (16 KiB for HTTP,
+//!   64 KiB once upgraded), else at most `n²` bytes (at least 6), as when
+//!   the loop's budget for the iteration is nearly spent; bit 7 a TLS 1.3
+//!   key update the client asks for after the handshake (the server's own
+//!   key update then waits before the answers it seals);
 //! - byte 6: bytes the socket takes per write (0: no limit): a partial write;
 //! - byte 7: bits 0-6 the socket's room, `× 16` bytes (0: unbounded): a
 //!   write past it would block, and the client reading what was written
@@ -139,6 +141,7 @@ struct Controls {
     offset: usize,
     /// At most this much per read (0: the loop's size).
     read_cap: usize,
+    key_update: bool,
     /// `Net::per_write`.
     per_write: usize,
     /// The socket's room after the client read it.
@@ -159,10 +162,11 @@ impl Controls {
             },
             mask: *mask,
             offset: usize::from(u16::from_be_bytes([*hi, *lo])),
-            read_cap: match usize::from(*read) {
+            read_cap: match usize::from(read & 0x7f) {
                 0 => 0,
                 n => (n * n).max(MIN_READ),
             },
+            key_update: read & 0x80 != 0,
             per_write: usize::from(*per_write),
             room: match usize::from(room & 0x7f) {
                 0 => usize::MAX,
@@ -637,6 +641,7 @@ fn handshake(ctl: Controls, payload: &[u8]) {
     let tls12 = ctl.bits & 0x40 != 0;
     let close_notify = ctl.bits & 0x80 != 0;
     let chunk = ctl.chunk;
+    let key_update = ctl.key_update;
     let mut s = Link::new(ctl, Some(Client::new(tls12)));
 
     // The handshake: each side's flights to the other until both are done,
@@ -656,6 +661,11 @@ fn handshake(ctl: Controls, payload: &[u8]) {
         assert_eq!(s.ended, None, "the server ended the handshake");
         assert!(!s.client().conn.is_handshaking(), "the client is not done");
         assert_eq!(s.handshakes, 1, "the handshake is not counted once");
+    }
+
+    if key_update && s.client().ok {
+        // Refused under TLS 1.2.
+        let _ = s.client().conn.refresh_traffic_keys();
     }
 
     // The payload, in writes of `chunk` bytes; each has been read whole
