@@ -174,7 +174,11 @@ stop_cluster() { # stops the nodes and Redis still running, in the order they st
     [[ -z $CLUSTER_DIR ]] || rm -rf "$CLUSTER_DIR"
     CLUSTER_DIR=
 }
-trap 'stop_server; stop_cluster' EXIT INT TERM
+trap 'stop_server; stop_cluster' EXIT
+# A signal ends the script (the EXIT trap then stops what it started), not only the
+# command it interrupted: bash runs the next scenario after a trap that does not exit.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 start_server() { # NAME LOGFILE
     case $1 in

@@ -68,7 +68,9 @@ stop() { # PID-VARIABLE
     printf -v "$1" '%s' ''
 }
 cleanup() { stop IDLE_PID; stop SERVER_PID; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 metric() { # NAME: its value from herald's /metrics, or nothing
     curl -s --max-time 2 "http://127.0.0.1:$PORT/metrics" | sed -n "s/^$1 //p"
