@@ -19,10 +19,12 @@ use crate::track::SeqTracker;
 use crate::{handshake, net, publish, tls};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use rustls::ClientConnection;
 use slab::Slab;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ use receive::{read_ready, ReadEnd, Ready, READ_BUF};
 
 const WAKE: Token = Token(usize::MAX - 1);
 const TIMER: Token = Token(usize::MAX - 2);
+/// The publishers' own poll, registered in the worker's: readable when a publisher is.
+const PUBLISHERS: Token = Token(usize::MAX - 3);
 /// How long a closing connection may wait for the server to close before it is dropped.
 const CLOSE_GRACE_NS: u64 = 2 * SEC;
 /// Events handled between two looks at the clock for due open-loop messages.
@@ -246,6 +250,11 @@ impl Ctx {
 pub struct Worker {
     poll: Poll,
     events: Events,
+    /// The publishing connections' sockets, apart from the receivers': a publisher's own
+    /// copies can be looked for in one `epoll_wait` in the middle of a batch of receiver
+    /// events, where reading every publisher's socket in turn would mostly find nothing.
+    pub_poll: Poll,
+    pub_events: Events,
     timer: Timer,
     conns: Slab<Conn>,
     buf: Vec<u8>,
@@ -280,6 +289,12 @@ impl Worker {
         ctl.add_waker(waker);
         let timer = Timer::new()?;
         timer.register(poll.registry(), TIMER)?;
+        let pub_poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&pub_poll.as_raw_fd()),
+            PUBLISHERS,
+            Interest::READABLE,
+        )?;
         let mut todo: Vec<u32> = cfg.my_clients().skip(index).step_by(cfg.threads).collect();
         todo.reverse();
         let size = match &cfg.scenario {
@@ -304,6 +319,8 @@ impl Worker {
         Ok(Worker {
             poll,
             events: Events::with_capacity(1024),
+            pub_poll,
+            pub_events: Events::with_capacity(256),
             timer,
             conns: Slab::with_capacity(todo.len()),
             buf: vec![0; READ_BUF],
@@ -452,7 +469,13 @@ impl Worker {
         };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
+        let publishes = self.ctx.broadcast().is_some_and(|b| client < b.publishers);
+        let poll = if publishes {
+            &self.pub_poll
+        } else {
+            &self.poll
+        };
+        if let Err(e) = poll.registry().register(
             &mut stream,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
@@ -461,7 +484,6 @@ impl Worker {
         }
         let (room, trackers, latency, publisher, http) = match self.ctx.broadcast() {
             Some(b) => {
-                let publishes = client < b.publishers;
                 let room = b.room_of(client);
                 let http = match &b.via {
                     PublishVia::Http { token } if publishes => {
@@ -640,53 +662,57 @@ impl Worker {
         // Publishers' events go first: a saturation publisher refills its window as soon as
         // it sees its own copies, so the server gets new work while this loop is still busy
         // with the receivers, instead of idling until the whole batch is done.
-        let publishing = !self.publishers.is_empty();
-        for publishers_pass in [true, false] {
-            if publishers_pass && !publishing {
-                continue;
+        if events.iter().any(|ev| ev.token() == PUBLISHERS) {
+            self.dispatch_publishers(connect_only);
+        }
+        for (i, ev) in events.iter().enumerate() {
+            // A full batch of events takes milliseconds: publishers due meanwhile must
+            // not wait for its end, or every receiver's latency would include the wait.
+            if i % EVENTS_PER_CLOCK_CHECK == EVENTS_PER_CLOCK_CHECK - 1 {
+                let now = now_ns();
+                if now >= self.next_due_ns {
+                    self.next_due_ns = self.publish_due(now);
+                }
+                // Likewise a saturation publisher's own copies, arrived since the poll.
+                if self.saturating() {
+                    self.dispatch_publishers(connect_only);
+                }
             }
-            for (i, ev) in events.iter().enumerate() {
-                let is_publisher = publishing
-                    && self
-                        .conns
-                        .get(ev.token().0)
-                        .is_some_and(|c| c.publisher.is_some());
-                if is_publisher != publishers_pass {
-                    continue;
-                }
-                // A full batch of events takes milliseconds: publishers due meanwhile must
-                // not wait for its end, or every receiver's latency would include the wait.
-                if i % EVENTS_PER_CLOCK_CHECK == EVENTS_PER_CLOCK_CHECK - 1 {
-                    let now = now_ns();
-                    if now >= self.next_due_ns {
-                        self.next_due_ns = self.publish_due(now);
-                    }
-                    // Likewise a saturation publisher's own copies, arrived since the poll.
-                    if self.saturating() {
-                        for j in 0..self.publishers.len() {
-                            let ready = Ready {
-                                readable: true,
-                                writable: false,
-                                hung_up: false,
-                            };
-                            self.on_ready(self.publishers[j], ready, connect_only);
-                        }
-                    }
-                }
-                let ready = Ready {
-                    readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
-                    writable: ev.is_writable() || ev.is_error(),
-                    hung_up: ev.is_read_closed() || ev.is_error(),
-                };
-                match ev.token() {
-                    WAKE => {}
-                    TIMER => self.timer.clear(),
-                    Token(t) if t & HTTP != 0 => self.on_http_ready(t & !HTTP, ready),
-                    Token(key) => self.on_ready(key, ready, connect_only),
-                }
+            match ev.token() {
+                WAKE | PUBLISHERS => {}
+                TIMER => self.timer.clear(),
+                Token(t) if t & HTTP != 0 => self.on_http_ready(t & !HTTP, ready_of(ev)),
+                Token(key) => self.on_ready(key, ready_of(ev), connect_only),
             }
         }
         self.events = events;
+    }
+
+    /// Handles what the publishers' poll has ready, until it has nothing: its own
+    /// readiness in the worker's poll is edge-triggered, so what is left behind would not
+    /// be reported again.
+    fn dispatch_publishers(&mut self, connect_only: bool) {
+        let mut events = std::mem::replace(&mut self.pub_events, Events::with_capacity(0));
+        loop {
+            match self
+                .pub_poll
+                .poll(&mut events, Some(std::time::Duration::ZERO))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The worker's own poll fails the same way at its next call, and says so.
+                Err(_) => break,
+            }
+            let mut seen = 0;
+            for ev in events.iter() {
+                seen += 1;
+                self.on_ready(ev.token().0, ready_of(ev), connect_only);
+            }
+            if seen < events.capacity() {
+                break;
+            }
+        }
+        self.pub_events = events;
     }
 
     /// Whether this is a saturation run that is publishing now.
@@ -766,7 +792,12 @@ impl Worker {
     fn take(&mut self, key: usize) -> Option<Conn> {
         let mut conn = self.conns.try_remove(key)?;
         self.ctx.census.leave(conn.state);
-        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let poll = if conn.publisher.is_some() {
+            &self.pub_poll
+        } else {
+            &self.poll
+        };
+        let _ = poll.registry().deregister(&mut conn.stream);
         Some(conn)
     }
 
@@ -835,6 +866,15 @@ impl Worker {
             orders.add(*room, *order, trackers, room_published().copied());
         }
         self.ctx.stats
+    }
+}
+
+/// What an event says of its socket.
+fn ready_of(ev: &mio::event::Event) -> Ready {
+    Ready {
+        readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+        writable: ev.is_writable() || ev.is_error(),
+        hung_up: ev.is_read_closed() || ev.is_error(),
     }
 }
 
