@@ -7,8 +7,10 @@
 //! simply has no such figures, and the run goes on.
 
 use crate::handshake::WsUrl;
-use std::io::{Read, Write};
+use rustls::ClientConfig;
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// herald's histogram of frames per write, over the writes that carried frames.
@@ -56,16 +58,17 @@ impl ServerWrites {
     }
 }
 
-/// [`FRAMES_PER_WRITE`]'s totals now, from the server at `url`'s address; `None` when it
-/// cannot be read or lacks the metric.
-pub fn frames_per_write(url: &WsUrl) -> Option<Totals> {
-    histogram_totals(&scrape(url)?, FRAMES_PER_WRITE)
+/// [`FRAMES_PER_WRITE`]'s totals now, from the server at `url`'s address (over HTTPS for a
+/// `wss://` URL, trusting what the run's `tls` trusts); `None` when it cannot be read or
+/// lacks the metric.
+pub fn frames_per_write(url: &WsUrl, tls: Option<&Arc<ClientConfig>>) -> Option<Totals> {
+    histogram_totals(&scrape(url, tls)?, FRAMES_PER_WRITE)
 }
 
 /// [`FRAMES_PER_WRITE`]'s totals summed over the servers of `urls`, each address scraped
 /// once (two URLs of one server must not count its writes twice); `None` unless every one
 /// answers, since a sum missing a node would pass for the whole run's.
-pub fn frames_per_write_summed(urls: &[WsUrl]) -> Option<Totals> {
+pub fn frames_per_write_summed(urls: &[WsUrl], tls: Option<&Arc<ClientConfig>>) -> Option<Totals> {
     let mut seen = Vec::new();
     let mut sum = Totals {
         count: 0.0,
@@ -76,21 +79,41 @@ pub fn frames_per_write_summed(urls: &[WsUrl]) -> Option<Totals> {
             continue;
         }
         seen.push(url.addr);
-        let t = frames_per_write(url)?;
+        let t = frames_per_write(url, tls)?;
         (sum.count, sum.sum) = (sum.count + t.count, sum.sum + t.sum);
     }
     (!seen.is_empty()).then_some(sum)
 }
 
-/// The body of `GET /metrics` from `url`'s address, over plain HTTP/1.1, loopback only (it
-/// is a benchmark's side channel, not a client). `None` unless the answer is a whole `200`.
-pub fn scrape(url: &WsUrl) -> Option<String> {
+/// The body of `GET /metrics` from `url`'s address, over HTTP/1.1 (in TLS for a `wss://`
+/// URL, with `tls`), loopback only (it is a benchmark's side channel, not a client).
+/// `None` unless the answer is a whole `200`.
+pub fn scrape(url: &WsUrl, tls: Option<&Arc<ClientConfig>>) -> Option<String> {
     if !url.addr.ip().is_loopback() {
         return None;
     }
     let deadline = Instant::now() + SCRAPE_LIMIT;
-    let mut s = TcpStream::connect_timeout(&url.addr, SCRAPE_LIMIT).ok()?;
-    s.set_write_timeout(Some(SCRAPE_LIMIT)).ok()?;
+    let tcp = TcpStream::connect_timeout(&url.addr, SCRAPE_LIMIT).ok()?;
+    tcp.set_write_timeout(Some(SCRAPE_LIMIT)).ok()?;
+    // The read timeout is the socket's, shared by this handle and the one read through.
+    let timeouts = tcp.try_clone().ok()?;
+    match crate::tls::session(tls, url).ok()? {
+        None => exchange(tcp, url, &timeouts, deadline),
+        Some(session) => {
+            // Blocking, so the session needs no limit of its own.
+            let stream = rustls::StreamOwned::new(*session, tcp);
+            exchange(stream, url, &timeouts, deadline)
+        }
+    }
+}
+
+/// Sends the request for [`PATH`] on `s` and reads the answer to its end or `deadline`.
+fn exchange(
+    mut s: impl Read + Write,
+    url: &WsUrl,
+    timeouts: &TcpStream,
+    deadline: Instant,
+) -> Option<String> {
     let request = format!(
         "GET {PATH} HTTP/1.1\r\nHost: {}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
         url.host
@@ -100,13 +123,14 @@ pub fn scrape(url: &WsUrl) -> Option<String> {
     let mut buf = [0u8; 16 * 1024];
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        timeouts
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
             .ok()?;
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) if answer.len() + n <= MAX_ANSWER => answer.extend_from_slice(&buf[..n]),
             Ok(_) => return None,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return None,
         }
     }
@@ -314,7 +338,7 @@ herald_deliveries_total 5120
         let a_again: WsUrl = format!("ws://localhost:{}/x", a.addr.port())
             .parse()
             .unwrap();
-        let totals = frames_per_write_summed(&[a, b.clone(), a_again]).unwrap();
+        let totals = frames_per_write_summed(&[a, b.clone(), a_again], None).unwrap();
         assert_eq!((totals.count, totals.sum), (80.0, 10240.0));
         assert_eq!(
             (
@@ -325,14 +349,14 @@ herald_deliveries_total 5120
         );
         // One node that does not answer (b has stopped) leaves the figure out.
         let (c, server_c) = endpoint(1);
-        assert_eq!(frames_per_write_summed(&[c, b]), None);
+        assert_eq!(frames_per_write_summed(&[c, b], None), None);
         server_c.join().unwrap();
     }
 
     #[test]
     fn scrapes_a_live_endpoint() {
         let (url, server) = endpoint(1);
-        let totals = frames_per_write(&url).unwrap();
+        let totals = frames_per_write(&url, None).unwrap();
         assert_eq!((totals.count, totals.sum), (40.0, 5120.0));
         let request = server.join().unwrap().remove(0);
         assert!(
@@ -350,8 +374,8 @@ herald_deliveries_total 5120
             .unwrap()
             .port(); // closed again: refused
         let url: WsUrl = format!("ws://127.0.0.1:{port}/").parse().unwrap();
-        assert_eq!(frames_per_write(&url), None);
+        assert_eq!(frames_per_write(&url, None), None);
         let far: WsUrl = "ws://192.0.2.1:80/".parse().unwrap();
-        assert_eq!(scrape(&far), None, "never off loopback");
+        assert_eq!(scrape(&far, None), None, "never off loopback");
     }
 }

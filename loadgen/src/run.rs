@@ -173,7 +173,7 @@ pub(crate) fn cpu_between(
 pub(crate) fn scrape(cfg: &Config, timing: &Timing) -> Option<metrics::Totals> {
     timing
         .server_metrics
-        .then(|| metrics::frames_per_write_summed(&cfg.urls))
+        .then(|| metrics::frames_per_write_summed(&cfg.urls, cfg.tls.as_ref()))
         .flatten()
 }
 

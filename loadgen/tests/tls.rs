@@ -460,6 +460,31 @@ fn herald_over_wss_delivers_everything_in_order() {
 }
 
 #[test]
+fn server_metrics_are_read_over_https_from_a_tls_herald() {
+    with_tls_herald(|url, cert| {
+        let cfg = with_trust(
+            broadcast_config(&url, 20, 100.0, 0),
+            Trust::Ca(cert.pem.clone()),
+        );
+        let mut timing = short_timing(0.5);
+        timing.server_metrics = true;
+        let run = run(cfg, timing).unwrap();
+        assert_eq!(problems(&run), Vec::<String>::new());
+        let w = run.server_writes.expect("herald's writes, read over https");
+        assert!(w.writes > 0.0 && w.frames >= w.writes, "{w:?}");
+
+        // The command line too, with the certificate trusted either way.
+        let ca = cert.pem.to_str().unwrap();
+        for trust in [&["--ca", ca][..], &["--insecure"][..]] {
+            let args = [&["--server-metrics"][..], trust].concat();
+            let (code, json) = common::cli(&url, &args);
+            assert_eq!((code, &json["ok"]), (Some(0), &true.into()), "{json}");
+            assert!(json["server"]["writes_per_delivery"].is_number(), "{json}");
+        }
+    });
+}
+
+#[test]
 fn herald_takes_publishes_over_https() {
     with_tls_herald(|url, cert| {
         let mut cfg = broadcast_config(&url, 100, 0.0, 16);
