@@ -56,6 +56,18 @@ pub fn sample(pid: &str) -> io::Result<ProcSample> {
     })
 }
 
+/// This process's CPU time so far, its ended threads' included (which `/proc/self/task`
+/// no longer lists: a `connect` run's workers have all ended when its window closes).
+pub fn self_cpu_ns() -> Option<u64> {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `t` is.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    (rc == 0).then(|| t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
+}
+
 /// The summed scheduler run time of `pid`'s live threads, if the kernel reports it.
 fn run_time_ns(pid: &str) -> Option<u64> {
     let mut total = 0;

@@ -364,13 +364,13 @@ pub fn run_shard(
         ctl.set_phase(Phase::Run);
         window_start = before_connect;
         also_start = sample_cpu(&timing.also_pids);
-        self_start = procfs::sample("self").ok();
+        self_start = procfs::self_cpu_ns();
         steal_start = procfs::steal_ticks();
         watch.wait(u64::MAX, |_| handles.iter().all(|h| h.is_finished()));
         connect_secs = (now_ns() - t0) as f64 / 1e9;
         window_end = sample(timing.server_pid);
         also_end = sample_cpu(&timing.also_pids);
-        self_end = procfs::sample("self").ok();
+        self_end = procfs::self_cpu_ns();
         steal_end = procfs::steal_ticks();
     } else {
         watch.wait(t0 + timing.connect_phase_ns, |c| {
@@ -413,7 +413,7 @@ pub fn run_shard(
         watch.wait(measure_ns, |_| false);
         window_start = sample(timing.server_pid);
         also_start = sample_cpu(&timing.also_pids);
-        self_start = procfs::sample("self").ok();
+        self_start = procfs::self_cpu_ns();
         steal_start = procfs::steal_ticks();
         // After the samples, so a slow answer cannot move the window's marks (herald
         // renders its page in well under a millisecond).
@@ -421,7 +421,7 @@ pub fn run_shard(
         watch.wait(end_ns, |_| false);
         window_end = sample(timing.server_pid);
         also_end = sample_cpu(&timing.also_pids);
-        self_end = procfs::sample("self").ok();
+        self_end = procfs::self_cpu_ns();
         steal_end = procfs::steal_ticks();
     }
     let end_actual = now_ns();
@@ -466,7 +466,7 @@ pub fn run_shard(
         _ => None,
     };
     let self_cpu_ns = match (self_start, self_end) {
-        (Some(a), Some(b)) => b.cpu_ns.saturating_sub(a.cpu_ns),
+        (Some(a), Some(b)) => b.saturating_sub(a),
         _ => 0,
     };
     let also = cpu_between(&timing.also_pids, &also_start, &also_end);

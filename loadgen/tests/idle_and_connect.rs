@@ -41,6 +41,15 @@ fn connect_counts_and_times_each_handshake() {
     );
     let json = loadgen::report::to_json(&out);
     assert!(json["handshakes_per_sec"].as_f64().unwrap() > 5.0);
+    // Sampled after the workers ended: their CPU time must still be counted.
+    assert!(
+        out.self_cpu_ns > 0,
+        "loadgen's own CPU time of a connect run"
+    );
+    assert!(
+        json["loadgen"]["cpu_secs"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
 }
 
 #[test]
